@@ -1,0 +1,48 @@
+# Two commands matter:  `make lab`  and  `make test`.  Everything else is a helper.
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+KERNEL  := dlsys-perf
+PORT    ?= 8888
+# JupyterLab refuses to start as root (CI runs as root) unless told.
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
+NBVAL   := --nbval --nbval-current-env --nbval-cell-timeout=300 \
+           --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup lab test test-unit test-notebooks bench exercises grade clean
+
+# The environment: rebuilt only when the pins or the package metadata change,
+# so a second `make lab` starts in seconds.
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 10) <= v[:2] <= (3, 13) else "This course needs Python 3.10 to 3.13; found %d.%d. Set PYTHON=/path/to/python3.x" % v[:2])'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) \
+	    --display-name "Python (DL Systems Performance)"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	$(PY) -m jupyterlab --ServerApp.root_dir=notebooks --ServerApp.port=$(PORT) $(ROOT_FLAG)
+
+test: setup
+	$(PY) -m pytest -q tests notebooks solutions $(NBVAL)
+
+test-unit: setup
+	$(PY) -m pytest -q tests -m "not slow and not browser"
+
+test-notebooks: setup
+	$(PY) -m pytest -q notebooks solutions $(NBVAL)
+
+bench: setup
+	$(PY) -m benchmarks
+
+exercises: setup
+	$(PY) -m course_lib.grading.build solutions exercises
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,427 @@
+"""The convolution layer, from the lecture's formulas to a fast im2col GEMM.
+
+Reading order
+-------------
+1. ``conv_output_size`` and ``conv_param_count``: the lecture's "Convolution
+   Summary" slide, ``W2 = (W1 - F + 2P)/S + 1`` and ``(F*F*D1)*K`` weights.
+2. ``pad2d``: the "Padding example" slide (a 7x7 input with P=2 is 11x11).
+3. ``conv2d_naive``: the definition, four loops. Slow, obviously right.
+4. ``im2col`` / ``col2im``: "Convolution as a Matrix Operation"; exactly
+   ``torch.nn.functional.unfold`` / ``fold``'s layout (N, C*KH*KW, L).
+5. ``conv2d_im2col``: convolution = im2col + one matrix multiply, in that layout.
+6. ``conv2d``: the same idea with a channels-last window copy, which feeds one
+   large contiguous GEMM and is what the benchmark measures.
+7. ``conv2d_backward``: dx, dw, db by the same matrix multiplies, transposed.
+
+Conventions follow PyTorch (NCHW input, (K, C, KH, KW) weights, padding P on
+each side, stride and padding an int or an (H, W) pair), so each function
+equals its ``torch.nn.functional`` twin. Like PyTorch, ``conv2d`` floors the
+output size when ``(W - F + 2P)/S`` is not an integer (the last columns that
+do not fit a whole window are dropped); ``conv_output_size`` itself is strict,
+as the lecture is, and says so with the arithmetic.
+
+Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+
+# --------------------------------------------------------------------------
+# 1. Sizes and parameter counts (the "Convolution Summary" slide)
+# --------------------------------------------------------------------------
+
+def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = False) -> int:
+    """Output width of a convolution: ``W2 = (W1 - F + 2P)/S + 1`` (lecture 5).
+
+    Parameters
+    ----------
+    W : input width (or height), W1 on the slide
+    F : filter width (or height)
+    P : zero padding added on each side
+    S : stride
+    floor : if False (the lecture's rule) a non-integer result is an error;
+        if True, round down as PyTorch does (windows that do not fit are dropped).
+
+    Returns
+    -------
+    W2 : int, at least 1
+
+    Raises
+    ------
+    ValueError, showing the arithmetic, if the result is not a positive integer.
+    """
+    for name, value, low in (("W", W, 1), ("F", F, 1), ("P", P, 0), ("S", S, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"conv_output_size: {name} must be an int, got {value!r} "
+                            f"({type(value).__name__})")
+        if value < low:
+            what = {"W": "input size", "F": "filter size", "P": "padding", "S": "stride"}[name]
+            raise ValueError(f"conv_output_size: {what} {name} = {value} must be >= {low}")
+    formula = f"(W - F + 2P)/S + 1 = ({W} - {F} + 2*{P})/{S} + 1"
+    padded = W + 2 * P
+    if F > padded:
+        raise ValueError(f"filter size F = {F} is larger than the padded input W + 2P = "
+                         f"{W} + 2*{P} = {padded}: {formula} = {(W - F + 2 * P) / S + 1:g} "
+                         f"windows; use a smaller filter or more padding")
+    steps, remainder = divmod(W - F + 2 * P, S)
+    if remainder and not floor:
+        raise ValueError(f"output width {formula} = {(W - F + 2 * P) / S + 1:.2f} is not an "
+                         f"integer; the filter does not tile the input evenly. Change padding "
+                         f"or stride (PyTorch would silently drop the last {remainder} column(s))")
+    return int(steps + 1)
+
+
+class ParamCount(NamedTuple):
+    """Learnable parameters of a convolution layer."""
+    weights: int
+    biases: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.biases
+
+
+def conv_param_count(F: int, D1: int, K: int) -> ParamCount:
+    """Parameters of a conv layer with K filters of size F x F x D1 (lecture 5).
+
+    "With parameter sharing, it introduces F*F*D1 weights per filter, for a
+    total of (F*F*D1)*K weights and K biases."
+
+    >>> conv_param_count(5, 1, 6)      # LeNet-5's C1
+    ParamCount(weights=150, biases=6)
+    """
+    for name, value in (("F", F), ("D1", D1), ("K", K)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"conv_param_count: {name} must be a positive int, got {value!r}")
+    return ParamCount(weights=int(F * F * D1 * K), biases=int(K))
+
+
+# --------------------------------------------------------------------------
+# Input checks: every public function below goes through these, once.
+# --------------------------------------------------------------------------
+
+def _pair(value, name: str, low: int) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(1, 2) -> (1, 2)``; with a teaching error otherwise."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                             for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+    if min(pair) < low:
+        raise ValueError(f"{name} = {value!r} must be >= {low}"
+                         + (" (a stride of 0 would never move the window)" if name == "stride"
+                            else " (padding is a number of zero rows/columns added per side)"
+                            if name == "padding" else ""))
+    return int(pair[0]), int(pair[1])
+
+
+def _check_array(x, name: str, ndim: int, layout: str) -> np.ndarray:
+    """Return x as an ndarray of a floating dtype and the given ndim, or raise a TypeError/ValueError."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape {layout}, got {type(x).__name__}"
+                        + (" (convert a torch tensor with .detach().cpu().numpy())"
+                           if type(x).__module__.startswith("torch") else ""))
+    if x.ndim != ndim:
+        hint = " (for a single image use x[None])" if name == "x" and x.ndim == ndim - 1 else ""
+        raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {x.shape}{hint}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} has dtype {x.dtype}; convolution needs floating point "
+                        f"(use {name}.astype(np.float32)) so that gradients are not truncated")
+    return x
+
+
+def _conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
+    """Check stride/padding and return ``(SH, SW), (PH, PW), (H_out, W_out)``, PyTorch's floor rule."""
+    (SH, SW), (PH, PW) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    H, W = x.shape[2:]
+    H_out = conv_output_size(H, KH, PH, SH, floor=True)
+    W_out = conv_output_size(W, KW, PW, SW, floor=True)
+    return (SH, SW), (PH, PW), (H_out, W_out)
+
+
+def _check_conv(x, w, b=None):
+    """Shapes, dtypes and the channel match of a convolution's operands."""
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    w = _check_array(w, "w", 4, "(K, C, KH, KW)")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"channel mismatch: x has C = {x.shape[1]} channels (shape {x.shape}) "
+                         f"but w expects {w.shape[1]} (shape {w.shape} is (K, C, KH, KW))")
+    if b is not None:
+        b = _check_array(b, "b", 1, "(K,)")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"b has {b.shape[0]} entries but there are K = {w.shape[0]} filters")
+    return x, w, b
+
+
+# --------------------------------------------------------------------------
+# 2. Padding
+# --------------------------------------------------------------------------
+
+def pad2d(x: np.ndarray, P) -> np.ndarray:
+    """Zero-pad the last two axes by P on each side ("a padding of size P
+    increases both the length and width of input by 2P").
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    P : int or (PH, PW), padding per side
+
+    Returns
+    -------
+    xp : new ndarray, shape (N, C, H + 2PH, W + 2PW); x is not modified
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"pad2d expects an ndarray of shape (N, C, H, W), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    PH, PW = _pair(P, "padding", 0)
+    return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
+
+
+# --------------------------------------------------------------------------
+# 3. The definition
+# --------------------------------------------------------------------------
+
+def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                 stride=1, padding=0) -> np.ndarray:
+    """Convolution by its definition: for every image, filter and output
+    position, the dot product of the filter with the window under it, plus bias.
+
+        out[n, k, i, j] = b[k] + sum_{c, u, v} xp[n, c, i*SH + u, j*SW + v] * w[k, c, u, v]
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    w : ndarray, shape (K, C, KH, KW)
+    b : ndarray, shape (K,), or None
+    stride, padding : int or (height, width) pair
+
+    Returns
+    -------
+    out : ndarray, shape (N, K, H_out, W_out), H_out = (H - KH + 2PH)//SH + 1
+    """
+    x, w, b = _check_conv(x, w, b)
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    xp = pad2d(x, (PH, PW))
+    out = np.zeros((N, K, H_out, W_out), dtype=np.result_type(x, w))
+    for n in range(N):
+        for k in range(K):
+            for i in range(H_out):
+                for j in range(W_out):
+                    window = xp[n, :, i * SH:i * SH + KH, j * SW:j * SW + KW]  # (C, KH, KW)
+                    out[n, k, i, j] = np.sum(window * w[k])
+            if b is not None:
+                out[n, k] += b[k]
+    return out
+
+
+# --------------------------------------------------------------------------
+# 4. im2col / col2im: convolution as a matrix operation
+# --------------------------------------------------------------------------
+
+def _windows_nhwc(xp_nhwc: np.ndarray, KH: int, KW: int, SH: int, SW: int,
+                  H_out: int, W_out: int) -> np.ndarray:
+    """A read-only *view* of every window of a padded channels-last input.
+
+    xp_nhwc : (N, Hp, Wp, C), C-contiguous
+    returns : (N, H_out, W_out, KH, KW, C); element [n, i, j, u, v, c] is
+              xp_nhwc[n, i*SH + u, j*SW + v, c]. No data is copied.
+    """
+    sN, sH, sW, sC = xp_nhwc.strides
+    shape = (xp_nhwc.shape[0], H_out, W_out, KH, KW, xp_nhwc.shape[3])
+    strides = (sN,        # next image
+               sH * SH,   # next output row: move the window down by SH rows
+               sW * SW,   # next output column: move right by SW columns
+               sH,        # next row inside the window
+               sW,        # next column inside the window
+               sC)        # next channel
+    return as_strided(xp_nhwc, shape=shape, strides=strides, writeable=False)
+
+
+def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
+    """(N, C, H, W) -> zero-padded, contiguous (N, H + 2PH, W + 2PW, C)."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=x.dtype)
+    xp[:, PH:PH + H, PW:PW + W, :] = x.transpose(0, 2, 3, 1)  # one pass: NCHW -> NHWC
+    return xp
+
+
+def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
+    """Unroll every receptive field into a column: ``torch.nn.functional.unfold``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size, stride, padding : int or (height, width) pair
+
+    Returns
+    -------
+    cols : ndarray, shape (N, C*KH*KW, L) with L = H_out*W_out.
+        Row ``c*KH*KW + u*KW + v`` holds input pixel (c, u, v) of each window;
+        column ``i*W_out + j`` is the window of output position (i, j).
+        Every input pixel is copied once per window that covers it, up to
+        KH*KW times: that is the memory price of turning convolution into GEMM.
+    """
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    KH, KW = _pair(kernel_size, "kernel_size", 1)
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    N, C = x.shape[:2]
+    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
+    win = win.transpose(0, 5, 3, 4, 1, 2)                   # (N, C, KH, KW, H_out, W_out)
+    return win.reshape(N, C * KH * KW, H_out * W_out)        # (N, C*KH*KW, L), a copy
+
+
+def _col2im_nhwc(dwin: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, PW: int) -> np.ndarray:
+    """Scatter-add windows back to the image they came from (the adjoint of im2col).
+
+    dwin : (N, H_out, W_out, KH, KW, C), one value per window element
+    returns : (N, C, H, W); a pixel covered by several windows gets their sum
+    """
+    N, H_out, W_out, KH, KW, C = dwin.shape
+    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=dwin.dtype)  # padded, channels-last
+    for u in range(KH):          # KH*KW slice additions, each over all windows at once
+        for v in range(KW):
+            xp[:, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW, :] += dwin[:, :, :, u, v, :]
+    return xp[:, PH:PH + H, PW:PW + W, :].transpose(0, 3, 1, 2)  # crop padding; (N, C, H, W)
+
+
+def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> np.ndarray:
+    """Fold columns back into an image, summing overlaps: ``torch.nn.functional.fold``.
+
+    Parameters
+    ----------
+    cols : ndarray, shape (N, C*KH*KW, L), im2col's layout
+    output_size : (H, W) of the unpadded image
+    kernel_size, stride, padding : as given to im2col
+
+    Returns
+    -------
+    x : ndarray, shape (N, C, H, W). ``col2im(im2col(x))`` is x times the
+        number of windows covering each pixel, not x itself.
+    """
+    cols = _check_array(cols, "cols", 3, "(N, C*KH*KW, L)")
+    H, W = _pair(output_size, "output_size", 1)
+    KH, KW = _pair(kernel_size, "kernel_size", 1)
+    probe = np.empty((1, 1, H, W), dtype=cols.dtype)  # only its shape is read
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(probe, KH, KW, stride, padding)
+    N, CKK, L = cols.shape
+    if CKK % (KH * KW) or L != H_out * W_out:
+        raise ValueError(f"cols has shape {cols.shape}, but a {KH}x{KW} kernel over {H}x{W} with "
+                         f"stride {(SH, SW)} and padding {(PH, PW)} gives (N, C*{KH * KW}, "
+                         f"{H_out}*{W_out} = {H_out * W_out})")
+    C = CKK // (KH * KW)
+    dwin = cols.reshape(N, C, KH, KW, H_out, W_out).transpose(0, 4, 5, 2, 3, 1)  # (N, H_out, W_out, KH, KW, C)
+    return np.ascontiguousarray(_col2im_nhwc(dwin, H, W, SH, SW, PH, PW))
+
+
+# --------------------------------------------------------------------------
+# 5. and 6. Convolution as one matrix multiply
+# --------------------------------------------------------------------------
+
+def conv2d_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                  stride=1, padding=0) -> np.ndarray:
+    """Convolution as im2col + matrix multiply, in ``F.unfold``'s layout.
+
+        out[n] = W_row @ cols[n] + b,   W_row = w.reshape(K, C*KH*KW)
+
+    Parameters and result as ``conv2d_naive``. Correct and readable; the
+    per-image matmuls over a (C*KH*KW, L) matrix whose rows are strided
+    gathers are why ``conv2d`` uses a channels-last copy instead.
+    """
+    x, w, b = _check_conv(x, w, b)
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
+    _, _, (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    cols = im2col(x, (KH, KW), stride, padding)              # (N, C*KH*KW, L)
+    out = w.reshape(K, -1) @ cols                             # (K, C*KH*KW) @ (N, C*KH*KW, L) -> (N, K, L)
+    if b is not None:
+        out += b[:, None]
+    return out.reshape(N, K, H_out, W_out)
+
+
+def _weights_as_matrix(w: np.ndarray) -> np.ndarray:
+    """(K, C, KH, KW) -> (KH*KW*C, K), rows ordered like a channels-last window."""
+    K = w.shape[0]
+    return w.transpose(2, 3, 1, 0).reshape(-1, K)  # (KH, KW, C, K) -> (KH*KW*C, K)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+           stride=1, padding=0) -> np.ndarray:
+    """Fast convolution: a channels-last im2col copy and ONE matrix multiply.
+
+    Steps (each one pass over memory):
+      1. pad and transpose x to channels-last, (N, Hp, Wp, C);
+      2. copy every window into a row: cols (N*H_out*W_out, KH*KW*C);
+      3. one GEMM with the weights as a (KH*KW*C, K) matrix;
+      4. reshape (N, H_out, W_out, K) and transpose back to NCHW.
+    Each row of ``cols`` is read from KH contiguous runs of KW*C numbers, and
+    the GEMM is one large call instead of N small ones; equal to ``F.conv2d``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    w : ndarray, shape (K, C, KH, KW)
+    b : ndarray, shape (K,), or None
+    stride, padding : int or (height, width) pair
+
+    Returns
+    -------
+    out : ndarray, shape (N, K, H_out, W_out), C-contiguous
+    """
+    x, w, b = _check_conv(x, w, b)
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
+    cols = win.reshape(N * H_out * W_out, -1)                # (N*L, KH*KW*C), the copy
+    out = cols @ _weights_as_matrix(w)                       # (N*L, K), the one GEMM
+    if b is not None:
+        out += b
+    out = out.reshape(N, H_out, W_out, K)                    # channels-last
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))   # (N, K, H_out, W_out)
+
+
+# --------------------------------------------------------------------------
+# 7. Backward pass
+# --------------------------------------------------------------------------
+
+def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
+                    stride=1, padding=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a convolution, given the upstream gradient ``dout``.
+
+    With ``cols`` and ``W_mat`` as in ``conv2d`` (forward: out = cols @ W_mat + b),
+    the matrix-multiply rule gives
+
+        dW_mat = cols.T @ dout_mat      db = dout summed over N, H_out, W_out
+        dcols  = dout_mat @ W_mat.T     dx = col2im(dcols)   (overlaps summed)
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, K, H_out, W_out), dLoss/dout
+    x : ndarray, shape (N, C, H, W), the forward input
+    w : ndarray, shape (K, C, KH, KW)
+    stride, padding : as in the forward pass
+
+    Returns
+    -------
+    dx : (N, C, H, W);  dw : (K, C, KH, KW);  db : (K,)
+    """
+    x, w, _ = _check_conv(x, w)
+    dout = _check_array(dout, "dout", 4, "(N, K, H_out, W_out)")
+    (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    if dout.shape != (N, K, H_out, W_out):
+        raise ValueError(f"dout has shape {dout.shape}, but the forward output of x {x.shape} "
+                         f"and w {w.shape} has shape {(N, K, H_out, W_out)}")
+    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)
+    cols = win.reshape(N * H_out * W_out, -1)                          # (N*L, KH*KW*C)
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, K)               # (N*L, K)
+    db = dout.sum(axis=(0, 2, 3))                                      # (K,)
+    dw = (cols.T @ dout_mat).reshape(KH, KW, C, K).transpose(3, 2, 0, 1)  # (K, C, KH, KW)
+    dcols = dout_mat @ _weights_as_matrix(w).T                         # (N*L, KH*KW*C)
+    dwin = dcols.reshape(N, H_out, W_out, KH, KW, C)
+    dx = _col2im_nhwc(dwin, H, W, SH, SW, PH, PW)                      # (N, C, H, W)
+    return np.ascontiguousarray(dx), np.ascontiguousarray(dw), db

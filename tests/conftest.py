@@ -1,0 +1,22 @@
+"""Shared test set-up: repository paths, a seeded RNG, torch on fixed threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("COURSE_DEVICE", "cpu")  # the same answers on a GPU machine
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT

@@ -1,0 +1,88 @@
+"""The three ways to install (make, pip, conda) name the same packages and pins."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+KERNEL = "dlsys-perf"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s;<>=!~\[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def pin_file() -> dict[str, list[str]]:
+    pins: dict[str, list[str]] = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pins.setdefault(_name(line), []).append(line)
+    return pins
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_pyproject_names_the_pinned_packages():
+    deps = {_name(d) for d in pyproject()["project"]["dependencies"]}
+    assert deps == set(pin_file()), (
+        f"only in pyproject.toml: {sorted(deps - set(pin_file()))}; "
+        f"only in requirements.txt: {sorted(set(pin_file()) - deps)}")
+
+
+def test_torch_is_pinned_to_the_cpu_build_on_disk():
+    assert pin_file()["torch"] == ["torch==2.13.0"]
+    assert "torch==2.13.0" in pyproject()["project"]["dependencies"]
+    assert "torchvision" not in pin_file(), "torchvision fails to import beside torch 2.13.0 here"
+
+
+def test_every_pin_is_exact():
+    for name, lines in pin_file().items():
+        for line in lines:
+            assert "==" in line, f"requirements.txt: {line!r} is not an exact pin"
+
+
+def test_environment_yml_delegates_to_the_pin_file():
+    text = (ROOT / "environment.yml").read_text()
+    pip_lines = re.findall(r"^\s+- (-r .+|-e .+)$", text, flags=re.M)
+    assert pip_lines == ["-r requirements.txt", "-e ."], pip_lines
+    conda_pkgs = re.findall(r"^  - ([a-z][\w=.]*)\s*$", text, flags=re.M)
+    assert sorted(_name(p) for p in conda_pkgs) == ["pip", "python"], (
+        f"environment.yml should install only python and pip from conda, got {conda_pkgs}")
+
+
+def test_makefile_registers_the_kernel_the_notebooks_use():
+    assert f"KERNEL  := {KERNEL}" in (ROOT / "Makefile").read_text()
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for path in notebooks:
+        spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+        assert spec.get("name") == KERNEL, f"{path.name}: kernelspec {spec.get('name')!r}, expected {KERNEL!r}"
+
+
+def test_ci_runs_make_test():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert script.rstrip().endswith("make test")
+
+
+def test_library_does_not_import_plotting():
+    """Only course_lib.viz may import matplotlib or ipywidgets (a fresh interpreter checks)."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import course_lib
+    modules = [m.name for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.")
+               if ".viz" not in m.name and not m.name.endswith("__main__")]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted({'matplotlib', 'ipywidgets'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"course_lib (outside viz/) imported {out.stdout.strip()}"
