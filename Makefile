@@ -10,7 +10,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
 NBVAL   := --nbval --nbval-current-env --nbval-cell-timeout=300 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab test test-unit test-notebooks bench exercises grade clean
+.PHONY: setup lab test test-unit test-notebooks notebooks bench exercises grade clean
 
 # The environment: rebuilt only when the pins or the package metadata change,
 # so a second `make lab` starts in seconds.
@@ -40,6 +40,9 @@ test-notebooks: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+notebooks: setup
+	$(PY) tools/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 
 exercises: setup
 	$(PY) -m course_lib.grading.build solutions exercises
