@@ -1,0 +1,134 @@
+"""course_lib.optim against torch.optim: same trajectories, same state, teaching errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from course_lib.optim import SGD, Adagrad
+
+
+def quadratic_grads(ws, A):
+    """Gradient of f(w) = 0.5 * w^T A w (+ sum of squares of the second param)."""
+    return [A @ ws[0], 2.0 * ws[1]]
+
+
+def run_both(make_ours, make_torch, steps=100, seed=0, dtype=np.float64):
+    """Run our optimizer and torch's on the same ill-conditioned problem; return both trajectories."""
+    rng = np.random.default_rng(seed)
+    A = np.diag([1.0, 10.0, 0.1]).astype(dtype)
+    w0 = [rng.normal(size=3).astype(dtype), rng.normal(size=(2, 2)).astype(dtype)]
+    ours = [w.copy() for w in w0]
+    opt = make_ours(ours)
+    theirs = [torch.tensor(w, requires_grad=True) for w in w0]
+    topt = make_torch(theirs)
+    A_t = torch.tensor(A)
+    traj_ours, traj_theirs = [], []
+    for _ in range(steps):
+        opt.step(quadratic_grads(ours, A))
+        topt.zero_grad()
+        loss = 0.5 * theirs[0] @ A_t @ theirs[0] + (theirs[1] ** 2).sum()
+        loss.backward()
+        topt.step()
+        traj_ours.append(np.concatenate([w.ravel() for w in ours]))
+        traj_theirs.append(np.concatenate([w.detach().numpy().ravel() for w in theirs]))
+    return np.array(traj_ours), np.array(traj_theirs), opt, topt
+
+
+def test_adagrad_equals_torch_over_100_steps():
+    ours, theirs, opt, topt = run_both(
+        lambda p: Adagrad(p, lr=0.5), lambda p: torch.optim.Adagrad(p, lr=0.5))
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    assert opt.steps == 100
+    for s, p in zip(opt.state_sum, topt.param_groups[0]["params"]):
+        np.testing.assert_allclose(s, topt.state[p]["sum"].numpy(), rtol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lr=st.floats(0.01, 1.0), eps=st.sampled_from([1e-10, 1e-8, 1e-3]),
+       init=st.sampled_from([0.0, 0.1, 1.0]), seed=st.integers(0, 1000))
+def test_adagrad_property_matches_torch(lr, eps, init, seed):
+    ours, theirs, _, _ = run_both(
+        lambda p: Adagrad(p, lr=lr, eps=eps, initial_accumulator_value=init),
+        lambda p: torch.optim.Adagrad(p, lr=lr, eps=eps, initial_accumulator_value=init),
+        steps=20, seed=seed)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_adagrad_float32_matches_torch_float32():
+    ours, theirs, _, _ = run_both(lambda p: Adagrad(p, lr=0.1),
+                                  lambda p: torch.optim.Adagrad(p, lr=0.1), dtype=np.float32)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_adagrad_by_hand_is_the_lecture_formula():
+    # gradients 3 then 4: eta_1 = g/sqrt(9) = 1/3, eta_2 = g/sqrt(9 + 16) = 1/5 (gamma = 1, eps = 0)
+    w = np.array([0.0])
+    opt = Adagrad([w], lr=1.0, eps=0.0)
+    opt.step([np.array([3.0])])
+    assert w[0] == pytest.approx(-1.0)            # -(1/3) * 3
+    np.testing.assert_allclose(opt.effective_lr()[0], [1 / 3])
+    opt.step([np.array([4.0])])
+    assert w[0] == pytest.approx(-1.0 - 4 / 5)    # -(1/5) * 4
+    np.testing.assert_allclose(opt.state_sum[0], [25.0])
+    np.testing.assert_allclose(opt.effective_lr()[0], [1 / 5])
+
+
+def test_adagrad_per_parameter_rates_differ():
+    w = np.zeros(2)
+    opt = Adagrad([w], lr=1.0)
+    for _ in range(5):
+        opt.step([np.array([10.0, 0.1])])
+    eta = opt.effective_lr()[0]
+    assert eta[1] / eta[0] == pytest.approx(100.0, rel=1e-6)   # small gradients keep a large rate
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
+                                                  (0.9, True, 0.0), (0.5, True, 0.01),
+                                                  (0.0, False, 0.1)])
+def test_sgd_equals_torch(momentum, nesterov, wd):
+    ours, theirs, opt, topt = run_both(
+        lambda p: SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov,
+                                  weight_decay=wd))
+    np.testing.assert_allclose(ours, theirs, atol=1e-9, rtol=0)
+    if momentum:
+        for v, p in zip(opt.velocity, topt.param_groups[0]["params"]):
+            np.testing.assert_allclose(v, topt.state[p]["momentum_buffer"].numpy(), atol=1e-9)
+
+
+def test_step_is_in_place_and_keeps_dtype():
+    w = np.ones(3, dtype=np.float32)
+    ref = w
+    SGD([w], lr=0.1).step([np.ones(3)])
+    assert ref is w and w.dtype == np.float32
+    np.testing.assert_allclose(w, 0.9)
+
+
+def test_nesterov_by_hand():
+    # momentum 0.5, grads 1 then 1: v1 = 1, step1 = g + 0.5 v1 = 1.5; v2 = 1.5, step2 = 1 + 0.75 = 1.75
+    w = np.zeros(1)
+    opt = SGD([w], lr=1.0, momentum=0.5, nesterov=True)
+    opt.step([np.ones(1)])
+    assert w[0] == pytest.approx(-1.5)
+    opt.step([np.ones(1)])
+    assert w[0] == pytest.approx(-3.25)
+
+
+def test_teaching_errors():
+    w = np.zeros(3)
+    with pytest.raises(TypeError, match="list of arrays"):
+        SGD(w, lr=0.1)
+    with pytest.raises(TypeError, match="dtype int64"):
+        Adagrad([np.zeros(3, dtype=np.int64)])
+    with pytest.raises(ValueError, match="nesterov=True needs momentum"):
+        SGD([w], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="lr"):
+        Adagrad([w], lr=-1.0)
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape \(2,\) but params\[0\] has shape \(3,\)"):
+        Adagrad([w]).step([np.zeros(2)])
+    with pytest.raises(ValueError, match="2 gradients for 1 parameters"):
+        SGD([w], lr=0.1).step([np.zeros(3), np.zeros(3)])
