@@ -1,0 +1,229 @@
+"""course_lib.conv against the lecture's examples, against PyTorch, and against numerical gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from course_lib.conv import (ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
+                             conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d)
+from course_lib.gradcheck import check_gradient
+
+FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
+
+# The 7x7 input of the lecture's "Padding example" slide.
+LECTURE_7x7 = np.array([
+    [6, 3, 4, 4, 5, 0, 3],
+    [4, 7, 4, 0, 4, 0, 4],
+    [7, 0, 2, 3, 4, 5, 2],
+    [3, 7, 5, 0, 3, 0, 7],
+    [5, 8, 1, 2, 5, 4, 2],
+    [8, 0, 1, 0, 6, 0, 0],
+    [6, 4, 1, 3, 0, 4, 5]], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- sizes, by hand
+
+@pytest.mark.parametrize("W, F_, P, S, expected", [
+    (7, 3, 0, 1, 5), (7, 3, 1, 1, 7), (7, 3, 0, 2, 3), (32, 5, 0, 1, 28),   # LeNet C1
+    (227, 11, 0, 4, 55),                                                     # AlexNet conv1
+    (9, 3, 1, 2, 5), (7, 7, 0, 1, 1), (7, 5, 2, 1, 7)])
+def test_conv_output_size_by_hand(W, F_, P, S, expected):
+    assert conv_output_size(W, F_, P, S) == expected
+
+
+def test_conv_output_size_non_integer_shows_the_arithmetic():
+    with pytest.raises(ValueError) as err:
+        conv_output_size(7, 3, 0, 3)
+    message = str(err.value)
+    assert "(7 - 3 + 2*0)/3 + 1" in message and "2.33" in message and "not an integer" in message
+    assert conv_output_size(7, 3, 0, 3, floor=True) == 2  # PyTorch's rule
+    assert conv_output_size(56, 3, 1, 2, floor=True) == 28  # a ResNet stride-2 layer: 28.5 -> 28
+
+
+def test_conv_output_size_filter_larger_than_padded_input():
+    with pytest.raises(ValueError, match=r"F = 9 is larger than the padded input W \+ 2P = 5 \+ 2\*1 = 7"):
+        conv_output_size(5, 9, 1, 1)
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(W=7, F=3, P=-1, S=1), ValueError, "padding P = -1"),
+    (dict(W=7, F=3, P=0, S=0), ValueError, "stride S = 0"),
+    (dict(W=7.0, F=3, P=0, S=1), TypeError, "W must be an int"),
+    (dict(W=7, F=True, P=0, S=1), TypeError, "F must be an int"),
+])
+def test_conv_output_size_rejects_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        conv_output_size(**kwargs)
+
+
+def test_conv_param_count_lecture_and_lenet():
+    assert conv_param_count(5, 1, 6) == ParamCount(150, 6)              # LeNet C1: 156 parameters
+    assert conv_param_count(5, 6, 16).total == 2416                      # LeNet C3 (fully connected C3)
+    assert conv_param_count(3, 64, 128) == ParamCount(3 * 3 * 64 * 128, 128)
+    with pytest.raises(ValueError, match="K must be a positive int"):
+        conv_param_count(3, 3, 0)
+
+
+def test_padding_example_from_the_lecture():
+    x = LECTURE_7x7[None, None]                                   # (1, 1, 7, 7)
+    xp = pad2d(x, 2)
+    assert xp.shape == (1, 1, 11, 11)                              # "increases ... by 2P"
+    np.testing.assert_array_equal(xp[0, 0, 2:9, 2:9], LECTURE_7x7)
+    assert xp[0, 0, :2].sum() == 0 and xp[0, 0, -2:].sum() == 0
+    assert xp[0, 0, :, :2].sum() == 0 and xp[0, 0, :, -2:].sum() == 0
+    assert pad2d(x, (0, 1)).shape == (1, 1, 7, 9)
+    # "By adding (F - 1)/2 pixels all around, one can maintain the size": F=5, P=2, S=1.
+    w = np.ones((1, 1, 5, 5))
+    assert conv2d(x, w, padding=2).shape == (1, 1, 7, 7)
+
+
+def test_conv_by_hand_on_the_lecture_input():
+    x = LECTURE_7x7[None, None]
+    w = np.zeros((1, 1, 3, 3)); w[0, 0, 1, 1] = 1.0            # identity filter
+    for f in FORWARDS:
+        np.testing.assert_array_equal(f(x, w, padding=1)[0, 0], LECTURE_7x7)
+    box = np.ones((1, 1, 3, 3))
+    out = conv2d(x, box, np.array([0.5]), stride=2)            # (7 - 3)/2 + 1 = 3
+    assert out.shape == (1, 1, 3, 3)
+    assert out[0, 0, 0, 0] == LECTURE_7x7[:3, :3].sum() + 0.5  # 6+3+4+4+7+4+7+0+2 + 0.5
+    assert out[0, 0, 2, 2] == LECTURE_7x7[4:, 4:].sum() + 0.5
+
+
+def test_inputs_are_not_modified(rng):
+    x, w, b = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    copies = [a.copy() for a in (x, w, b)]
+    for f in FORWARDS:
+        f(x, w, b, stride=2, padding=1)
+    conv2d_backward(rng.standard_normal((2, 4, 3, 3)), x, w, stride=2, padding=1)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_dtype_follows_the_input(rng):
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    assert conv2d(x, w).dtype == np.float32 and conv2d_im2col(x, w).dtype == np.float32
+    assert all(g.dtype == np.float32 for g in conv2d_backward(np.ones((1, 3, 3, 3), np.float32), x, w))
+
+
+# ---------------------------------------------------------------- errors that teach
+
+@pytest.mark.parametrize("f", FORWARDS + [lambda x, w, **k: conv2d_backward(np.ones((1, 1, 1, 1)), x, w, **k)])
+@pytest.mark.parametrize("x, w, kwargs, error, pattern", [
+    (np.ones((3, 5, 5)), np.ones((1, 3, 3, 3)), {}, ValueError, r"x must have 4 dimensions.*x\[None\]"),
+    (np.ones((1, 3, 5, 5)), np.ones((1, 2, 3, 3)), {}, ValueError, "channel mismatch: x has C = 3"),
+    (np.ones((1, 1, 5, 5)), np.ones((1, 1, 7, 7)), {}, ValueError, "larger than the padded input"),
+    (np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), dict(stride=0), ValueError, "stride = 0 must be >= 1"),
+    (np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), dict(padding=-1), ValueError, "padding = -1 must be >= 0"),
+    (np.ones((1, 1, 5, 5), dtype=np.int64), np.ones((1, 1, 3, 3)), {}, TypeError, "dtype int64.*astype"),
+    (np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), dict(stride=(1, 2, 3)), TypeError, "pair of ints"),
+    ([[[[1.0]]]], np.ones((1, 1, 1, 1)), {}, TypeError, "must be a numpy array"),
+])
+def test_bad_input_gets_a_teaching_error(f, x, w, kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        f(x, w, **kwargs)
+
+
+def test_bias_and_dout_shapes_are_checked():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="b has 2 entries but there are K = 3 filters"):
+        conv2d(x, w, np.ones(2))
+    with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 2, 2\).*\(1, 3, 3, 3\)"):
+        conv2d_backward(np.ones((1, 3, 2, 2)), x, w)
+    with pytest.raises(ValueError, match="cols has shape"):
+        col2im(np.ones((1, 9, 5)), (5, 5), 3)
+
+
+# ---------------------------------------------------------------- property tests against PyTorch
+
+@st.composite
+def conv_cases(draw):
+    """Random shapes: rectangular inputs, non-square kernels, strides 1-3, padding 0-2 (int or pair)."""
+    N, C, K = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    padding = draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    PH, PW = (padding, padding) if isinstance(padding, int) else padding
+    H = draw(st.integers(max(1, KH - 2 * PH), 10))
+    W = draw(st.integers(max(1, KW - 2 * PW), 10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C, KH, KW))
+    b = rng.standard_normal(K)
+    return x, w, b, stride, padding
+
+
+def _torch_conv(x, w, b, stride, padding, dout=None):
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    out = F.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    if dout is None:
+        return out.detach().numpy()
+    out.backward(torch.tensor(dout))
+    return xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_forward_equals_torch(case):
+    x, w, b, stride, padding = case
+    expected = _torch_conv(x, w, b, stride, padding)
+    for f in FORWARDS:
+        got = f(x, w, b, stride=stride, padding=padding)
+        assert got.shape == expected.shape, f"{f.__name__}: shape {got.shape} vs torch {expected.shape}"
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, err_msg=f.__name__)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_backward_equals_torch_autograd(case):
+    x, w, b, stride, padding = case
+    dout = np.random.default_rng(1).standard_normal(_torch_conv(x, w, b, stride, padding).shape)
+    expected = _torch_conv(x, w, b, stride, padding, dout)
+    for name, got, exp in zip(("dx", "dw", "db"), conv2d_backward(dout, x, w, stride, padding), expected):
+        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_im2col_col2im_equal_unfold_fold(case):
+    x, w, _, stride, padding = case
+    KH, KW = w.shape[2:]
+    cols = im2col(x, (KH, KW), stride, padding)
+    expected = F.unfold(torch.tensor(x), (KH, KW), stride=stride, padding=padding).numpy()
+    np.testing.assert_array_equal(cols, expected)
+    back = col2im(cols, x.shape[2:], (KH, KW), stride, padding)
+    expected_back = F.fold(torch.tensor(cols), x.shape[2:], (KH, KW), stride=stride, padding=padding).numpy()
+    np.testing.assert_allclose(back, expected_back, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_forward_matches_torch_at_float32_precision(rng):
+    x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)   # LeNet C3's input
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    expected = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b)).numpy()
+    np.testing.assert_allclose(conv2d(x, w, b), expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- numerical gradients
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), ((1, 2), (2, 0))])
+def test_backward_passes_the_numerical_gradient_check(rng, stride, padding):
+    x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
+    dout = rng.standard_normal(conv2d(x, w, b, stride, padding).shape)
+    dx, dw, db = conv2d_backward(dout, x, w, stride, padding)
+    loss = lambda x_, w_, b_: float(np.sum(conv2d(x_, w_, b_, stride, padding) * dout))
+    check_gradient(lambda v: loss(v, w, b), x, dx, "dx")
+    check_gradient(lambda v: loss(x, v, b), w, dw, "dw")
+    check_gradient(lambda v: loss(x, w, v), b, db, "db")
+
+
+def test_gradient_check_catches_a_wrong_gradient(rng):
+    x, w = rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((1, 1, 2, 2))
+    dout = np.ones((1, 1, 3, 3))
+    _, dw, _ = conv2d_backward(dout, x, w)
+    with pytest.raises(AssertionError, match=r"dw: relative error .* expected \(numerical\)"):
+        check_gradient(lambda v: float(conv2d(x, v).sum()), w, dw * 1.01, "dw")
