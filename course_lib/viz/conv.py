@@ -1,0 +1,460 @@
+"""Figures, widgets and measurements for lessons 01 (convolution) and 02 (im2col).
+
+Every widget drives a plain function defined here and tested in
+``tests/test_viz_conv.py``; every figure has a title and labelled axes with
+units. Reading order follows the lessons:
+
+lesson 01  ``output_size_report`` / ``output_size_explorer`` (the sliders),
+           ``plot_padding``, ``receptive_field_sizes`` / ``receptive_field_1d``
+           / ``plot_receptive_field``
+lesson 02  ``im2col_index_map`` / ``plot_im2col``, ``ConvLayer`` /
+           ``im2col_memory`` / ``plot_im2col_memory``, ``time_layouts``,
+           ``conv_timings`` / ``format_timings`` / ``plot_timings``
+
+Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from course_lib.conv import (_conv_geometry, _padded_nhwc, _weights_as_matrix, _windows_nhwc,
+                             conv2d, conv2d_im2col, conv2d_naive, conv_output_size,
+                             conv_param_count, im2col)
+
+
+# --------------------------------------------------------------------------
+# Lesson 01: the output-size formula and its sliders
+# --------------------------------------------------------------------------
+
+def output_size_report(W: int, F: int, P: int = 0, S: int = 1, D1: int = 3, K: int = 8) -> str:
+    """What the slide's formulas give for one layer, as text (the sliders show this).
+
+    ``W2 = (W1 - F + 2P)/S + 1`` and ``(F*F*D1)*K`` weights plus ``K`` biases
+    (lecture 5, "Convolution Summary"). When the formula does not give a
+    positive integer, the report shows ``conv_output_size``'s ValueError
+    message and what PyTorch would do instead (round down), never hides it.
+    """
+    params = conv_param_count(F, D1, K)
+    lines = [f"input volume   {W} x {W} x {D1}   (W1 x H1 x D1)",
+             f"filters        K = {K} of size {F} x {F} x {D1}, stride S = {S}, padding P = {P}"]
+    try:
+        W2 = conv_output_size(W, F, P, S)
+    except ValueError as err:
+        lines.append(f"ValueError: {err}")
+        if F <= W + 2 * P:
+            floor = conv_output_size(W, F, P, S, floor=True)
+            lines.append(f"(F.conv2d would round down to {floor} x {floor} x {K})")
+    else:
+        lines.append(f"W2 = (W - F + 2P)/S + 1 = ({W} - {F} + 2*{P})/{S} + 1 = {W2}")
+        lines.append(f"output volume  {W2} x {W2} x {K}   (W2 x H2 x D2, D2 = K)")
+    lines.append(f"parameters     (F*F*D1)*K = ({F}*{F}*{D1})*{K} = {params.weights} weights "
+                 f"+ {params.biases} biases = {params.total}")
+    return "\n".join(lines)
+
+
+def output_size_explorer(W: int = 7, F: int = 3, P: int = 0, S: int = 1, D1: int = 3, K: int = 8):
+    """Sliders for W, F, P, S (and D1, K) above a live ``output_size_report``.
+
+    Returns an ``ipywidgets.VBox``; ``box.sliders`` maps each name to its
+    slider and ``box.report`` is the HTML widget that shows the text. The
+    initial report is printed once, so a stored notebook shows it too.
+    """
+    import html
+
+    import ipywidgets as widgets
+
+    ranges = {"W": (W, 1, 64), "F": (F, 1, 11), "P": (P, 0, 5), "S": (S, 1, 5),
+              "D1": (D1, 1, 64), "K": (K, 1, 64)}
+    sliders = {name: widgets.IntSlider(value=value, min=low, max=high, description=name,
+                                       continuous_update=False)
+               for name, (value, low, high) in ranges.items()}
+    report = widgets.HTML()
+
+    def update(_change=None):
+        text = output_size_report(**{name: s.value for name, s in sliders.items()})
+        report.value = f"<pre>{html.escape(text)}</pre>"
+
+    for slider in sliders.values():
+        slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([widgets.HBox(list(sliders.values())[:3]),
+                        widgets.HBox(list(sliders.values())[3:]), report])
+    box.sliders, box.report = sliders, report
+    print(output_size_report(W, F, P, S, D1, K))
+    return box
+
+
+# --------------------------------------------------------------------------
+# Lesson 01: padding and the receptive field
+# --------------------------------------------------------------------------
+
+def _draw_grid(ax, values: np.ndarray, highlight: np.ndarray, title: str) -> None:
+    """A 2-D array as annotated squares; ``highlight`` (bool) cells are drawn coloured."""
+    shade = np.where(highlight, 1.0, 0.15)
+    ax.imshow(shade, cmap="Blues", vmin=0, vmax=1.6)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]))
+    ax.set_title(title)
+    ax.set_xlabel("column j (pixel)")
+    ax.set_ylabel("row i (pixel)")
+
+
+def plot_padding(x: np.ndarray, xp: np.ndarray):
+    """The lecture's padding example: the input (H, W) beside the padded (H+2P, W+2P).
+
+    ``x`` and ``xp`` are 2-D; the zeros that padding added are left pale.
+    """
+    PH, PW = (xp.shape[0] - x.shape[0]) // 2, (xp.shape[1] - x.shape[1]) // 2
+    inside = np.zeros(xp.shape, dtype=bool)
+    inside[PH:PH + x.shape[0], PW:PW + x.shape[1]] = True
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.6),
+                                      gridspec_kw={"width_ratios": [x.shape[1], xp.shape[1]]})
+    _draw_grid(left, x, np.ones(x.shape, dtype=bool), f"input, {x.shape[0]} x {x.shape[1]}")
+    _draw_grid(right, xp, inside, f"padded with P = {PH}: {xp.shape[0]} x {xp.shape[1]}")
+    fig.suptitle("Zero padding adds P rows/columns on each side: W + 2P")
+    fig.tight_layout()
+    return fig
+
+
+def receptive_field_sizes(kernel_sizes: list[int], strides: list[int]) -> list[int]:
+    """Receptive field (in input pixels, along one axis) after each layer.
+
+    A layer with filter F and stride S widens the field by ``F - 1`` steps of
+    the layer below, and one step there is the product of the strides under it:
+
+        r_0 = 1,   r_q = r_{q-1} + (F_q - 1) * S_1 * ... * S_{q-1}
+
+    ("a convolution in the q-th layer increases the receptive field", lecture 5).
+    """
+    if len(kernel_sizes) != len(strides):
+        raise ValueError(f"{len(kernel_sizes)} kernel sizes but {len(strides)} strides")
+    r, jump, sizes = 1, 1, []
+    for F, S in zip(kernel_sizes, strides):
+        if F < 1 or S < 1:
+            raise ValueError(f"filter size F = {F} and stride S = {S} must both be >= 1")
+        r += (F - 1) * jump
+        jump *= S
+        sizes.append(r)
+    return sizes
+
+
+def receptive_field_1d(n_inputs: int, F: int, S: int, n_layers: int,
+                       neuron: int | None = None) -> list[list[int]]:
+    """Which neurons of each layer feed one neuron of the top layer (no padding, 1-D).
+
+    Returns ``cone`` with ``cone[q]`` the sorted indices of layer q that the
+    chosen top neuron (default: the middle one) depends on; ``cone[0]`` is its
+    receptive field in the input, ``cone[-1] == [neuron]``.
+    """
+    widths = [n_inputs]
+    for _ in range(n_layers):
+        widths.append(conv_output_size(widths[-1], F, 0, S, floor=True))
+    neuron = widths[-1] // 2 if neuron is None else neuron
+    if not 0 <= neuron < widths[-1]:
+        raise ValueError(f"neuron {neuron} is outside the top layer of width {widths[-1]}")
+    cone = [[neuron]]
+    for _ in range(n_layers):  # neuron j of a layer reads j*S .. j*S + F - 1 of the layer below
+        cone.insert(0, sorted({j * S + u for j in cone[0] for u in range(F)}))
+    return cone
+
+
+def plot_receptive_field(n_inputs: int = 11, F: int = 3, S: int = 1, n_layers: int = 3):
+    """Sparse connectivity and the growing receptive field, in one dimension.
+
+    Grey lines: every connection (each neuron sees only F neighbours below).
+    Orange: the neurons one top neuron depends on, down to the input pixels.
+    """
+    cone = receptive_field_1d(n_inputs, F, S, n_layers)
+    positions = [np.arange(n_inputs, dtype=float)]
+    for _ in range(n_layers):  # draw each neuron above the middle of its window
+        below = positions[-1]
+        width = conv_output_size(len(below), F, 0, S, floor=True)
+        positions.append(np.array([below[j * S:j * S + F].mean() for j in range(width)]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 1.1 * n_layers))
+    for q in range(1, n_layers + 1):
+        for j, x in enumerate(positions[q]):
+            for u in range(F):
+                on = j in cone[q] and j * S + u in cone[q - 1]
+                ax.plot([positions[q - 1][j * S + u], x], [q - 1, q], zorder=1,
+                        color="tab:orange" if on else "0.8", lw=2 if on else 1)
+    for q, xs in enumerate(positions):
+        colours = ["tab:orange" if j in cone[q] else "white" for j in range(len(xs))]
+        ax.scatter(xs, np.full(len(xs), q), s=180, c=colours, edgecolors="k", zorder=2)
+    ax.set_yticks(range(n_layers + 1), ["input"] + [f"layer {q}" for q in range(1, n_layers + 1)])
+    ax.set_xlabel("position along the image (input pixel)")
+    ax.set_ylabel("layer q")
+    ax.set_title(f"{n_layers} layers of F = {F}, S = {S}: one neuron sees "
+                 f"{len(cone[0])} input pixels (receptive field)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Lesson 02: which pixel lands where in the im2col matrix
+# --------------------------------------------------------------------------
+
+def im2col_index_map(H: int, W: int, KH: int, KW: int, stride=1, padding=0) -> np.ndarray:
+    """For one single-channel H x W image: which input pixel each im2col entry holds.
+
+    Returns an int array of shape (KH*KW, L), the shape of ``im2col``'s matrix
+    for one image; entry [u*KW + v, i*W_out + j] is the row-major pixel index
+    ``row*W + col`` that window (i, j) reads at kernel offset (u, v), or -1
+    where the window lies on padding.
+    """
+    pixel_ids = np.arange(H * W, dtype=np.float64).reshape(1, 1, H, W) + 1  # 0 is left for padding
+    cols = im2col(pixel_ids, (KH, KW), stride, padding)                     # (1, KH*KW, L)
+    return cols[0].astype(np.int64) - 1
+
+
+def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padding=0):
+    """The input pixels (left) and the im2col matrix (right), in matching colours.
+
+    Each pixel gets its own colour and its index; the matrix shows where each
+    copy of it went: one row per kernel offset (u, v), one column per window (i, j).
+    """
+    index = im2col_index_map(H, W, KH, KW, stride, padding)      # (KH*KW, L)
+    _, _, (H_out, W_out) = _conv_geometry(np.empty((1, 1, H, W)), KH, KW, stride, padding)
+    cmap = plt.get_cmap("tab20", max(H * W, 2))
+    to_rgb = lambda ids: np.where(ids[..., None] >= 0, cmap(np.maximum(ids, 0))[..., :3], 0.92)
+    pixels = np.arange(H * W).reshape(H, W)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 0.45 * index.shape[1], 4),
+                                      gridspec_kw={"width_ratios": [W, index.shape[1]]})
+    for ax, ids in ((left, pixels), (right, index)):
+        ax.imshow(to_rgb(ids))
+        for (r, c), v in np.ndenumerate(ids):
+            ax.text(c, r, "pad" if v < 0 else str(v), ha="center", va="center", fontsize=7)
+    left.set_title(f"input {H} x {W} (pixel index)")
+    left.set_xlabel("column (pixel)")
+    left.set_ylabel("row (pixel)")
+    right.set_title(f"im2col matrix ({KH}*{KW} rows x L = {H_out}*{W_out} windows)")
+    right.set_xticks(range(index.shape[1]), [f"{i},{j}" for i in range(H_out) for j in range(W_out)],
+                     rotation=90, fontsize=7)
+    right.set_yticks(range(KH * KW), [f"{u},{v}" for u in range(KH) for v in range(KW)], fontsize=7)
+    right.set_xlabel("column = window position (i, j) of the output")
+    right.set_ylabel("row = kernel offset (u, v)")
+    fig.suptitle(f"im2col: each window becomes a column; pixels repeat up to {KH * KW} times")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Lesson 02: the KH*KW memory blow-up
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One convolution layer of a real network, input (N, C, H, W), K filters KH x KW."""
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    KH: int
+    KW: int
+    S: int = 1
+    P: int = 0
+
+
+REAL_LAYERS = (
+    ConvLayer("LeNet-5 C1", 64, 1, 32, 32, 6, 5, 5),
+    ConvLayer("LeNet-5 C3", 64, 6, 14, 14, 16, 5, 5),
+    ConvLayer("AlexNet conv1 (11x11, S=4)", 64, 3, 227, 227, 96, 11, 11, S=4),
+    ConvLayer("ResNet conv1 (7x7, S=2)", 64, 3, 224, 224, 64, 7, 7, S=2, P=3),
+    ConvLayer("ResNet 3x3, 64 ch, 56x56", 64, 64, 56, 56, 64, 3, 3, P=1),
+    ConvLayer("ResNet 3x3, 128 ch, S=2", 64, 64, 56, 56, 128, 3, 3, S=2, P=1),
+    ConvLayer("VGG conv1_2 (3x3, 224x224)", 64, 64, 224, 224, 64, 3, 3, P=1),
+)
+
+
+def im2col_memory(layers=REAL_LAYERS, itemsize: int = 4) -> list[dict]:
+    """Bytes of each layer's input and of its im2col matrix (float32 by default).
+
+    cols holds N * C*KH*KW * L numbers, L = H_out*W_out: every pixel copied
+    once per window covering it, about KH*KW/S^2 times the input.
+    """
+    rows = []
+    for layer in layers:
+        H_out = conv_output_size(layer.H, layer.KH, layer.P, layer.S, floor=True)
+        W_out = conv_output_size(layer.W, layer.KW, layer.P, layer.S, floor=True)
+        input_bytes = layer.N * layer.C * layer.H * layer.W * itemsize
+        cols_bytes = layer.N * layer.C * layer.KH * layer.KW * H_out * W_out * itemsize
+        rows.append({"layer": layer.name, "N": layer.N, "input_bytes": input_bytes, "cols_bytes": cols_bytes,
+                     "ratio": cols_bytes / input_bytes, "kernel_area": layer.KH * layer.KW,
+                     "stride": layer.S})
+    return rows
+
+
+def format_memory(rows: list[dict]) -> str:
+    """``im2col_memory``'s rows as a fixed-width text table (MiB)."""
+    lines = [f"{'layer':30s} {'input MiB':>10s} {'cols MiB':>10s} {'cols/input':>10s} {'KH*KW/S^2':>10s}"]
+    for r in rows:
+        lines.append(f"{r['layer']:30s} {r['input_bytes'] / 2**20:10.1f} {r['cols_bytes'] / 2**20:10.1f} "
+                     f"{r['ratio']:10.2f} {r['kernel_area'] / r['stride'] ** 2:10.2f}")
+    return "\n".join(lines)
+
+
+def plot_im2col_memory(rows: list[dict]):
+    """Input bytes vs im2col bytes per layer, a log-scale bar chart (MiB)."""
+    names = [r["layer"] for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    ax.barh(y - 0.2, [r["input_bytes"] / 2**20 for r in rows], 0.4, label="input x")
+    ax.barh(y + 0.2, [r["cols_bytes"] / 2**20 for r in rows], 0.4, label="im2col matrix")
+    for yi, r in zip(y, rows):
+        ax.text(r["cols_bytes"] / 2**20, yi + 0.2, f"  {r['ratio']:.1f}x", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(r["cols_bytes"] for r in rows) / 2**20 * 30)  # room for the labels
+    ax.set_xlabel("memory, float32 (MiB, log scale)")
+    batches = sorted({r["N"] for r in rows})
+    ax.set_ylabel(f"layer (batch N = {', '.join(map(str, batches))})")
+    ax.set_title("im2col copies each pixel up to KH*KW times")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Lesson 02: timings (warm-up, repeats, median)
+# --------------------------------------------------------------------------
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                   sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones.
+
+    ``sync`` is called before reading the clock (a GPU queues work and returns
+    at once; ``course_lib.device.synchronize`` waits for it).
+    """
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
+    """Split both im2col convolutions into their copy and their matrix multiply.
+
+    ``F.unfold`` layout (``conv2d_im2col``): cols (N, C*KH*KW, L), then N
+    matmuls (K, C*KH*KW) @ (C*KH*KW, L). Channels-last (``conv2d``): cols
+    (N*L, KH*KW*C), then one GEMM with (KH*KW*C, K). Returns seconds per step.
+    """
+    (K, C, KH, KW), N = w.shape, x.shape[0]
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                 # (N, C*KH*KW, L)
+    cl_copy = lambda: _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out
+                                    ).reshape(N * H_out * W_out, KH * KW * C)  # (N*L, KH*KW*C)
+    cols_unfold, cols_cl = unfold_copy(), cl_copy()
+    w_row, w_mat = w.reshape(K, -1), _weights_as_matrix(w)                     # (K, CKK), (KKC, K)
+    return {
+        "F.unfold layout: im2col copy": median_seconds(unfold_copy, repeats),
+        "F.unfold layout: N matmuls": median_seconds(lambda: w_row @ cols_unfold, repeats),
+        "channels-last: window copy": median_seconds(cl_copy, repeats),
+        "channels-last: one GEMM": median_seconds(lambda: cols_cl @ w_mat, repeats),
+    }
+
+
+IMPLEMENTATIONS = ("conv2d_naive", "conv2d_im2col", "conv2d", "PyTorch CPU", "PyTorch GPU")
+
+
+def conv_timings(cases: list[tuple], device=None, repeats: int = 5, warmup: int = 1,
+                 naive_max_windows: int = 50_000, seed: int = 0) -> list[dict]:
+    """Time every implementation on each case; check each one against F.conv2d first.
+
+    cases : list of (name, x_shape, w_shape, stride, padding)
+    device : a torch.device; "PyTorch GPU" is timed when it is not the CPU
+    naive_max_windows : conv2d_naive is skipped (seconds = nan) when it would
+        loop over more than this many (n, k, i, j) positions
+    Returns one dict per (case, implementation): case, implementation, seconds.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from course_lib.device import synchronize
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, x_shape, w_shape, stride, padding in cases:
+        x = rng.standard_normal(x_shape, dtype=np.float32)
+        w = rng.standard_normal(w_shape, dtype=np.float32)
+        b = rng.standard_normal(w_shape[0], dtype=np.float32)
+        xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+        funcs = {"conv2d_naive": lambda: conv2d_naive(x, w, b, stride, padding),
+                 "conv2d_im2col": lambda: conv2d_im2col(x, w, b, stride, padding),
+                 "conv2d": lambda: conv2d(x, w, b, stride, padding),
+                 "PyTorch CPU": lambda: F.conv2d(xt, wt, bt, stride, padding)}
+        syncs = {}
+        if device is not None and torch.device(device).type != "cpu":
+            dev = torch.device(device)
+            xd, wd, bd = xt.to(dev), wt.to(dev), bt.to(dev)
+            funcs["PyTorch GPU"] = lambda: F.conv2d(xd, wd, bd, stride, padding)
+            syncs["PyTorch GPU"] = lambda: synchronize(dev)
+        reference = funcs["PyTorch CPU"]().numpy()
+        N, K, H_out, W_out = reference.shape
+        if N * K * H_out * W_out > naive_max_windows:
+            funcs.pop("conv2d_naive")
+        for impl in IMPLEMENTATIONS:
+            if impl not in funcs:
+                rows.append({"case": name, "implementation": impl, "seconds": math.nan})
+                continue
+            out = funcs[impl]()
+            out = out.cpu().numpy() if hasattr(out, "cpu") else out
+            if not np.allclose(out, reference, rtol=1e-3, atol=1e-3):
+                raise AssertionError(f"{impl} differs from F.conv2d on {name}: max abs diff "
+                                     f"{np.max(np.abs(out - reference)):.3g}")
+            seconds = median_seconds(funcs[impl], repeats, warmup, syncs.get(impl, lambda: None))
+            rows.append({"case": name, "implementation": impl, "seconds": seconds})
+    return rows
+
+
+def format_timings(rows: list[dict]) -> str:
+    """A text table: milliseconds per call and the ratio to PyTorch on the CPU."""
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    impls = [i for i in IMPLEMENTATIONS
+             if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]
+    lines = [f"{'case':28s}" + "".join(f"{i:>20s}" for i in impls)]
+    for case in cases:
+        got = {r["implementation"]: r["seconds"] for r in rows if r["case"] == case}
+        base = got["PyTorch CPU"]
+        cells = ["skipped" if math.isnan(got[i]) else f"{got[i] * 1e3:.2f} ms ({got[i] / base:.2g}x)"
+                 for i in impls]
+        lines.append(f"{case:28s}" + "".join(f"{c:>20s}" for c in cells))
+    return "\n".join(lines) + "\n(ratio = time / PyTorch CPU time; lower is faster)"
+
+
+def plot_timings(rows: list[dict]):
+    """Grouped bars: time per forward call of each implementation, per case (log scale)."""
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    impls = [i for i in IMPLEMENTATIONS
+             if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for k, impl in enumerate(impls):
+        ms = [next(r["seconds"] for r in rows if r["case"] == c and r["implementation"] == impl) * 1e3
+              for c in cases]
+        ax.bar(np.arange(len(cases)) + (k - (len(impls) - 1) / 2) * width, ms, width, label=impl)
+    ax.set_xticks(range(len(cases)), cases)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (input shape x filter shape)")
+    ax.set_ylabel("time per forward call (ms, log scale)")
+    ax.set_title("Convolution forward: from loops to one GEMM (median of repeats, after warm-up)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

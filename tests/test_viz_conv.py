@@ -1,0 +1,233 @@
+"""The plain functions behind lessons 01 and 02's figures and widgets.
+
+Each function a widget or a figure relies on is checked against an
+independent reference: course_lib.conv's formulas, torch.nn.functional, or
+torch autograd (for the receptive field).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.conv import conv_output_size, im2col, pad2d
+from course_lib.viz import conv as viz
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+# ---------------------------------------------------------------- lesson 01
+
+def test_report_of_the_lecture_example_shows_the_formula_and_the_parameters():
+    text = viz.output_size_report(W=32, F=5, P=0, S=1, D1=1, K=6)  # LeNet-5's C1
+    assert "(32 - 5 + 2*0)/1 + 1 = 28" in text, text
+    assert "28 x 28 x 6" in text, text
+    assert "150 weights + 6 biases = 156" in text, text
+
+
+def test_report_shows_the_value_error_of_a_non_integer_size():
+    text = viz.output_size_report(W=7, F=3, P=0, S=3)
+    with pytest.raises(ValueError) as err:
+        conv_output_size(7, 3, 0, 3)
+    assert f"ValueError: {err.value}" in text, text
+    assert "2.33" in text
+    assert "round down to 2 x 2" in text  # what F.conv2d does instead
+
+
+def test_report_of_a_filter_larger_than_the_input_is_an_error_not_a_crash():
+    text = viz.output_size_report(W=3, F=7, P=1, S=1)
+    assert "ValueError: filter size F = 7 is larger than the padded input" in text, text
+
+
+@SETTINGS
+@given(W=st.integers(1, 40), F=st.integers(1, 11), P=st.integers(0, 5), S=st.integers(1, 5))
+def test_report_agrees_with_conv_output_size(W, F, P, S):
+    text = viz.output_size_report(W, F, P, S, D1=3, K=4)
+    try:
+        W2 = conv_output_size(W, F, P, S)
+    except ValueError as err:
+        assert f"ValueError: {err}" in text
+    else:
+        assert f"output volume  {W2} x {W2} x 4" in text
+        assert W2 == torch_output_width(W, F, P, S)
+    assert f"{F * F * 3 * 4} weights + 4 biases" in text
+
+
+def torch_output_width(W, F_, P, S):
+    """The output width PyTorch actually produces, as an independent reference."""
+    return F.conv2d(torch.zeros(1, 1, W, W), torch.zeros(1, 1, F_, F_), padding=P, stride=S).shape[-1]
+
+
+def test_explorer_sliders_drive_the_report(capsys):
+    box = viz.output_size_explorer(W=7, F=3, P=0, S=1)
+    printed = capsys.readouterr().out
+    assert printed.strip() == viz.output_size_report(7, 3, 0, 1).strip()  # initial rendering
+    assert "5 x 5 x 8" in box.report.value
+    box.sliders["S"].value = 3                      # the non-integer case
+    assert "ValueError" in box.report.value and "2.33" in box.report.value
+    box.sliders["P"].value = 1                      # (7 - 3 + 2)/3 + 1 = 3
+    assert "= 3\n" in box.report.value and "3 x 3 x 8" in box.report.value
+
+
+def test_padding_figure_reproduces_the_lecture_example():
+    x = np.arange(49).reshape(7, 7)
+    xp = pad2d(x[None, None].astype(float), 2)[0, 0]
+    fig = viz.plot_padding(x, xp)
+    assert "11 x 11" in fig.axes[1].get_title()
+    _assert_labelled(fig)
+
+
+@pytest.mark.parametrize("kernels,strides,expected", [
+    ([3, 3, 3], [1, 1, 1], [3, 5, 7]),          # three 3x3 layers see 7x7
+    ([5, 2, 5], [1, 2, 1], [5, 6, 14]),         # LeNet-5: C1, S2, C3
+    ([7, 3], [2, 2], [7, 11]),                  # ResNet's stem: conv1 then the 3x3 pool
+])
+def test_receptive_field_sizes_by_hand(kernels, strides, expected):
+    assert viz.receptive_field_sizes(kernels, strides) == expected
+
+
+def _torch_receptive_field(kernels, strides) -> int:
+    """Width of the input region that one output pixel's gradient touches."""
+    size = 1
+    for k, s in zip(reversed(kernels), reversed(strides)):
+        size = (size - 1) * s + k                    # smallest input giving one output
+    x = torch.zeros(1, 1, 1, size + 6, requires_grad=True)
+    h = x
+    for k, s in zip(kernels, strides):
+        h = F.conv2d(h, torch.ones(1, 1, 1, k), stride=(1, s))
+    h[0, 0, 0, h.shape[-1] // 2].backward()
+    touched = np.flatnonzero(x.grad[0, 0, 0].numpy())
+    return int(touched[-1] - touched[0] + 1)
+
+
+@SETTINGS
+@given(layers=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=4))
+def test_receptive_field_sizes_match_torch_autograd(layers):
+    kernels, strides = [k for k, _ in layers], [s for _, s in layers]
+    assert viz.receptive_field_sizes(kernels, strides)[-1] == _torch_receptive_field(kernels, strides)
+
+
+@SETTINGS
+@given(F_=st.integers(1, 4), S=st.integers(1, 3), n_layers=st.integers(1, 3), extra=st.integers(0, 6))
+def test_receptive_field_cone_spans_the_formula_size(F_, S, n_layers, extra):
+    size = viz.receptive_field_sizes([F_] * n_layers, [S] * n_layers)[-1]
+    cone = viz.receptive_field_1d(size + extra, F_, S, n_layers)
+    assert len(cone) == n_layers + 1 and len(cone[-1]) == 1
+    assert cone[0][-1] - cone[0][0] + 1 == size, cone[0]
+    if S <= F_:  # windows overlap or touch: no input pixel inside the span is skipped
+        assert cone[0] == list(range(cone[0][0], cone[0][0] + size)), cone[0]
+
+
+def test_receptive_field_figure_is_labelled():
+    _assert_labelled(viz.plot_receptive_field(11, 3, 1, 3))
+
+
+def test_receptive_field_rejects_mismatched_lists():
+    with pytest.raises(ValueError, match="2 kernel sizes but 1 strides"):
+        viz.receptive_field_sizes([3, 3], [1])
+
+
+# ---------------------------------------------------------------- lesson 02
+
+@SETTINGS
+@given(H=st.integers(1, 6), W=st.integers(1, 6), KH=st.integers(1, 3), KW=st.integers(1, 3),
+       S=st.integers(1, 3), P=st.integers(0, 2))
+def test_im2col_index_map_matches_unfold_of_pixel_indices(H, W, KH, KW, S, P):
+    if KH > H + 2 * P or KW > W + 2 * P:
+        return
+    index = viz.im2col_index_map(H, W, KH, KW, S, P)
+    ids = torch.arange(1, H * W + 1, dtype=torch.float64).reshape(1, 1, H, W)
+    expected = F.unfold(ids, (KH, KW), padding=P, stride=S)[0].numpy().astype(np.int64) - 1
+    np.testing.assert_array_equal(index, expected)
+
+
+def test_im2col_index_map_by_hand():
+    # 3x3 image, 2x2 kernel, stride 1: window (0, 0) reads pixels 0, 1, 3, 4
+    index = viz.im2col_index_map(3, 3, 2, 2)
+    assert index.shape == (4, 4)
+    np.testing.assert_array_equal(index[:, 0], [0, 1, 3, 4])
+    np.testing.assert_array_equal(index[:, 3], [4, 5, 7, 8])
+    assert (viz.im2col_index_map(2, 2, 3, 3, padding=1) == -1).sum() == 4 * 9 - 4 * 4
+
+
+def test_im2col_figure_is_labelled():
+    _assert_labelled(viz.plot_im2col(4, 4, 2, 2))
+
+
+def test_memory_table_equals_the_bytes_im2col_really_allocates():
+    layers = [viz.ConvLayer("small", 2, 3, 9, 7, 4, 3, 2, S=2, P=1),
+              viz.ConvLayer("lenet", 2, 1, 32, 32, 6, 5, 5)]
+    for layer, row in zip(layers, viz.im2col_memory(layers)):
+        x = np.zeros((layer.N, layer.C, layer.H, layer.W), dtype=np.float32)
+        cols = im2col(x, (layer.KH, layer.KW), layer.S, layer.P)
+        assert row["input_bytes"] == x.nbytes
+        assert row["cols_bytes"] == cols.nbytes, (layer, row, cols.shape)
+
+
+def test_memory_blow_up_is_kernel_area_over_stride_squared_with_same_padding():
+    rows = {r["layer"]: r for r in viz.im2col_memory()}
+    assert rows["ResNet 3x3, 64 ch, 56x56"]["ratio"] == pytest.approx(9.0)
+    assert rows["ResNet 3x3, 128 ch, S=2"]["ratio"] == pytest.approx(9 / 4)
+    text = viz.format_memory(viz.im2col_memory())
+    assert "VGG conv1_2" in text and "7056.0" in text  # 64*64*9*224*224*4 bytes in MiB
+    _assert_labelled(viz.plot_im2col_memory(viz.im2col_memory()))
+
+
+def test_median_seconds_takes_the_median_after_warm_up():
+    calls = []
+    durations = iter([0.0, 0.0, 0.05, 0.0, 0.0])  # one warm-up, then a slow outlier among 4
+    import time
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    seconds = viz.median_seconds(fn, repeats=4, warmup=1)
+    assert len(calls) == 5
+    assert seconds < 0.04  # the outlier does not move the median
+
+
+def test_conv_timings_checks_results_and_skips_a_long_naive_loop():
+    cases = [("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1), ("wide", (1, 2, 9, 9), (3, 2, 3, 3), 2, 0)]
+    rows = viz.conv_timings(cases, repeats=1, warmup=0, naive_max_windows=50)
+    got = {(r["case"], r["implementation"]): r["seconds"] for r in rows}
+    assert math.isnan(got[("tiny", "conv2d_naive")])                    # 1*3*6*6 = 108 > 50
+    assert got[("wide", "conv2d_naive")] > 0                             # 1*3*4*4 = 48: timed
+    assert math.isnan(got[("wide", "PyTorch GPU")])                      # no device given
+    assert all(got[(c, i)] > 0 for c in ("tiny", "wide") for i in ("conv2d", "PyTorch CPU"))
+    table = viz.format_timings(rows)
+    assert "skipped" in table and "PyTorch GPU" not in table
+    _assert_labelled(viz.plot_timings(rows))
+
+
+def test_time_layouts_reports_both_copies_and_both_products():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    steps = viz.time_layouts(x, w, stride=1, padding=1, repeats=1)
+    assert set(steps) == {"F.unfold layout: im2col copy", "F.unfold layout: N matmuls",
+                          "channels-last: window copy", "channels-last: one GEMM"}
+    assert all(s > 0 for s in steps.values())
+
+
+# ---------------------------------------------------------------- helpers
+
+def _assert_labelled(fig) -> None:
+    """Every figure: a title, and x and y labels on each of its axes."""
+    try:
+        for ax in fig.axes:
+            assert ax.get_title() or fig._suptitle is not None, "missing title"
+            assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes {ax.get_title()!r}"
+    finally:
+        plt.close(fig)
