@@ -1,0 +1,64 @@
+"""conv2d and conv2d_backward against PyTorch on the CPU, in one run, same thread count.
+
+Targets (foundation issue): forward <= 1.0x F.conv2d on the LeNet layers and
+<= 1.5x on the ResNet layers; backward <= 2x autograd's convolution_backward;
+conv2d at least 100x faster than conv2d_naive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import Result, median_time, same_threads
+from course_lib.conv import conv2d, conv2d_backward, conv2d_naive
+
+# name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding, forward target
+LAYERS = [
+    ("LeNet C1 (64,1,32,32)x(6,1,5,5)", (64, 1, 32, 32), (6, 1, 5, 5), 1, 0, 1.0),
+    ("LeNet C3 (64,6,14,14)x(16,6,5,5)", (64, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1.0),
+    ("ResNet (16,64,56,56)x(64,64,3,3) p1", (16, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1.5),
+    ("ResNet (16,64,56,56)x(128,64,3,3) s2 p1", (16, 64, 56, 56), (128, 64, 3, 3), 2, 1, 1.5),
+]
+BACKWARD_TARGET = 2.0
+NAIVE_TARGET = 100.0
+
+
+def _torch_backward(dout, x, w, stride, padding):
+    """Autograd's own kernel for a convolution's gradients (what loss.backward() calls)."""
+    return torch.ops.aten.convolution_backward(
+        dout, x, w, [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+        [True, True, True])
+
+
+def run() -> list[Result]:
+    threads = same_threads()
+    rng = np.random.default_rng(0)
+    results = []
+    for name, xs, ws, stride, padding, target in LAYERS:
+        x = rng.standard_normal(xs, dtype=np.float32)
+        w = rng.standard_normal(ws, dtype=np.float32)
+        b = rng.standard_normal(ws[0], dtype=np.float32)
+        xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        out = conv2d(x, w, b, stride, padding)
+        dout = rng.standard_normal(out.shape, dtype=np.float32)
+        doutt = torch.from_numpy(dout)
+        with torch.no_grad():
+            t_torch = median_time(lambda: F.conv2d(xt, wt, bt, stride, padding), min_time=0.05)
+            t_ours = median_time(lambda: conv2d(x, w, b, stride, padding), min_time=0.05)
+            tb_torch = median_time(lambda: _torch_backward(doutt, xt, wt, stride, padding), min_time=0.05)
+            tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding), min_time=0.05)
+        note = f"torch {t_torch * 1e3:.2f} ms, ours {t_ours * 1e3:.2f} ms, {threads} threads"
+        results.append(Result("conv forward", name, t_ours / t_torch, target, note=note))
+        note = f"torch {tb_torch * 1e3:.2f} ms, ours {tb_ours * 1e3:.2f} ms"
+        results.append(Result("conv backward", name, tb_ours / tb_torch, BACKWARD_TARGET, note=note))
+
+    x = rng.standard_normal((4, 3, 16, 16))
+    w = rng.standard_normal((8, 3, 3, 3))
+    t_naive = median_time(lambda: conv2d_naive(x, w, padding=1), repeats=3, warmup=1)
+    t_fast = median_time(lambda: conv2d(x, w, padding=1), min_time=0.05)
+    results.append(Result("conv naive", "naive / conv2d (4,3,16,16)x(8,3,3,3) p1", t_naive / t_fast,
+                          NAIVE_TARGET, higher_is_better=True,
+                          note=f"naive {t_naive * 1e3:.1f} ms, conv2d {t_fast * 1e3:.3f} ms"))
+    return results
