@@ -1,0 +1,176 @@
+"""Max pooling, forward and backward: the lecture's "Max Pooling" slide.
+
+    "Pooling operates on square regions of size P x P in each of the
+    activation maps of the input and returns maximum of the values in those
+    regions. Pooling preserves the depth; depth of output is same as input.
+    Pooling is a subsampling technique." (lecture 5)
+
+(The slide's P is the pool size, ``kernel_size`` here; in this kit P is the
+padding, as in PyTorch.) The output size follows the convolution formula,
+``W_out = (W - KW + 2P)/S + 1`` rounded down, and the depth C is unchanged.
+
+Reading order
+-------------
+1. ``pool_output_shape``: sizes, and the checks every function shares.
+2. ``max_pool2d_naive``: the definition, a loop over output positions.
+3. ``max_pool2d``: no loop over the output; a running ``np.maximum`` over the
+   KH*KW strided views "the element at offset (u, v) of every window".
+4. ``max_pool2d_backward``: each output's gradient goes back to the one input
+   that won its window (summed where overlapping windows share a winner).
+
+Tie rule (the same as PyTorch's CPU and CUDA kernels): when several elements
+of a window hold the maximum, the FIRST one in row-major window order (top
+row first, left to right) wins and receives the whole gradient. Padding is
+-inf, so a padded element never wins unless a whole window is padding, which
+the ``P <= KH/2`` rule (PyTorch's) rules out. NaN inputs are not supported.
+
+Equal to ``torch.nn.functional.max_pool2d(x, kernel_size, stride, padding)``
+and its autograd gradient. Symbols as in ``course_lib`` (N, C, H, W, KH, KW,
+S, P, H_out, W_out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from course_lib.conv import _check_array, _pair, conv_output_size
+
+
+def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
+    """Check a pooling's hyper-parameters; return ``(KH, KW), (SH, SW), (PH, PW), (H_out, W_out)``.
+
+    ``stride`` defaults to ``kernel_size`` (non-overlapping windows, the
+    lecture's subsampling). As in PyTorch, padding may be at most half the
+    kernel, and a window that does not fit at the end is dropped (floor).
+    """
+    KH, KW = _pair(kernel_size, "kernel_size", 1)
+    SH, SW = (KH, KW) if stride is None else _pair(stride, "stride", 1)
+    PH, PW = _pair(padding, "padding", 0)
+    if 2 * PH > KH or 2 * PW > KW:
+        raise ValueError(f"padding {(PH, PW)} is more than half the kernel {(KH, KW)}: a window "
+                         f"could then hold only padding (-inf) and no input; use padding <= "
+                         f"kernel_size // 2 = {(KH // 2, KW // 2)}")
+    H, W = x_shape[-2:]
+    H_out = conv_output_size(H, KH, PH, SH, floor=True)
+    W_out = conv_output_size(W, KW, PW, SW, floor=True)
+    return (KH, KW), (SH, SW), (PH, PW), (H_out, W_out)
+
+
+def _pad_neg_inf(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, H + 2PH, W + 2PW), padded with -inf (x itself when P = 0)."""
+    if PH == 0 and PW == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=-np.inf)
+
+
+def _offset_view(xp: np.ndarray, u: int, v: int, SH: int, SW: int, H_out: int, W_out: int):
+    """Element (u, v) of every window: a strided view (N, C, H_out, W_out) of xp, no copy.
+
+    Window (i, j) starts at row i*SH and column j*SW of the padded input, so
+    its element (u, v) is xp[:, :, i*SH + u, j*SW + v].
+    """
+    return xp[:, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW]
+
+
+def max_pool2d_naive(x: np.ndarray, kernel_size, stride=None, padding=0) -> np.ndarray:
+    """Max pooling by its definition: for every output position, the max of its window.
+
+        out[n, c, i, j] = max_{u < KH, v < KW} xp[n, c, i*SH + u, j*SW + v]
+
+    Parameters and result as ``max_pool2d``.
+    """
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
+    xp = _pad_neg_inf(x, PH, PW)
+    out = np.empty(x.shape[:2] + (H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            window = xp[:, :, i * SH:i * SH + KH, j * SW:j * SW + KW]  # (N, C, KH, KW)
+            out[:, :, i, j] = window.max(axis=(2, 3))
+    return out
+
+
+def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
+               return_indices: bool = False):
+    """Max pooling with no loop over the output: ``torch.nn.functional.max_pool2d``.
+
+    The maximum over a window is the running maximum over its KH*KW elements;
+    element (u, v) of *every* window at once is one strided view of the input,
+    so the whole pooling is KH*KW vectorised ``np.maximum`` calls.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), floating point
+    kernel_size : int or (KH, KW), the pool size (the slide's P x P)
+    stride : int or (SH, SW); default kernel_size (non-overlapping windows)
+    padding : int or (PH, PW), -inf added on each side, at most kernel_size // 2
+    return_indices : also return ``argmax``, the winner's position in its
+        window, ``u*KW + v`` (row-major), int8/int16/int32 by window size; give it to
+        ``max_pool2d_backward`` to skip recomputing it (PyTorch instead returns
+        flat indices into the H*W plane)
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H_out, W_out), H_out = (H - KH + 2PH)//SH + 1;
+        the depth C is preserved
+    argmax : ndarray, shape (N, C, H_out, W_out), only if return_indices
+    """
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
+    xp = _pad_neg_inf(x, PH, PW)
+    out = _offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()           # (N, C, H_out, W_out)
+    argmax = np.zeros(out.shape, dtype=np.min_scalar_type(-KH * KW)) if return_indices else None
+    for u in range(KH):
+        for v in range(KW):
+            if u == v == 0:
+                continue
+            view = _offset_view(xp, u, v, SH, SW, H_out, W_out)          # element (u, v) of every window
+            if return_indices:
+                np.copyto(argmax, u * KW + v, where=view > out)          # strictly greater: first max wins
+            np.maximum(out, view, out=out)
+    return (out, argmax) if return_indices else out
+
+
+def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
+                        argmax: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of max pooling: each output's gradient flows to its window's winner.
+
+        dx[n, c, i*SH + u, j*SW + v] += dout[n, c, i, j]   where (u, v) = argmax of window (i, j)
+
+    Every other input gets zero. When windows overlap (stride < kernel), an
+    input that wins several windows receives the sum of their gradients, as
+    in autograd. Ties go to the first maximum in row-major window order.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, H_out, W_out), dLoss/dout
+    x : ndarray, shape (N, C, H, W), the forward input
+    kernel_size, stride, padding : as in the forward pass
+    argmax : optional, from ``max_pool2d(..., return_indices=True)``;
+        recomputed from x when None
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    """
+    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    dout = _check_array(dout, "dout", 4, "(N, C, H_out, W_out)")
+    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    if dout.shape != (N, C, H_out, W_out):
+        raise ValueError(f"dout has shape {dout.shape}, but pooling x {x.shape} with kernel "
+                         f"{(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)} gives {(N, C, H_out, W_out)}")
+    if argmax is None:
+        _, argmax = max_pool2d(x, (KH, KW), (SH, SW), (PH, PW), return_indices=True)
+    elif argmax.shape != dout.shape:
+        raise ValueError(f"argmax has shape {argmax.shape}; it must match dout {dout.shape}")
+    dxp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)  # padded gradient
+    for u in range(KH):
+        for v in range(KW):
+            won = argmax == u * KW + v                                   # windows whose winner is (u, v)
+            target = _offset_view(dxp, u, v, SH, SW, H_out, W_out)       # a writable view into dxp
+            if SH >= KH and SW >= KW:                                    # windows do not overlap
+                np.copyto(target, dout, where=won)
+            else:                                                        # overlaps accumulate
+                target += np.where(won, dout, 0)
+    return np.ascontiguousarray(dxp[:, :, PH:PH + H, PW:PW + W])
