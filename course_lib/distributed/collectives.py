@@ -1,0 +1,155 @@
+"""All-reduce algorithms, written once against a transport's ``step`` (see ``transport.py``).
+
+``ring_allreduce_(endpoint, count)`` and ``ps_allreduce_(endpoint, count, shards)``
+sum ``endpoint.buffer[:count]`` across all ranks, in place, on every rank. They
+run inside worker processes; ``ProcessGroup`` wraps them for worker functions
+(``pg.allreduce_(grad)``) and ``launch.allreduce`` runs them from a notebook.
+
+Both give bit-identical results on every rank: each element is summed on
+exactly one rank, in a fixed order, and then copied to the others. (They may
+still differ from ``np.sum`` in the last bits, because the order differs.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .schedule import allgather_step, chunk_bounds, scatter_reduce_step
+
+
+def ring_allreduce_(endpoint, count: int) -> None:
+    """Ring all-reduce of ``endpoint.buffer[:count]``: scatter-reduce, then allgather.
+
+    Lecture 5, "Ring All-Reduce": each rank sends only to its right neighbour
+    and receives only from its left; 2(P - 1) steps of about N/P elements, so
+    2N(P-1)/P elements sent per rank. The chunk indices come from ``schedule.py``.
+    """
+    P, r = endpoint.world_size, endpoint.rank
+    if P == 1:
+        return
+    x = endpoint.buffer[:count]                          # (N,) this rank's data, summed in place
+    bounds = chunk_bounds(count, P)                      # P chunks of N/P (+1) elements
+    right, left = (r + 1) % P, (r - 1) % P
+
+    def size(c):
+        return bounds[c][1] - bounds[c][0]
+
+    for k in range(P - 1):                               # scatter-reduce: add the left's partial sum
+        send, recv = scatter_reduce_step(r, k, P)
+        (partial,) = endpoint.step(sends=[(right, *bounds[send])], recvs=[(left, size(recv))])
+        a, b = bounds[recv]
+        np.add(x[a:b], partial, out=x[a:b])
+    for k in range(P - 1):                               # allgather: copy the left's complete chunk
+        send, recv = allgather_step(r, k, P)
+        (complete,) = endpoint.step(sends=[(right, *bounds[send])], recvs=[(left, size(recv))])
+        a, b = bounds[recv]
+        x[a:b] = complete
+    endpoint.fence()
+
+
+def ps_allreduce_(endpoint, count: int, shards: int = 1) -> None:
+    """Parameter-server all-reduce of ``endpoint.buffer[:count]`` with ``shards`` servers.
+
+    Lecture 5, "Reduction Topologies: Parameter server: single reducer". The
+    array is cut into S shards; rank s < S is the server of shard s. Step 1:
+    every rank sends its shard s to server s, which adds the P - 1 partial
+    arrays to its own (in rank order). Step 2: each server sends its summed shard
+    back to all. With S = 1, rank 0 receives N(P-1) and sends N(P-1): 2N(P-1).
+    """
+    P, r, S = endpoint.world_size, endpoint.rank, shards
+    if not 1 <= S <= P:
+        raise ValueError(f"shards = {S} must be between 1 and world_size = {P}")
+    if P == 1:
+        return
+    x = endpoint.buffer[:count]                          # (N,)
+    bounds = chunk_bounds(count, S)                      # shard s = x[bounds[s][0]:bounds[s][1]]
+    mine = bounds[r] if r < S else (0, 0)                # the shard this rank serves, if any
+    others = [q for q in range(P) if q != r]
+
+    partials = endpoint.step(                            # 1. learners -> servers
+        sends=[(s, *bounds[s]) for s in range(S) if s != r],
+        recvs=[(q, mine[1] - mine[0]) for q in others] if r < S else [])
+    total = x[mine[0]:mine[1]]
+    for partial in partials:                             # the reduce, in rank order
+        np.add(total, partial, out=total)
+
+    summed = endpoint.step(                              # 2. servers -> everyone
+        sends=[(q, *mine) for q in others] if r < S else [],
+        recvs=[(s, bounds[s][1] - bounds[s][0]) for s in range(S) if s != r])
+    for s, shard in zip([s for s in range(S) if s != r], summed):
+        x[bounds[s][0]:bounds[s][1]] = shard
+    endpoint.fence()
+
+
+ALGORITHMS = {"ring": ring_allreduce_, "ps": ps_allreduce_}
+
+
+class ProcessGroup:
+    """What a worker function gets: its rank, the world size, and collectives.
+
+    Created by ``launch.launch`` in each worker; a training function receives it
+    as its first argument::
+
+        def train_worker(pg, steps):           # lives in course_lib, not in a notebook
+            for _ in range(steps):
+                grad = ...                     # this rank's gradient, a float32 ndarray
+                pg.allreduce_(grad)            # now the sum over all ranks, on every rank
+                grad /= pg.world_size
+
+    Attributes
+    ----------
+    rank, world_size : int
+    capacity : the largest number of elements one collective can carry
+    bytes_sent, bytes_received : totals so far for this rank
+    """
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+        self.rank, self.world_size = endpoint.rank, endpoint.world_size
+        self.capacity, self.dtype = endpoint.capacity, endpoint.buffer.dtype
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.endpoint.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.endpoint.bytes_received
+
+    def allreduce_(self, x: np.ndarray, algorithm: str = "ring", shards: int = 1) -> np.ndarray:
+        """Replace ``x`` (any shape, this group's dtype) by its elementwise sum over all ranks; return x."""
+        if not isinstance(x, np.ndarray) or x.dtype != self.dtype:
+            raise TypeError(f"allreduce_ needs a numpy array of dtype {self.dtype} (the group's), got "
+                            f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+        if x.size > self.capacity:
+            raise ValueError(f"x has {x.size} elements but this group carries at most capacity = "
+                             f"{self.capacity}; pass a larger capacity to launch()")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+        n = x.size
+        self.endpoint.buffer[:n] = x.reshape(-1)
+        if algorithm == "ps":
+            ps_allreduce_(self.endpoint, n, shards)
+        else:
+            ring_allreduce_(self.endpoint, n)
+        x[...] = self.endpoint.buffer[:n].reshape(x.shape)
+        return x
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        self.endpoint.barrier()
+
+    def broadcast_(self, x: np.ndarray, root: int = 0) -> np.ndarray:
+        """Replace ``x`` on every rank by root's ``x`` (e.g. the initial weights); return x."""
+        n, P, r = x.size, self.world_size, self.rank
+        if x.size > self.capacity or x.dtype != self.dtype:
+            raise ValueError(f"broadcast_: x needs dtype {self.dtype} and at most {self.capacity} elements, "
+                             f"got {x.dtype} and {x.size}")
+        if r == root:
+            self.endpoint.buffer[:n] = x.reshape(-1)
+        got = self.endpoint.step(sends=[(q, 0, n) for q in range(P) if q != r] if r == root else [],
+                                 recvs=[(root, n)] if r != root else [])
+        if r != root:
+            x[...] = got[0].reshape(x.shape)
+        self.endpoint.fence()
+        return x

@@ -1,0 +1,242 @@
+"""Gradient compression: send fewer bits, remember what was not sent.
+
+Lecture 5, "Parameter and Gradient Compression" (Strom 2015; Ben-Nun and
+Hoefler 2018, Sec. 7.3): quantization and sparsification.
+
+Reading order
+-------------
+1. ``Compressed``: what goes on the wire, and its size in bytes.
+2. The three compressors. Each takes the gradient g and the residual e left
+   over from the previous step ("error feedback"), compresses c = g + e and
+   returns the message and the new residual e' = c - decompress(message):
+   nothing is lost, only delayed.
+
+   * ``sign_compress`` (1-bit quantization; Seide et al. 2014, Karimireddy
+     et al. 2019): send sign(c) and one float, the mean |c|. 1 bit per element.
+   * ``threshold_compress`` (Strom 2015): send only the elements with
+     |c| >= tau, each as +tau or -tau, packed as a 31-bit index and a sign bit
+     (32 bits per element sent).
+   * ``topk_compress`` (top-k sparsification; Aji and Heafield 2017): send the
+     k largest |c| exactly, as (32-bit index, 32-bit value) pairs.
+
+3. ``decompress``: back to a dense array.
+4. ``bytes_per_step``: bytes on the wire for one reduction, dense or
+   compressed, for a ring and for a parameter server (``cost.py``'s
+   2N(P-1)/P and 2N(P-1)). A compressed gradient cannot be summed in
+   compressed form, so the compressed ring is an *allgather* of everyone's
+   messages: each rank sends its message P - 1 times.
+5. ``train_compressed``: data-parallel SGD on P simulated workers, each with
+   its own residual, on a small model; used by notebooks/12_gradient_compression.ipynb.
+
+Gradients are float32 (4 bytes per element when dense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import ps_bytes_at_server, ring_bytes_per_rank
+
+DENSE_ITEMSIZE = 4  # float32
+
+
+# --------------------------------------------------------------------------
+# 1. The message
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Compressed:
+    """One compressed gradient of ``size`` elements.
+
+    kind : "sign", "threshold" or "topk"
+    indices : int64 (m,), positions sent (None for "sign": every position)
+    values : float32 (m,) values sent ("topk"), or int8 signs (+1/-1) ("sign", "threshold")
+    scale : the float every sign is multiplied by (mean |c| for "sign", tau for "threshold")
+    """
+    kind: str
+    size: int
+    indices: np.ndarray | None
+    values: np.ndarray
+    scale: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire (packed as the papers do)."""
+        if self.kind == "sign":
+            return -(-self.size // 8) + 4              # ceil(n / 8) bytes of bits + the scale
+        if self.kind == "threshold":
+            return 4 * len(self.values)                # 31-bit index + sign bit per element
+        return 8 * len(self.values)                    # 32-bit index + float32 value
+
+
+def _residual_input(g, error) -> np.ndarray:
+    """c = g + e, checked, as float32 (a new array)."""
+    g = np.asarray(g)
+    if g.ndim != 1 or not np.issubdtype(g.dtype, np.floating):
+        raise ValueError(f"compress a flat float gradient of shape (n,); got shape {g.shape}, "
+                         f"dtype {g.dtype} (flatten with g.ravel())")
+    if error is None:
+        return g.astype(np.float32)
+    if np.shape(error) != g.shape:
+        raise ValueError(f"residual has shape {np.shape(error)} but the gradient {g.shape}")
+    return (g + error).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# 2. The compressors (each returns the message and the new residual)
+# --------------------------------------------------------------------------
+
+def sign_compress(g: np.ndarray, error: np.ndarray | None = None) -> tuple[Compressed, np.ndarray]:
+    """1-bit quantization with error feedback.
+
+        c = g + e;   q = mean(|c|) * sign(c);   e' = c - q
+
+    Parameters
+    ----------
+    g : float ndarray, shape (n,); error : same shape, or None (zeros)
+
+    Returns
+    -------
+    message : Compressed of kind "sign" (n bits + one float)
+    new_error : float32 ndarray, shape (n,)
+    """
+    c = _residual_input(g, error)
+    signs = np.where(c >= 0, 1, -1).astype(np.int8)      # sign(0) sent as +1: one bit has no zero
+    message = Compressed("sign", c.size, None, signs, float(np.mean(np.abs(c))) if c.size else 0.0)
+    return message, c - decompress(message)
+
+
+def threshold_compress(g: np.ndarray, error: np.ndarray | None, tau: float) -> tuple[Compressed, np.ndarray]:
+    """Strom's threshold quantization with error feedback.
+
+        c = g + e;   send i with |c_i| >= tau, as tau * sign(c_i);   e' = c - sent
+
+    Elements below tau stay in the residual and grow until they are sent.
+    """
+    if not tau > 0:
+        raise ValueError(f"the threshold tau must be > 0, got {tau}")
+    c = _residual_input(g, error)
+    idx = np.flatnonzero(np.abs(c) >= tau)                 # (m,)
+    message = Compressed("threshold", c.size, idx, np.sign(c[idx]).astype(np.int8), float(tau))
+    return message, c - decompress(message)
+
+
+def topk_compress(g: np.ndarray, error: np.ndarray | None, k: int) -> tuple[Compressed, np.ndarray]:
+    """Top-k sparsification with error feedback.
+
+        c = g + e;   send the k entries of largest |c|, exactly;   e' = c - sent
+    """
+    c = _residual_input(g, error)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= c.size:
+        raise ValueError(f"k must be an int in [1, n] = [1, {c.size}], got {k!r}")
+    idx = np.sort(np.argpartition(np.abs(c), c.size - k)[c.size - k:])   # (k,), any order -> sorted
+    message = Compressed("topk", c.size, idx, c[idx].copy())
+    return message, c - decompress(message)
+
+
+# --------------------------------------------------------------------------
+# 3. Back to dense
+# --------------------------------------------------------------------------
+
+def decompress(message: Compressed) -> np.ndarray:
+    """The dense float32 array, shape (size,), a message stands for."""
+    if message.kind == "sign":
+        return message.scale * message.values.astype(np.float32)
+    dense = np.zeros(message.size, dtype=np.float32)
+    if message.kind == "threshold":
+        dense[message.indices] = message.scale * message.values
+    elif message.kind == "topk":
+        dense[message.indices] = message.values
+    else:
+        raise ValueError(f"unknown kind {message.kind!r}; expected 'sign', 'threshold' or 'topk'")
+    return dense
+
+
+# --------------------------------------------------------------------------
+# 4. Bytes on the wire
+# --------------------------------------------------------------------------
+
+def bytes_per_step(n_params: int, world_size: int, message_bytes: int | None = None) -> dict:
+    """Bytes of one gradient reduction over P = ``world_size`` workers.
+
+    Dense (``message_bytes=None``): the ring sends 2N(P-1)/P per rank and the
+    PS moves 2N(P-1) (``cost.py``), N in float32 bytes.
+
+    Compressed (each worker's message is ``message_bytes``): the ring becomes
+    an allgather, (P-1) * message_bytes per rank; at the PS, the P-1 workers'
+    messages come in compressed, (P-1) * message_bytes, and the dense sum goes
+    back, N(P-1) float32 (the sum of sparse messages is not sparse).
+
+    Returns
+    -------
+    {"ring_per_rank": float (mean over ranks), "ps_at_server": int}
+    """
+    P = int(world_size)
+    if message_bytes is None:
+        return {"ring_per_rank": float(np.mean(ring_bytes_per_rank(n_params, P, DENSE_ITEMSIZE))),
+                "ps_at_server": int(ps_bytes_at_server(n_params, P, DENSE_ITEMSIZE))}
+    down = ps_bytes_at_server(n_params, P, DENSE_ITEMSIZE) // 2           # N(P-1) dense, back
+    return {"ring_per_rank": float((P - 1) * message_bytes),
+            "ps_at_server": int((P - 1) * message_bytes + down)}
+
+
+# --------------------------------------------------------------------------
+# 5. The experiment: data-parallel SGD with compressed gradients
+# --------------------------------------------------------------------------
+
+@dataclass
+class CompressedRun:
+    scheme: str
+    losses: np.ndarray            # (steps,) training loss of the shared parameters
+    test_error: float
+    bytes_per_worker_step: float  # mean message size (dense: 4N)
+    dense_bytes: int
+
+
+def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int = 300,
+                     lr: float = 0.5, batch: int = 16, error_feedback: bool = True,
+                     tau: float = 0.01, k_fraction: float = 0.01, seed: int = 0) -> CompressedRun:
+    """SGD where each of ``world_size`` workers sends a compressed gradient.
+
+    Every step each worker computes a gradient on its own minibatch,
+    compresses it (keeping its own residual when ``error_feedback``), and all
+    apply the mean of the decompressed messages: ``w <- w - lr * mean_r q_r``.
+
+    Parameters
+    ----------
+    model : a ``course_lib.distributed.downpour.TinyNet`` (flat parameters)
+    data : ``(x_train, y_train, x_test, y_test)``, x of shape (n, n_in)
+    scheme : "dense", "sign", "threshold" or "topk"
+    tau : Strom's threshold; k_fraction : top-k keeps k = ceil(k_fraction * N)
+    """
+    if scheme not in ("dense", "sign", "threshold", "topk"):
+        raise ValueError(f"scheme {scheme!r} is not 'dense', 'sign', 'threshold' or 'topk'")
+    x, y, x_test, y_test = data
+    rng = np.random.default_rng(seed)
+    w = model.init(np.random.default_rng(seed))
+    k = max(1, int(np.ceil(k_fraction * w.size)))
+    errors = [np.zeros_like(w) for _ in range(world_size)]
+    losses, sent = np.empty(steps), []
+    for t in range(steps):
+        total = np.zeros_like(w)
+        for r in range(world_size):
+            idx = rng.integers(0, len(x), batch)
+            _, g = model.loss_and_grad(w, x[idx], y[idx])
+            e = errors[r] if error_feedback else None
+            if scheme == "dense":
+                q, nbytes = g, DENSE_ITEMSIZE * g.size
+            else:
+                msg, new_e = {"sign": lambda: sign_compress(g, e),
+                              "threshold": lambda: threshold_compress(g, e, tau),
+                              "topk": lambda: topk_compress(g, e, k)}[scheme]()
+                q, nbytes = decompress(msg), msg.nbytes
+                if error_feedback:
+                    errors[r] = new_e
+            total += q
+            sent.append(nbytes)
+        w = w - lr * total / world_size
+        losses[t] = model.loss(w, x, y)
+    return CompressedRun(scheme, losses, model.error(w, x_test, y_test), float(np.mean(sent)),
+                         DENSE_ITEMSIZE * w.size)

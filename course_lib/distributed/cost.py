@@ -1,0 +1,111 @@
+"""Communication cost of the two reduction topologies: bytes, and an alpha-beta time model.
+
+Lecture 5, "Parameter Server (PS) vs Ring All-Reduce: Communication Cost"
+(P = ``world_size`` processes, N model parameters):
+
+* PS (centralized reduce): the P - 1 learners send N(P - 1) to the PS, which
+  sends N(P - 1) back: "total communication cost at PS process is
+  proportional to 2N(P - 1)".
+* Ring all-reduce: scatter-reduce sends N/P to the right neighbour P - 1
+  times, allgather again: "total communication cost per process is
+  2N(P - 1)/P" -- practically independent of P.
+
+Byte counts here are exact for any N (chunks of unequal size when P does not
+divide N), so they equal what ``allreduce`` measures on real processes.
+
+The time model is the usual latency-bandwidth ("alpha-beta") one: sending a
+message of m bytes costs ``alpha + m * beta``, with alpha the latency in
+seconds and beta seconds per byte (1 / bandwidth). A ring all-reduce is
+2(P - 1) such sends of N/P elements one after another; the PS's one link
+carries 2(P - 1) messages of N elements (with S shards, N/S each, on S links
+in parallel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .schedule import _check_int, chunk_bounds
+
+
+def ring_bytes_per_rank(N: int, world_size: int, itemsize: int = 1) -> np.ndarray:
+    """Bytes each rank *sends* in one ring all-reduce: 2N(P-1)/P when P divides N.
+
+    Rank r sends every chunk but chunk (r + 1) in scatter-reduce and every
+    chunk but chunk (r + 2) in allgather (see ``schedule.py``), so exactly
+    ``2N - |chunk r+1| - |chunk r+2|`` elements. Their mean over ranks is
+    always 2N(P-1)/P. Each rank receives as many bytes as its left neighbour sends.
+
+    Returns
+    -------
+    sent : int64 ndarray, shape (world_size,), bytes sent by each rank
+    """
+    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
+    if P == 1:
+        return np.zeros(1, dtype=np.int64)
+    size = [stop - start for start, stop in chunk_bounds(N, P)]
+    sent = [2 * N - size[(r + 1) % P] - size[(r + 2) % P] for r in range(P)]
+    return np.array(sent, dtype=np.int64) * itemsize
+
+
+def ps_bytes_at_server(N: int, world_size: int, itemsize: int = 1) -> int:
+    """Bytes through the parameter server in one reduction: 2N(P-1) (received + sent)."""
+    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
+    return 2 * N * (P - 1) * itemsize
+
+
+def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes each rank sends and receives in a parameter-server reduction with S shards.
+
+    The array is cut into S shards (``chunk_bounds(N, S)``); rank s < S serves
+    shard s: the other P - 1 ranks send it their shard s, it sums and sends the
+    result back to them. With S = 1, rank 0 sends and receives N(P-1) and each
+    learner sends and receives N, so ``sent[0] + received[0] = 2N(P-1)``.
+
+    Returns
+    -------
+    sent, received : int64 ndarrays, shape (world_size,), in bytes
+    """
+    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
+    S = _check_int(shards, "shards", 1)
+    if S > P:
+        raise ValueError(f"shards = {S} must be <= world_size = {P}: shard s is served by rank s")
+    size = [stop - start for start, stop in chunk_bounds(N, S)]
+    sent = np.zeros(P, dtype=np.int64)
+    for r in range(P):
+        as_learner = sum(size[s] for s in range(S) if s != r)        # my shard s to server s
+        as_server = (P - 1) * size[r] if r < S else 0               # the sum back to everyone
+        sent[r] = as_learner + as_server
+    return sent * itemsize, sent * itemsize   # every message sent is received by someone, symmetrically
+
+
+def ring_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 4) -> float:
+    """alpha-beta time of a ring all-reduce: ``2(P-1) * (alpha + (N/P) * itemsize * beta)`` seconds."""
+    P = _check_int(world_size, "world_size", 1)
+    return 2 * (P - 1) * (alpha + N / P * itemsize * beta)
+
+
+def ps_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 4, shards: int = 1) -> float:
+    """alpha-beta time of a parameter server: ``2(P-1) * (alpha + (N/S) * itemsize * beta)`` seconds.
+
+    The server's link is the bottleneck: P - 1 messages in, P - 1 out, one after
+    another; with S shards each server link carries N/S per message, in parallel.
+    """
+    P, S = _check_int(world_size, "world_size", 1), _check_int(shards, "shards", 1)
+    return 2 * (P - 1) * (alpha + N / S * itemsize * beta)
+
+
+def ps_ring_ratio(N: int, world_size, alpha: float, beta: float, itemsize: int = 4):
+    """``ps_time / ring_time`` for one P or an array of P (2 and up).
+
+    With alpha = 0 this is exactly P (bytes 2N(P-1) vs 2N(P-1)/P): the PS gets
+    worse linearly in P while the ring's cost per process tends to 2N.
+    With large alpha (tiny messages) both are 2(P-1) latencies and the ratio tends to 1.
+    """
+    P = np.asarray(world_size, dtype=np.float64)
+    if np.any(P < 2):
+        raise ValueError(f"ps_ring_ratio needs world_size >= 2 (with one process nothing is sent), got {world_size}")
+    ps = 2 * (P - 1) * (alpha + N * itemsize * beta)
+    ring = 2 * (P - 1) * (alpha + N / P * itemsize * beta)
+    ratio = ps / ring
+    return float(ratio) if ratio.ndim == 0 else ratio

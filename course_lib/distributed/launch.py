@@ -1,0 +1,214 @@
+"""Run collectives on real processes from a notebook: ``allreduce`` and ``launch``.
+
+``allreduce(arrays, algorithm="ring", transport="shm")`` takes P arrays (one
+per rank), starts P worker processes, each of which runs the all-reduce on its
+array, and returns every rank's output, the bytes each rank sent and received,
+and how long each rank took. ``launch(fn, world_size, args=...)`` runs any
+worker function ``fn(pg, *args)`` (defined in course_lib) on P processes with a
+``ProcessGroup`` and returns what each returned.
+
+Inputs and outputs travel through one shared-memory segment the parent creates
+(and unlinks in ``finally``); the collective itself uses only the transport.
+Every input is checked before any process starts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from multiprocessing import get_context, shared_memory
+
+import numpy as np
+
+from .collectives import ALGORITHMS, ProcessGroup
+from .procs import CollectiveError, run_processes  # noqa: F401  (CollectiveError re-exported)
+from .transport import PipeTransport, ShmTransport
+
+TRANSPORTS = {"shm": ShmTransport, "pipe": PipeTransport}
+MAX_WORLD_SIZE = 64
+
+
+def check_arrays(arrays) -> list[np.ndarray]:
+    """Check that ``arrays`` is a non-empty list of numeric ndarrays of one shape and dtype.
+
+    Raises TypeError / ValueError naming the offending rank, before any process starts.
+    """
+    if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
+        raise TypeError(f"arrays must be a list with one numpy array per rank, got {type(arrays).__name__}"
+                        + (" (for P ranks stacked in one array use list(arrays))" if isinstance(arrays, np.ndarray) else ""))
+    if len(arrays) == 0:
+        raise ValueError("arrays is empty: give one array per rank (world_size = len(arrays) >= 1)")
+    if len(arrays) > MAX_WORLD_SIZE:
+        raise ValueError(f"{len(arrays)} ranks is more than this kit starts ({MAX_WORLD_SIZE}) on one machine")
+    for rank, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            hint = " (convert a torch tensor with .numpy())" if type(a).__module__.startswith("torch") else ""
+            raise TypeError(f"arrays[{rank}] (rank {rank}'s data) must be a numpy array, got {type(a).__name__}{hint}")
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"arrays[{rank}] has dtype {a.dtype}; all-reduce sums integers or floats")
+    first = arrays[0]
+    for rank, a in enumerate(arrays[1:], start=1):
+        if a.shape != first.shape:
+            raise ValueError(f"every rank must hold the same shape: rank 0 has {first.shape}, rank {rank} has {a.shape}")
+        if a.dtype != first.dtype:
+            raise TypeError(f"every rank must hold the same dtype: rank 0 has {first.dtype}, rank {rank} has {a.dtype}")
+    return list(arrays)
+
+
+def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= world_size:
+        raise ValueError(f"shards = {shards!r} must be an int from 1 to world_size = {world_size} "
+                         f"(shard s is served by rank s)")
+    if algorithm == "ring" and shards != 1:
+        raise ValueError("shards only applies to algorithm='ps'")
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+
+
+def _group_worker(rank, transport, fault, fn, args):
+    """In a worker: attach to the transport, wrap it in a ProcessGroup, run fn(pg, *args)."""
+    endpoint = transport.endpoint(rank, fault)
+    try:
+        return fn(ProcessGroup(endpoint), *args)
+    finally:
+        endpoint.close()
+
+
+def _progress_report(transport) -> tuple[int | None, str]:
+    """Who hung: the rank that stopped outside any wait (or that entered the fewest steps)."""
+    table = transport.progress_table()            # [(steps entered, waiting on a peer)] per rank
+    busy = [r for r, (_, waiting) in enumerate(table) if not waiting]
+    state = "; ".join(f"rank {r}: {'waiting in' if w else 'busy in'} step {max(s - 1, 0)}"
+                      for r, (s, w) in enumerate(table))
+    if len(busy) == 1:
+        return busy[0], f"rank {busy[0]} stopped responding (the others were waiting on it). [{state}]"
+    fewest = min(range(len(table)), key=lambda r: table[r][0])
+    return (fewest if not busy else None), f"[{state}]"
+
+
+def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", capacity: int = 1,
+           dtype=np.float32, timeout: float = 60.0, start_method: str | None = None, _fault=None) -> list:
+    """Run ``fn(pg, *args)`` on ``world_size`` processes; return the P return values, by rank.
+
+    Parameters
+    ----------
+    fn : a function of a course_lib module taking a ``ProcessGroup`` first
+    world_size : number of processes (the lecture's P)
+    args : extra arguments, the same for every rank (picklable)
+    transport : "shm" or "pipe", what ``pg.allreduce_`` runs over
+    capacity : the most elements one collective carries; dtype: their dtype
+    timeout : seconds for the whole run; after it, every worker is stopped and
+        ``CollectiveError`` names the rank that hung
+    start_method : "fork", "spawn", "forkserver" or None (the platform's default)
+    _fault : tests only, ``(rank, step, "kill" | "hang" | "raise")``
+    """
+    ctx = get_context(start_method)
+    carrier = TRANSPORTS[transport](world_size, max(1, capacity), dtype, timeout=timeout, ctx=ctx)
+    try:
+        rank_args = [(carrier, _fault[1:] if _fault and _fault[0] == r else None, fn, tuple(args))
+                     for r in range(world_size)]
+        return run_processes(_group_worker, rank_args, timeout=timeout, start_method=start_method,
+                             after_start=carrier.after_start, diagnose=lambda: _progress_report(carrier))
+    finally:
+        carrier.close()
+
+
+@dataclass
+class AllreduceResult:
+    """What ``allreduce`` returns.
+
+    outputs : list of P ndarrays, each of the input shape: every rank's result (the sum)
+    bytes_sent, bytes_received : int64 ndarrays, shape (P,), in one collective
+    elapsed : ndarray, shape (repeats, P), seconds each rank spent in each collective
+    """
+    outputs: list
+    bytes_sent: np.ndarray
+    bytes_received: np.ndarray
+    elapsed: np.ndarray
+    algorithm: str
+    transport: str
+    shards: int = 1
+    start_method: str = ""
+    nbytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def time(self) -> float:
+        """Median over repeats of the slowest rank's time: one collective's duration, in seconds."""
+        return float(np.median(self.elapsed.max(axis=1)))
+
+
+def _allreduce_worker(pg, io_name, N, dtype, algorithm, shards, repeats):
+    """In a worker: copy my input into the transport buffer, run the collective ``repeats`` times."""
+    io = shared_memory.SharedMemory(name=io_name)
+    try:
+        rows = np.ndarray((pg.world_size, N), np.dtype(dtype), io.buf)       # (P, N) inputs, then outputs
+        x, buf, ep = rows[pg.rank], pg.endpoint.buffer, pg.endpoint
+        run = ALGORITHMS[algorithm]
+        elapsed = []
+        for _ in range(repeats):
+            buf[:N] = x
+            ep.bytes_sent = ep.bytes_received = 0
+            pg.barrier()                                   # start together
+            start = time.perf_counter()
+            run(ep, N, shards) if algorithm == "ps" else run(ep, N)
+            elapsed.append(time.perf_counter() - start)
+        x[...] = buf[:N]
+        return elapsed, ep.bytes_sent, ep.bytes_received
+    finally:
+        rows = x = buf = None
+        io.close()
+
+
+def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeout: float = 60.0,
+              shards: int = 1, start_method: str | None = None, repeats: int = 1,
+              _fault=None) -> AllreduceResult:
+    """Sum P arrays across P real processes; every rank gets the sum.
+
+    Parameters
+    ----------
+    arrays : list of P ndarrays of one shape and dtype (integer or float); arrays[r] is rank r's
+    algorithm : "ring" (scatter-reduce + allgather) or "ps" (parameter server, ``shards`` servers)
+    transport : "shm" (shared memory) or "pipe" (messages through pipes)
+    timeout : seconds; a worker that dies or hangs raises ``CollectiveError`` naming its rank
+    shards : number of parameter-server shards (algorithm="ps"), 1 .. P
+    start_method : "fork", "spawn", "forkserver" or None (the platform's default)
+    repeats : run the collective this many times back to back (for timing); outputs are from the last
+
+    Returns
+    -------
+    AllreduceResult with ``outputs`` (P arrays), ``bytes_sent`` / ``bytes_received`` (P,),
+    ``elapsed`` (repeats, P) seconds and ``time`` (median seconds of one collective).
+    """
+    arrays = check_arrays(arrays)
+    P, shape, dtype = len(arrays), arrays[0].shape, arrays[0].dtype
+    _check_options(algorithm, transport, P, shards, timeout, repeats)
+    N = int(np.prod(shape))
+    io = shared_memory.SharedMemory(create=True, size=max(1, P * N * dtype.itemsize))
+    try:
+        rows = np.ndarray((P, N), dtype, io.buf)                                  # (P, N)
+        for r, a in enumerate(arrays):
+            rows[r] = a.reshape(-1)
+        results = launch(_allreduce_worker, P, args=(io.name, N, dtype.str, algorithm, shards, repeats),
+                         transport=transport, capacity=N, dtype=dtype, timeout=timeout,
+                         start_method=start_method, _fault=_fault)
+        outputs = [rows[r].reshape(shape).copy() for r in range(P)]
+        rows = None
+    finally:
+        io.close()
+        io.unlink()
+    elapsed = np.array([res[0] for res in results]).T                              # (repeats, P)
+    return AllreduceResult(outputs, np.array([res[1] for res in results], dtype=np.int64),
+                           np.array([res[2] for res in results], dtype=np.int64), elapsed,
+                           algorithm, transport, shards,
+                           start_method or get_context().get_start_method(), N * dtype.itemsize)

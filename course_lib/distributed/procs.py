@@ -1,0 +1,155 @@
+"""Start P worker processes, watch them, and always clean up: the reliability layer.
+
+``run_processes(target, args_per_rank, timeout=...)`` runs
+``target(rank, *args_per_rank[rank])`` in one process per rank and returns the
+P return values, or raises ``CollectiveError`` naming the rank that failed:
+
+* a worker that raised: its traceback, at once;
+* a worker that died (killed, crashed): its exit signal, as soon as its
+  ``Process.sentinel`` fires. Under fork every child inherits every pipe end,
+  so a dead peer never shows as end-of-file: the parent watches sentinels;
+* nothing finished within ``timeout`` seconds: the ranks that did not finish
+  (and, when the caller gives ``diagnose``, which one stopped making progress).
+
+In every case, in ``finally``, the parent terminates and joins every child
+with a timeout (SIGTERM, then SIGKILL), so no process is left behind. Each
+child asks Linux to SIGKILL it when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
+so workers never outlive a killed notebook kernel. Targets must be functions
+of an importable module (``course_lib``), never of a notebook: under the
+spawn start method a child imports the target by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import wait as wait_for_ready
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class CollectiveError(RuntimeError):
+    """A worker raised, died or hung. ``rank`` is the culprit (None when unknown); ``reason`` is
+    "raised", "died" or "timeout"."""
+
+    def __init__(self, message: str, rank: int | None, reason: str):
+        super().__init__(message)
+        self.rank, self.reason = rank, reason
+
+
+def set_parent_death_signal(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(target, rank: int, parent_pid: int, result_conn, args) -> None:
+    set_parent_death_signal(parent_pid)
+    try:
+        value = target(rank, *args)
+    except BaseException:
+        result_conn.send(("raised", traceback.format_exc()))
+        result_conn.close()
+        os._exit(1)
+    result_conn.send(("ok", value))
+    result_conn.close()
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+def run_processes(target, args_per_rank: list, *, timeout: float, start_method: str | None = None,
+                  after_start=None, diagnose=None) -> list:
+    """Run ``target(rank, *args)`` for each rank's args in its own process; return the results.
+
+    Parameters
+    ----------
+    target : module-level function (rank, *args) -> picklable value
+    args_per_rank : list of P tuples
+    timeout : seconds from the first start until every rank must have returned
+    start_method : "fork", "spawn", "forkserver" or None (the platform's default)
+    after_start : called once all processes have started (e.g. to close the parent's pipe ends)
+    diagnose : called on a timeout; returns (culprit rank or None, a sentence saying who hung)
+    """
+    ctx = mp.get_context(start_method)
+    deadline = time.monotonic() + timeout
+    procs, readers, finished = [], [], False
+    try:
+        for rank, args in enumerate(args_per_rank):
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child_main, args=(target, rank, os.getpid(), writer, args),
+                               name=f"course_lib-rank{rank}", daemon=True)
+            proc.start()
+            writer.close()
+            procs.append(proc); readers.append(reader)
+        if after_start is not None:
+            after_start()
+        results = _collect(procs, readers, deadline, timeout, diagnose)
+        finished = True
+        return results
+    finally:
+        _stop(procs, grace=5.0 if finished else 0.0)
+        for reader in readers:
+            reader.close()
+
+
+def _collect(procs, readers, deadline, timeout, diagnose) -> list:
+    """Wait for every rank's result, a failure, or the deadline."""
+    results, done = [None] * len(procs), [False] * len(procs)
+    while not all(done):
+        remaining = deadline - time.monotonic()
+        watch = [readers[r] for r in range(len(procs)) if not done[r]]
+        watch += [procs[r].sentinel for r in range(len(procs)) if not done[r]]
+        ready = wait_for_ready(watch, timeout=max(0.0, remaining)) if remaining > 0 else []
+        if not ready:
+            late = [r for r in range(len(procs)) if not done[r]]
+            rank, who = diagnose() if diagnose is not None else (None, "")
+            raise CollectiveError(f"timed out after {timeout:g} s: rank(s) {late} did not finish. {who}".strip(),
+                                  rank if rank is not None else (late[0] if len(late) == 1 else None), "timeout")
+        for rank in range(len(procs)):
+            if done[rank] or not (readers[rank] in ready or procs[rank].sentinel in ready):
+                continue
+            if readers[rank].poll():
+                try:
+                    status, value = readers[rank].recv()
+                except EOFError:
+                    status, value = None, None
+                if status == "raised":
+                    raise CollectiveError(f"rank {rank} raised an exception:\n{value}", rank, "raised")
+                if status == "ok":
+                    results[rank], done[rank] = value, True
+                    continue
+            if procs[rank].sentinel in ready or not procs[rank].is_alive():
+                procs[rank].join(timeout=1)
+                raise CollectiveError(f"rank {rank} died ({_exit_reason(procs[rank].exitcode)}) before "
+                                      f"finishing; the other ranks were stopped", rank, "died")
+    return results
+
+
+def _stop(procs, grace: float) -> None:
+    """Join every child (``grace`` seconds in all when they finished normally); SIGTERM those
+    still running, then SIGKILL; never leave one behind."""
+    end = time.monotonic() + grace
+    for proc in procs:
+        proc.join(timeout=max(0.0, end - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=2)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=2)
