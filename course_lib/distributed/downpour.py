@@ -371,3 +371,190 @@ def train_synchronous(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replica
         if done // eval_every > before // eval_every or done == total_steps:
             curve.append((done, now, model.loss(shard.params, x, y)))
     return _result(model, [shard], [rep.steps for rep in replicas], curve, [], x, y)
+
+
+# --------------------------------------------------------------------------
+# 6. Real processes: the same Shard and Replica, carried by pipes
+# --------------------------------------------------------------------------
+
+def _recv(conn, abort, timeout: float, peer=None):
+    """Wait for one message on conn; None when ``abort`` is set, the ``peer``
+    process has died, or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.05):
+        if abort.is_set() or time.monotonic() > deadline or (peer is not None and not peer.is_alive()):
+            return None
+    return conn.recv()
+
+
+def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, die_after) -> None:
+    """A shard process: answer fetches, apply pushes, until the parent says "stop".
+
+    replica_conns : one pipe end per replica; control : the parent's pipe end,
+    used to fetch (for the loss curve) and to stop. ``die_after``: SIGKILL
+    ourselves after that many updates (a failure, for the lesson), or None.
+    """
+    shard = Shard(index, lo, hi, params, **shard_kwargs)
+    conns = list(replica_conns) + [control]
+    while True:
+        for conn in connection.wait(conns, timeout=1.0):
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):                 # that replica is gone: forget it
+                conns.remove(conn)
+                continue
+            if msg[0] == "fetch":
+                conn.send(shard.fetch())
+            elif msg[0] == "push":
+                shard.push(msg[1], msg[2])
+                if die_after is not None and shard.version >= die_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            elif msg[0] == "stop":                      # apply the pushes still in the pipes
+                for c in conns[:-1]:
+                    while c.poll():
+                        m = c.recv()
+                        if m[0] == "push":
+                            shard.push(m[1], m[2])
+                conn.send((shard.params, shard.staleness))
+                return
+
+
+def replica_worker(rank, model, x, y, settings, shard_conns, bounds, counter, steps, abort,
+                   die_at_step) -> None:
+    """A replica process: claim steps from the shared counter until ``total_steps`` are done.
+
+    ``die_at_step``: SIGKILL ourselves right after that many steps of our own
+    (a crash, for the lesson), or None.
+    """
+    rep = Replica(rank, model, x, y, settings["batch"], settings["n_fetch"], settings["n_push"],
+                  settings["seed"])
+    while not abort.is_set():
+        with counter.get_lock():                        # claim one step of the global budget
+            if counter.value >= settings["total_steps"]:
+                return
+            counter.value += 1
+        if rep.due_fetch():
+            for conn in shard_conns:
+                conn.send(("fetch",))
+            fetched = [_recv(conn, abort, settings["timeout"]) for conn in shard_conns]
+            if any(f is None for f in fetched):         # a shard is gone; the parent reports it
+                return
+            rep.set_params(fetched)
+        grad = rep.compute()
+        steps[rank] = rep.steps
+        if grad is not None:
+            for conn, (lo, hi), version in zip(shard_conns, bounds, rep.versions):
+                conn.send(("push", grad[lo:hi], version))
+        if die_at_step is not None and rep.steps >= die_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stop_all(procs, grace: float = 2.0) -> None:
+    """Join each child with a timeout; terminate, then kill, the ones still running."""
+    for p in procs:
+        p.join(grace)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join(grace)
+
+
+def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n_shards: int,
+                  total_steps: int, optimizer: str = "adagrad", lr: float = 0.1,
+                  staleness_lr: bool = False, n_fetch: int = 1, n_push: int = 1, batch: int = 16,
+                  kill_replicas: dict | None = None, kill_shards: dict | None = None,
+                  eval_interval: float = 0.05, timeout: float = 60.0, start_method: str | None = None,
+                  seed: int = 0) -> DownpourResult:
+    """Downpour SGD on S + R real processes; returns when ``total_steps`` steps are done.
+
+    Parameters (as ``simulate``) and
+    kill_replicas : {replica: its step count at which it is SIGKILLed}; the
+        others go on and finish the budget
+    kill_shards : {shard: update count at which it is SIGKILLed}; raises ShardFailure
+    eval_interval : seconds between the parent's fetches for the loss curve
+    timeout : seconds for the whole run (TimeoutError after it)
+    start_method : "fork", "spawn", "forkserver" or None (the platform default)
+
+    The parent creates every pipe, starts the children, watches their
+    sentinels, joins every child with a timeout, and kills what is left in
+    ``finally``.
+    """
+    import multiprocessing as mp
+    ctx = mp.get_context(start_method)
+    kill_replicas, kill_shards = kill_replicas or {}, kill_shards or {}
+    w0 = model.init(np.random.default_rng(seed))
+    bounds = chunk_bounds(w0.size, n_shards)
+    shard_kwargs = dict(optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
+    Shard(0, 0, 1, w0[:1], **shard_kwargs)                          # check the settings here, once
+    settings = dict(batch=batch, n_fetch=n_fetch, n_push=n_push, seed=seed,
+                    total_steps=total_steps, timeout=timeout)
+    links = [[ctx.Pipe() for _ in range(n_shards)] for _ in range(n_replicas)]   # links[r][s]
+    controls = [ctx.Pipe() for _ in range(n_shards)]
+    counter, steps, abort = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Event()
+    shards = [ctx.Process(target=shard_worker, name=f"downpour-shard-{s}", daemon=True,
+                          args=(s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
+                                controls[s][1], kill_shards.get(s)))
+              for s, (lo, hi) in enumerate(bounds)]
+    replicas = [ctx.Process(target=replica_worker, name=f"downpour-replica-{r}", daemon=True,
+                            args=(r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
+                                  bounds, counter, steps, abort, kill_replicas.get(r)))
+                for r, (xr, yr) in enumerate(_split_data(x, y, n_replicas))]
+    curve, start = [], time.monotonic()
+    try:
+        for p in shards + replicas:
+            p.start()
+        while any(p.is_alive() for p in replicas):
+            connection.wait([p.sentinel for p in shards + replicas], timeout=eval_interval)
+            _check_shards(shards, bounds, counter.value, abort)
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"Downpour did not finish {total_steps} steps in {timeout} s "
+                                   f"({counter.value} done)")
+            curve.append(_observe(model, controls, shards, counter.value, time.monotonic() - start,
+                                  x, y, abort, timeout))
+        _check_shards(shards, bounds, counter.value, abort)
+        final = []
+        for (conn, _), p in zip(controls, shards):
+            conn.send(("stop",))
+            final.append(_recv(conn, abort, timeout, peer=p))
+        _check_shards(shards, bounds, counter.value, abort, stopped=final)
+        w = np.concatenate([params for params, _ in final])
+        curve.append((counter.value, time.monotonic() - start, model.loss(w, x, y)))
+        staleness = [(s, st) for s, (_, log) in enumerate(final) for st in log]
+        failed = [r for r, p in enumerate(replicas) if p.exitcode != 0]
+        return DownpourResult(w, np.array(curve, dtype=float).reshape(-1, 3),
+                              np.array(staleness, dtype=np.int64).reshape(-1, 2),
+                              list(steps), failed,
+                              model.loss(w, x, y))
+    finally:
+        abort.set()
+        _stop_all(replicas + shards)
+        for pair in [c for row in links for c in row] + controls:
+            for end in pair:
+                end.close()
+
+
+def _check_shards(shards, bounds, steps_done, abort, stopped=None) -> None:
+    """Raise ShardFailure if a shard process has exited (before it was told to stop,
+    or without answering the stop: ``stopped[s]`` is None)."""
+    for s, p in enumerate(shards):
+        if (p.exitcode is not None and stopped is None) or (stopped is not None and stopped[s] is None):
+            abort.set()
+            lo, hi = bounds[s]
+            raise ShardFailure(f"shard {s} (parameters [{lo}:{hi}]) exited with code {p.exitcode} "
+                               f"after {steps_done} steps; Downpour tolerates dead replicas, not dead "
+                               f"shards: that slice of the model and its optimizer state are lost "
+                               f"(restart from a checkpoint)")
+
+
+def _observe(model, controls, shards, steps_done, elapsed, x, y, abort, timeout):
+    """Fetch every shard's slice through the control pipes and compute the training loss."""
+    for conn, _ in controls:
+        conn.send(("fetch",))
+    fetched = [_recv(conn, abort, timeout, peer=p) for (conn, _), p in zip(controls, shards)]
+    if any(f is None for f in fetched):
+        return (steps_done, elapsed, np.nan)
+    w = np.concatenate([p for _, p in fetched])
+    return (steps_done, elapsed, model.loss(w, x, y))

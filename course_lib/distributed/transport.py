@@ -224,6 +224,10 @@ class PipeTransport(_Transport):
         super().__init__(world_size, capacity, dtype, timeout=timeout, ctx=ctx)
         P = self.world_size
         self.pipes = [[ctx.Pipe(duplex=False) if s != d else None for d in range(P)] for s in range(P)]
+        for row in self.pipes:
+            for pair in row:
+                if pair is not None:
+                    _grow_pipe(pair[1])
 
     def endpoint(self, rank: int, fault=None) -> "PipeEndpoint":
         return PipeEndpoint(self, rank, fault)
@@ -236,6 +240,16 @@ class PipeTransport(_Transport):
             for pair in row:
                 if pair is not None:
                     pair[0].close(); pair[1].close()
+
+
+def _grow_pipe(conn) -> None:
+    """Linux: let the kernel buffer one whole segment (default 64 KiB), so a 1 MiB message
+    moves in one write and one read instead of 16 context switches. Elsewhere: no-op."""
+    try:
+        import fcntl
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), SEGMENT)
+    except (ImportError, OSError):
+        pass   # not Linux, or above /proc/sys/fs/pipe-max-size: the default size still works
 
 
 class PipeEndpoint(Endpoint):
