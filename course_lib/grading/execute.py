@@ -1,0 +1,162 @@
+"""Run one merged notebook in a fresh kernel, with time limits, cell by cell.
+
+Reading order
+-------------
+1. ``test_modules``: which modules the instructor's test cells import.
+2. ``instrument``: the notebook actually run: a preamble that snapshots those
+   modules (``guard.take_snapshot``, ``guard.forget_volatile``), then every cell, with a guard cell
+   (``guard.check_and_restore``) just before and just after each test cell.
+3. ``run_notebook``: a fresh kernel of this environment, started in its own
+   folder (the caller's temporary folder), runs the cells in order. Errors
+   do not stop it (a test is judged by whether *it* raised); a cell past
+   its time limit, or past what is left of the notebook's, or a dead kernel
+   does: every later cell is reported ``not_run``.
+
+Each cell's outcome is a ``CellRun``: ``ok``, ``error`` (with the exception's
+name and message), ``timeout``, ``died`` or ``not_run``. Output sent to stderr
+(warnings) is not an error. Stored outputs are capped per cell, so a student's
+print loop cannot fill the grader's memory.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+from course_lib.grading.build import cell_role
+
+KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
+MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
+ROLE_KEY = "course_kit_grader"
+GUARD_CALL = ("import course_lib.grading.guard as _course_kit_guard\n"
+              "_course_kit_guard.check_and_restore(_course_kit_guard.SNAPSHOT)")
+
+
+@dataclass
+class CellRun:
+    """What happened to one cell of the instrumented notebook."""
+    status: str = "not_run"   # ok | error | timeout | died | not_run
+    ename: str = ""
+    evalue: str = ""
+    stdout: str = ""
+    limit: str = ""           # for a timeout: 'cell' or 'notebook'
+
+
+def test_modules(nb) -> list[str]:
+    """Modules imported by ``nb``'s test cells (``import a.b``, ``from a.b import c``), sorted."""
+    names = set()
+    for cell in nb.cells:
+        if cell_role(cell) != "test" or cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return sorted(names)
+
+
+def _grader_cell(source: str, role: str, test_id: str | None = None):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata[ROLE_KEY] = {"role": role, "test_id": test_id}
+    return cell
+
+
+def instrument(nb, modules: list[str]):
+    """A copy of ``nb`` with the grader's preamble and guard cells inserted.
+
+    Grader cells carry ``metadata.course_kit_grader = {role, test_id}`` with
+    role 'preamble', 'before' or 'after'; the notebook's own cells are unchanged.
+    """
+    out = copy.deepcopy(nb)
+    preamble = ("import course_lib.grading.guard as _course_kit_guard\n"
+                f"_course_kit_guard.SNAPSHOT = _course_kit_guard.take_snapshot({modules!r})")
+    calibrate = ("import course_lib.grading.guard as _course_kit_guard\n"
+                 "_course_kit_guard.forget_volatile(_course_kit_guard.SNAPSHOT);")
+    cells = [_grader_cell(preamble, "preamble"), _grader_cell(calibrate, "preamble")]
+    for cell in out.cells:
+        test_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        is_test = cell_role(cell) == "test" and cell.cell_type == "code"
+        if is_test:
+            cells.append(_grader_cell(GUARD_CALL, "before", test_id))
+        cells.append(cell)
+        if is_test:
+            cells.append(_grader_cell(GUARD_CALL, "after", test_id))
+    out.cells = cells
+    return out
+
+
+class _CappedClient(NotebookClient):
+    """nbclient's executor, keeping at most MAX_OUTPUTS outputs per cell."""
+
+    def output(self, outs, msg, display_id, cell_index):
+        if len(outs) >= MAX_OUTPUTS and msg["msg_type"] != "error":
+            return None
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) -> list[CellRun]:
+    runs = [CellRun() for _ in nb.cells]
+    replies: dict[int, dict] = {}
+    client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
+                           record_timing=False, resources={"metadata": {"path": str(workdir)}})
+    client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
+    env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg")
+    async with client.async_setup_kernel(env=env):
+        deadline = time.monotonic() + notebook_timeout
+        for index, cell in enumerate(nb.cells):
+            run, left = runs[index], deadline - time.monotonic()
+            if cell.cell_type != "code" or not cell.source.strip():
+                run.status = "ok"
+                continue
+            if left <= 0:
+                run.status, run.limit = "timeout", "notebook"
+                break
+            client.timeout = max(1, math.ceil(min(cell_timeout, left)))
+            try:
+                await client.async_execute_cell(cell, index, execution_count=index)
+            except CellTimeoutError:
+                run.status, run.limit = "timeout", "cell" if cell_timeout <= left else "notebook"
+                break
+            except DeadKernelError:
+                run.status = "died"
+                break
+            content = (replies.get(index) or {}).get("content", {})
+            run.stdout = _stdout(cell)
+            if content.get("status") == "error":
+                run.status, run.ename, run.evalue = "error", content.get("ename", ""), content.get("evalue", "")
+            else:
+                run.status = "ok"
+    return runs
+
+
+def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600) -> list[CellRun]:
+    """Run ``nb`` (not modified) in a fresh kernel started in ``workdir``; one CellRun per cell.
+
+    Parameters
+    ----------
+    nb : the instrumented notebook (nbformat v4)
+    workdir : an empty folder for this submission alone (the kernel's cwd)
+    cell_timeout : seconds one cell may run
+    notebook_timeout : seconds all cells together may run (kernel start-up excluded)
+    """
+    return asyncio.run(_run(copy.deepcopy(nb), workdir, cell_timeout, notebook_timeout))

@@ -1,0 +1,333 @@
+"""Grade a class's exercise notebooks: a grades CSV and one feedback file per student.
+
+    python -m course_lib.grade solutions/01_convolution_exercise.ipynb submitted/ -j 2
+    make grade EXERCISE=01_convolution_exercise SUBMISSIONS=submitted/
+
+writes ``grades/<exercise>/grades.csv`` and ``grades/<exercise>/feedback/<student>.txt``.
+
+Reading order
+-------------
+1. ``grade_submission``: one student: read (``submission.read_submission``),
+   merge into the instructor's notebook (``submission.merge``), run it in a
+   fresh kernel in a temporary folder (``execute.run_notebook``), ``score``.
+2. ``score``: a test cell earns its points only if it ran without raising and
+   the guard cells around it found nothing patched *during* it; a test not
+   reached (time limit, dead kernel) scores zero.
+3. ``grade_all``: every submission, ``jobs`` at a time; a bad submission is a
+   row with a reason, never a stopped batch.
+4. ``write_csv`` / ``feedback_text``: the outputs, written atomically.
+
+CSV columns: student, exercise, test_id, points, max_points, status, flags,
+detail; one row per test cell and one ``TOTAL`` row per student. Test
+statuses: passed, failed (AssertionError), error (another exception),
+timeout, kernel_died, not_run, tampered, ungraded. TOTAL statuses: graded,
+timeout, kernel_died, unreadable, missing, wrong_exercise, duplicate,
+grader_error. Flags are listed in ``course_lib.grading.submission``, plus
+``patched:NAME`` when the answer cells replaced a function the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from course_lib.grading.build import BEGIN_HIDDEN, cell_role, student_notebook
+from course_lib.grading.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
+from course_lib.grading.submission import Submission, find_submissions, grade_id, merge, \
+    read_submission, wrong_exercise
+
+COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail"]
+MAX_DETAIL = 300
+
+
+@dataclass
+class Limits:
+    """Time limits in seconds: one cell, and all cells of one notebook together."""
+    cell: float = 60.0
+    notebook: float = 600.0
+
+
+@dataclass
+class TestResult:
+    test_id: str
+    points: float
+    max_points: float
+    status: str
+    detail: str = ""
+    hidden: bool = False
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Grade:
+    student: str
+    exercise: str
+    tests: list[TestResult]
+    status: str
+    detail: str = ""
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> float:
+        return sum(t.points for t in self.tests)
+
+    @property
+    def max_points(self) -> float:
+        return sum(t.max_points for t in self.tests)
+
+
+def test_cells(instructor) -> list[TestResult]:
+    """The instructor's auto-graded test cells, each as a not-yet-run result."""
+    return [TestResult(grade_id(c), 0.0, float(c.metadata.nbgrader.get("points", 0)), "not_run",
+                       hidden=BEGIN_HIDDEN in c.source)
+            for c in instructor.cells if cell_role(c) == "test" and c.cell_type == "code"]
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
+
+
+def _guard_report(run: CellRun) -> list[str] | None:
+    """Names the guard cell restored, or None when it did not report (it failed or was subverted)."""
+    if run.status != "ok":
+        return None
+    for line in reversed(run.stdout.splitlines()):
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(report, dict) and isinstance(report.get("course_kit_guard"), list):
+            return [str(name) for name in report["course_kit_guard"]]
+    return None
+
+
+def _stop_detail(run: CellRun, cell, limits: Limits) -> str:
+    where = cell.metadata.get(ROLE_KEY, {}).get("role") or grade_id(cell) or "a cell"
+    what = f"cell {where!r}"
+    if run.status == "died":
+        return f"the kernel died in {what}; the tests after it score 0"
+    seconds = limits.cell if run.limit == "cell" else limits.notebook
+    return f"{what} ran past the {seconds:g} s {run.limit} time limit; the tests after it score 0"
+
+
+def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> tuple[str, str, list[str]]:
+    """Fill ``tests`` in place from the runs of the instrumented ``nb``; return (status, detail, flags)."""
+    by_id = {t.test_id: t for t in tests}
+    status, detail, flags = "graded", "", []
+    for cell, run in zip(nb.cells, runs):
+        role = cell.metadata.get(ROLE_KEY, {}).get("role")
+        test = by_id.get(grade_id(cell)) if cell_role(cell) == "test" else None
+        if role == "preamble" and run.status not in ("ok", "timeout", "died"):
+            raise RuntimeError(f"the grader's preamble failed before any student code ran: "
+                               f"{run.ename}: {run.evalue}")
+        if role in ("before", "after"):
+            test = by_id.get(cell.metadata[ROLE_KEY]["test_id"])
+            restored = _guard_report(run)
+            if run.status == "not_run":
+                continue
+            if restored is None and run.status in ("ok", "error"):
+                if test is not None:
+                    test.status, test.points = "tampered", 0.0
+                    test.detail = "the grader could not check the test's environment " \
+                                  f"({run.ename or 'no report'}): did the answer cells remove the grader's guard?"
+                continue
+            if role == "before":
+                flags += [f"patched:{name}" for name in restored or [] if f"patched:{name}" not in flags]
+            elif restored and test is not None:
+                test.status, test.points = "tampered", 0.0
+                test.detail = _short(f"the code under test replaced {', '.join(restored)} while the test ran")
+        elif test is not None and test.status == "not_run":
+            if run.status == "ok":
+                test.status, test.points = "passed", test.max_points
+            elif run.status == "error":
+                test.status = "failed" if run.ename == "AssertionError" else "error"
+                test.detail = _short(f"{run.ename}: {run.evalue}" if run.evalue else run.ename)
+            elif run.status in ("timeout", "died"):
+                test.status = "timeout" if run.status == "timeout" else "kernel_died"
+        if run.status in ("timeout", "died"):
+            status = "timeout" if run.status == "timeout" else "kernel_died"
+            detail = _stop_detail(run, cell, limits)
+            break
+    for test in tests:
+        if test.status == "not_run":
+            test.detail = test.detail or "not reached: " + (detail or "the notebook stopped before it")
+    return status, detail, flags
+
+
+def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits) -> Grade:
+    """Grade one student; every problem becomes the Grade's status and detail."""
+    tests = test_cells(instructor)
+    problem, flags = sub.problem, []
+    nb = None
+    if not problem:
+        nb, problem = read_submission(sub.path)
+    if not problem:
+        problem = wrong_exercise(instructor, nb)
+    if problem:
+        kind, _, why = problem.partition(": ")
+        for test in tests:
+            test.status, test.detail = "ungraded", "no gradable submission"
+        return Grade(sub.student, exercise, tests, kind, _short(why))
+    merged = merge(instructor, nb)
+    runnable = instrument(merged.nb, test_modules(instructor))
+    with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
+        runs = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook)
+    status, detail, patched = score(runnable, runs, tests, limits)
+    flags = merged.flags + patched
+    for test in tests:
+        test.flags = [f for f in flags if f.split(":", 1)[-1] == test.test_id]
+    return Grade(sub.student, exercise, tests, status, detail, flags)
+
+
+def _grade_safely(instructor, sub, exercise, limits) -> Grade:
+    try:
+        return grade_submission(instructor, sub, exercise, limits)
+    except Exception as err:  # noqa: BLE001 - one broken submission never stops the batch
+        tests = test_cells(instructor)
+        for test in tests:
+            test.status, test.detail = "ungraded", "the grader failed on this submission"
+        return Grade(sub.student, exercise, tests, "grader_error", _short(f"{type(err).__name__}: {err}"))
+
+
+def load_instructor(solution: Path):
+    """The instructor's notebook, checked the way ``make exercises`` checks it."""
+    nb = nbformat.read(solution, as_version=4)
+    student_notebook(nb)  # raises ValueError on duplicated grade ids or unpaired markers
+    if not test_cells(nb):
+        raise ValueError(f"{solution}: no test cells (nbgrader grade: true) to grade")
+    return nb
+
+
+def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits | None = None) -> list[Grade]:
+    """Grade every submission in ``submissions`` against ``solution``, ``jobs`` kernels at a time.
+
+    Returns the grades sorted by student; the order and the points do not depend on ``jobs``.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    limits = limits or Limits()
+    instructor = load_instructor(solution)
+    subs = find_submissions(submissions, solution.name)
+    exercise = solution.stem
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda s: _grade_safely(instructor, s, exercise, limits), subs))
+
+
+def _points(x: float) -> str:
+    return f"{x:g}"
+
+
+def csv_rows(grades: list[Grade]) -> list[dict]:
+    rows = []
+    for g in grades:
+        for t in g.tests:
+            rows.append(dict(student=g.student, exercise=g.exercise, test_id=t.test_id,
+                             points=_points(t.points), max_points=_points(t.max_points),
+                             status=t.status, flags=";".join(t.flags), detail=t.detail))
+        rows.append(dict(student=g.student, exercise=g.exercise, test_id="TOTAL",
+                         points=_points(g.points), max_points=_points(g.max_points),
+                         status=g.status, flags=";".join(g.flags), detail=g.detail))
+    return rows
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, grades: list[Grade]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(grades))
+    write_atomically(path, buffer.getvalue())
+
+
+FLAG_NOTES = {
+    "edited_test": "you changed test cell {id}; your copy was ignored and the original test ran",
+    "deleted_test": "test cell {id} was missing; the original test ran",
+    "edited_locked": "you changed read-only cell {id}; the original ran",
+    "deleted_locked": "read-only cell {id} was missing; the original ran",
+    "missing_solution": "answer cell {id} was missing, so it counted as not done",
+    "duplicate_grade_id": "two cells carry the id {id}; only the first one was graded",
+    "dropped_cells": "{id} code cell(s) you added outside the answer cells were not run: "
+                     "put everything your answer needs inside the answer cells",
+    "patched": "your answer cells replaced {id}, which the tests use; it was put back before each test",
+}
+
+
+def feedback_text(g: Grade) -> str:
+    """What the student reads: score, each test's result and why; never a hidden test's source."""
+    lines = [f"Feedback for {g.student} on {g.exercise}",
+             f"Score: {_points(g.points)} / {_points(g.max_points)}", ""]
+    if g.status != "graded":
+        lines += [f"Grading stopped: {g.status}" + (f": {g.detail}" if g.detail else ""), ""]
+    lines.append("Tests")
+    for t in g.tests:
+        hidden = " (includes hidden checks)" if t.hidden else ""
+        why = f"\n      {t.detail}" if t.detail and t.status != "passed" else ""
+        lines.append(f"  {t.status:<11} {_points(t.points):>4} / {_points(t.max_points):<4} {t.test_id}{hidden}{why}")
+    notes = []
+    for flag in g.flags:
+        kind, _, ident = flag.partition(":")
+        notes.append("  - " + FLAG_NOTES.get(kind, flag).format(id=repr(ident) if kind != "dropped_cells" else ident))
+    if notes:
+        lines += ["", "Notes", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, grades: list[Grade]) -> Path:
+    """``out/grades.csv`` and ``out/feedback/<student>.txt``; returns the CSV's path."""
+    for g in grades:
+        write_atomically(out / "feedback" / f"{g.student}.txt", feedback_text(g))
+    write_csv(out / "grades.csv", grades)
+    return out / "grades.csv"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("solution", type=Path, help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
+    parser.add_argument("submissions", type=Path, help="folder: one STUDENT.ipynb or one STUDENT/ folder per student")
+    parser.add_argument("--out", type=Path, help="output folder (default grades/<exercise>)")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once (default 2)")
+    parser.add_argument("--cell-timeout", type=float, default=Limits.cell, help="seconds per cell (default 60)")
+    parser.add_argument("--timeout", type=float, default=Limits.notebook, help="seconds per notebook (default 600)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        grades = grade_all(args.solution, args.submissions, args.jobs, Limits(args.cell_timeout, args.timeout))
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    csv_path = write_outputs(args.out or Path("grades") / args.solution.stem, grades)
+    for g in grades:
+        print(f"{g.student:<24} {_points(g.points):>5} / {_points(g.max_points):<5} {g.status}"
+              + (f"  [{';'.join(g.flags)}]" if g.flags else ""))
+    print(f"{len(grades)} submission(s) graded in {time.perf_counter() - start:.0f} s; wrote {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""From a student's file to the notebook the grader runs: find, read, merge.
+
+Reading order
+-------------
+1. ``find_submissions``: one notebook per student, as ``alice.ipynb`` or as a
+   folder ``alice/`` holding the exercise's notebook.
+2. ``read_submission``: any file in, a notebook or a reason out (never raises).
+3. ``merge``: the rule that makes grading trustworthy. Start from the
+   instructor's notebook and copy in **only** the student's solution cells,
+   matched by nbgrader ``grade_id``; every test cell (hidden tests included)
+   and every locked cell stays the instructor's. What the student changed
+   elsewhere is reported as flags and changes nothing:
+
+   ==========================  ==================================================
+   ``edited_test:ID``          the student's copy of test ``ID`` differs from the
+                               released one (the instructor's copy runs)
+   ``deleted_test:ID``         test ``ID`` is missing (the instructor's copy runs)
+   ``edited_locked:ID``        a read-only cell was changed (ditto)
+   ``deleted_locked:ID``       a read-only cell is missing (ditto)
+   ``missing_solution:ID``     answer cell ``ID`` is missing: the released stub
+                               (``raise NotImplementedError``) runs instead
+   ``duplicate_grade_id:ID``   two cells carry ``ID``: the first one is used
+   ``dropped_cells:N``         N cells outside the answer cells are not graded
+   ==========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from course_lib.grading.build import cell_role, student_cell
+
+
+@dataclass
+class Submission:
+    """One student's entry: the notebook's path, or why there is none."""
+    student: str
+    path: Path | None
+    problem: str = ""   # non-empty: the submission cannot be graded (e.g. 'missing: ...')
+
+
+@dataclass
+class Merged:
+    """The notebook to run for one student, and what the merge noticed."""
+    nb: nbformat.NotebookNode
+    flags: list[str] = field(default_factory=list)
+
+
+def grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def find_submissions(folder: Path, notebook_name: str) -> list[Submission]:
+    """Every student in ``folder``, sorted by name.
+
+    ``folder/alice.ipynb`` is Alice's notebook; in ``folder/bob/`` the
+    notebook named ``notebook_name`` (searched below it) is Bob's, or the
+    only ``.ipynb`` there. Hidden entries and other files are ignored.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"submissions folder {folder} does not exist")
+    found: dict[str, Submission] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix == ".ipynb":
+            sub = Submission(entry.stem, entry)
+        elif entry.is_dir():
+            sub = _folder_submission(entry, notebook_name)
+        else:
+            continue
+        if sub.student in found:  # alice.ipynb and alice/ both present
+            sub = Submission(f"{sub.student} ({entry.name})", None,
+                             f"duplicate: {sub.student!r} also submitted {found[sub.student].path}")
+        found[sub.student] = sub
+    return sorted(found.values(), key=lambda s: s.student)
+
+
+def _folder_submission(folder: Path, notebook_name: str) -> Submission:
+    notebooks = sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    named = [p for p in notebooks if p.name == notebook_name]
+    if len(named) == 1 or (not named and len(notebooks) == 1):
+        return Submission(folder.name, (named or notebooks)[0])
+    listing = ", ".join(str(p.relative_to(folder)) for p in notebooks) or "no .ipynb file"
+    return Submission(folder.name, None, f"missing: expected one {notebook_name} in {folder.name}/, "
+                                         f"found {listing}")
+
+
+def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
+    """The notebook in ``path``, or ``(None, reason)`` for anything unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"unreadable: cannot read {path.name}: {err}"
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"unreadable: {path.name} is not JSON ({err.msg} at line {err.lineno})"
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+        return None, f"unreadable: {path.name} is JSON but not a notebook (no 'cells' list)"
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        for cell in nb.cells:  # the fields merge() reads must have the right types
+            if not isinstance(cell.get("source", ""), str) or not isinstance(cell.get("metadata", {}), dict):
+                raise ValueError("a cell has a malformed 'source' or 'metadata'")
+    except Exception as err:  # noqa: BLE001 - nbformat raises many kinds
+        return None, f"unreadable: {path.name} is not a valid notebook ({type(err).__name__}: {err})"
+    return nb, ""
+
+
+def _normalized(source: str) -> str:
+    return "\n".join(line.rstrip() for line in source.strip().splitlines())
+
+
+def wrong_exercise(instructor, student) -> str:
+    """Why ``student`` is not a copy of this exercise, or '' when it is."""
+    lesson = instructor.metadata.get("course_kit", {}).get("lesson")
+    theirs = student.metadata.get("course_kit", {}).get("lesson") if isinstance(
+        student.metadata.get("course_kit"), dict) else None
+    if theirs and lesson and theirs != lesson:
+        return f"wrong_exercise: the notebook belongs to {theirs}, this exercise to {lesson}"
+    ids = {grade_id(c) for c in instructor.cells} - {None}
+    if not ids & {grade_id(c) for c in student.cells}:
+        return f"wrong_exercise: none of this exercise's cells ({', '.join(sorted(ids))}) is in it"
+    return ""
+
+
+def merge(instructor, student) -> Merged:
+    """The instructor's notebook with the student's answer cells copied in.
+
+    Parameters
+    ----------
+    instructor : the notebook from solutions/ (nbformat v4)
+    student : the student's notebook (nbformat v4), already read
+
+    Returns
+    -------
+    Merged: a new notebook (neither input is modified) and the flags listed
+    in the module docstring, in notebook order.
+    """
+    lesson = instructor.metadata.get("course_kit", {}).get("lesson", "the lesson notebooks")
+    released_free = {_normalized(c.source) for c in instructor.cells if grade_id(c) is None}
+    theirs: dict[str, object] = {}
+    flags, dropped = [], 0
+    for cell in student.cells:
+        key = grade_id(cell)
+        if key is None:  # the student's own cell: kept out of grading
+            source = _normalized(cell.get("source", ""))
+            dropped += cell.cell_type == "code" and bool(source) and source not in released_free
+        elif key in theirs:
+            flags.append(f"duplicate_grade_id:{key}")
+        else:
+            theirs[key] = cell
+    merged = copy.deepcopy(instructor)
+    for cell in merged.cells:
+        key, role = grade_id(cell), cell_role(cell)
+        released = student_cell(cell, lesson)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        if role == "solution":
+            if key in theirs:
+                cell.source = theirs[key].get("source", "")
+            else:
+                cell.source = released.source
+                flags.append(f"missing_solution:{key}")
+        elif role in ("test", "locked"):
+            kind = "test" if role == "test" else "locked"
+            if key not in theirs:
+                flags.append(f"deleted_{kind}:{key}")
+            elif _normalized(theirs[key].get("source", "")) != _normalized(released.source):
+                flags.append(f"edited_{kind}:{key}")
+    if dropped:
+        flags.append(f"dropped_cells:{dropped}")
+    return Merged(merged, flags)

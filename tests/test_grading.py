@@ -1,0 +1,443 @@
+"""The instructor's grader: fake submissions of every bad kind, and the exact points they earn.
+
+A small exercise (``add`` and ``mul``, 6 points over three test cells, one
+with hidden checks and one that warns on stderr) is built here; each fake
+submission starts from the students' copy that ``build.student_notebook``
+makes and changes what a student might. The batch runs once per session
+(kernel start-up dominates), two kernels at a time, with a 10 s cell limit
+for the infinite loop. Then every notebook in solutions/ must score full
+marks and its generated exercise zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from course_lib.grading import execute, grade, guard, submission
+from course_lib.grading.build import student_notebook
+from course_lib.grading.grade import Limits, grade_all
+
+EXERCISE = "00_fixture_exercise"
+TEST_LIMITS = Limits(cell=10, notebook=120)
+HIDDEN_LINE = "assert np.allclose(add(-1.5, 1.5), 0.0)"
+
+
+def _meta(grade_id: str, *, solution: bool = False, points: int = 0) -> dict:
+    if solution:
+        return {"nbgrader": {"grade": False, "solution": True, "locked": False,
+                             "grade_id": grade_id, "schema_version": 3}}
+    return {"nbgrader": {"grade": True, "solution": False, "locked": True,
+                         "grade_id": grade_id, "points": points, "schema_version": 3}}
+
+
+def solution_notebook() -> nbformat.NotebookNode:
+    """The instructor's fixture: two answers, three test cells, 6 points."""
+    code, md = nbformat.v4.new_code_cell, nbformat.v4.new_markdown_cell
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["course_kit"] = {"lesson": "notebooks/00_fixture.ipynb"}
+    nb.cells = [
+        md("# Fixture exercise\nWrite `add` and `mul`."),
+        code("import numpy as np"),
+        code("def add(a, b):\n    \"\"\"Elementwise a + b.\"\"\"\n    ### BEGIN SOLUTION\n"
+             "    return np.add(a, b)\n    ### END SOLUTION", metadata=_meta("add", solution=True)),
+        code("import numpy as np\n"
+             "assert np.allclose(add(np.ones(3), 2.0), 3.0), 'add(ones(3), 2) should be all 3'",
+             metadata=_meta("test_add", points=1)),
+        code("import sys\nimport warnings\nimport numpy as np\n"
+             "warnings.warn('a library warning: it must not cost points')\n"
+             "print('also on stderr', file=sys.stderr)\n"
+             "assert np.allclose(add(np.arange(4.0), np.arange(4.0)), [0, 2, 4, 6]), 'add(arange(4), arange(4))'\n"
+             f"### BEGIN HIDDEN TESTS\n{HIDDEN_LINE}, 'a hidden check failed'\n### END HIDDEN TESTS",
+             metadata=_meta("test_add_hidden", points=2)),
+        code("def mul(a, b):\n    \"\"\"Elementwise a * b.\"\"\"\n    ### BEGIN SOLUTION\n"
+             "    return np.multiply(a, b)\n    ### END SOLUTION", metadata=_meta("mul", solution=True)),
+        code("import numpy as np\n"
+             "assert np.allclose(mul(np.full(2, 3.0), 2.0), 6.0), 'mul(full(2, 3), 2) should be all 6'",
+             metadata=_meta("test_mul", points=3)),
+    ]
+    return nb
+
+
+def _cell(nb, grade_id):
+    return next(c for c in nb.cells if submission.grade_id(c) == grade_id)
+
+
+def answered(nb=None, **answers: str):
+    """The released exercise with the named answer cells replaced by ``answers``."""
+    nb = copy.deepcopy(nb) if nb is not None else student_notebook(solution_notebook())
+    for grade_id, source in answers.items():
+        _cell(nb, grade_id).source = source
+    return nb
+
+
+GOOD_ADD = "def add(a, b):\n    return np.add(a, b)"
+GOOD_MUL = "def mul(a, b):\n    return np.multiply(a, b)"
+BAD_ADD = "def add(a, b):\n    return np.subtract(a, b)"
+
+
+def fake_submissions() -> dict[str, object]:
+    """student name -> notebook (or raw text), one per kind of submission."""
+    perfect = answered(add=GOOD_ADD, mul=GOOD_MUL)
+    missing = copy.deepcopy(perfect)
+    missing.cells = [c for c in missing.cells if submission.grade_id(c) not in ("mul", "test_mul")]
+    duplicate = copy.deepcopy(perfect)
+    duplicate.cells.insert(2, copy.deepcopy(_cell(duplicate, "add")))
+    duplicate.cells[2].source = BAD_ADD  # the first copy of 'add' is wrong
+    edited = answered(add=BAD_ADD, mul=GOOD_MUL)
+    _cell(edited, "test_add").source = "pass  # the test is gone"
+    edited.cells.remove(_cell(edited, "test_add_hidden"))
+    edited.cells.append(nbformat.v4.new_code_cell("print('my own scratch cell')"))
+    other = nbformat.v4.new_notebook()
+    other.metadata["course_kit"] = {"lesson": "notebooks/99_other.ipynb"}
+    other.cells = [nbformat.v4.new_code_cell("x = 1", metadata=_meta("conv2d", solution=True))]
+    return {
+        "perfect": perfect,
+        "blank": student_notebook(solution_notebook()),
+        "partial": answered(add=GOOD_ADD, mul="def mul(a, b):\n    return np.add(a, b)"),
+        "loop": answered(add=GOOD_ADD, mul="while True:\n    pass"),
+        "syntax": answered(add="def add(a, b)\n    return a + b", mul=GOOD_MUL),
+        "import_error": answered(add="import numpy_does_not_exist\n" + GOOD_ADD, mul=GOOD_MUL),
+        "crash": answered(add=GOOD_ADD, mul="import os\nos._exit(1)"),
+        "not_json": "{ this is not JSON",
+        "not_notebook": json.dumps({"hello": "world"}),
+        "wrong_exercise": other,
+        "missing": missing,
+        "duplicate": duplicate,
+        "edited": edited,
+        "patched": answered(add="np.allclose = lambda *a, **k: True\n" + BAD_ADD, mul=GOOD_MUL),
+        "patch_in_test": answered(add="def add(a, b):\n    import numpy\n"
+                                      "    numpy.allclose = lambda *a, **k: True\n    return a - b",
+                                  mul=GOOD_MUL),
+    }
+
+
+# student -> (total points, TOTAL status, {test_id: (points, status)} for the tests that matter)
+EXPECTED = {
+    "perfect": (6, "graded", {"test_add": (1, "passed"), "test_add_hidden": (2, "passed"), "test_mul": (3, "passed")}),
+    "blank": (0, "graded", {"test_add": (0, "error"), "test_add_hidden": (0, "error"), "test_mul": (0, "error")}),
+    "partial": (3, "graded", {"test_mul": (0, "failed")}),
+    "loop": (3, "timeout", {"test_add": (1, "passed"), "test_mul": (0, "not_run")}),
+    "syntax": (3, "graded", {"test_add": (0, "error"), "test_mul": (3, "passed")}),
+    "import_error": (3, "graded", {"test_add": (0, "error"), "test_mul": (3, "passed")}),
+    "crash": (3, "kernel_died", {"test_add_hidden": (2, "passed"), "test_mul": (0, "not_run")}),
+    "not_json": (0, "unreadable", {"test_mul": (0, "ungraded")}),
+    "not_notebook": (0, "unreadable", {"test_mul": (0, "ungraded")}),
+    "wrong_exercise": (0, "wrong_exercise", {"test_add": (0, "ungraded")}),
+    "missing": (3, "graded", {"test_add": (1, "passed"), "test_mul": (0, "error")}),
+    "duplicate": (3, "graded", {"test_add": (0, "failed"), "test_mul": (3, "passed")}),
+    "edited": (3, "graded", {"test_add": (0, "failed"), "test_add_hidden": (0, "failed")}),
+    "patched": (3, "graded", {"test_add": (0, "failed"), "test_add_hidden": (0, "failed")}),
+    "patch_in_test": (3, "graded", {"test_add": (0, "tampered"), "test_add_hidden": (0, "tampered")}),
+    "erin": (6, "graded", {"test_mul": (3, "passed")}),      # folder layout, notebook in a subfolder
+    "frank": (0, "missing", {"test_mul": (0, "ungraded")}),  # empty folder
+}
+
+
+def write_submissions(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for student, nb in fake_submissions().items():
+        path = folder / f"{student}.ipynb"
+        path.write_text(nb if isinstance(nb, str) else nbformat.writes(nb))
+    (folder / "erin" / "work").mkdir(parents=True)
+    nbformat.write(fake_submissions()["perfect"], folder / "erin" / "work" / f"{EXERCISE}.ipynb")
+    (folder / "frank").mkdir()
+    (folder / "README.txt").write_text("not a submission: ignored")
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """The fixture exercise and every fake submission, graded once, 2 at a time."""
+    base = tmp_path_factory.mktemp("grading")
+    solution = base / f"{EXERCISE}.ipynb"
+    nbformat.write(solution_notebook(), solution)
+    write_submissions(base / "submitted")
+    grades = grade_all(solution, base / "submitted", jobs=2, limits=TEST_LIMITS)
+    grade.write_outputs(base / "out", grades)
+    return base, {g.student: g for g in grades}
+
+
+# ---------------------------------------------------------------------------
+# pure parts: no kernel
+# ---------------------------------------------------------------------------
+
+def test_merge_takes_only_answer_cells_and_flags_the_rest():
+    instructor = solution_notebook()
+    merged = submission.merge(instructor, fake_submissions()["edited"])
+    assert merged.flags == ["edited_test:test_add", "deleted_test:test_add_hidden", "dropped_cells:1"]
+    assert _cell(merged.nb, "add").source == BAD_ADD
+    assert _cell(merged.nb, "test_add").source == _cell(instructor, "test_add").source
+    assert HIDDEN_LINE in _cell(merged.nb, "test_add_hidden").source  # the instructor's copy, hidden part included
+    assert "my own scratch cell" not in json.dumps(merged.nb)
+
+
+def test_merge_of_a_missing_answer_runs_the_released_stub():
+    merged = submission.merge(solution_notebook(), fake_submissions()["missing"])
+    assert merged.flags == ["missing_solution:mul", "deleted_test:test_mul"]
+    assert "raise NotImplementedError" in _cell(merged.nb, "mul").source
+    assert "np.multiply" not in _cell(merged.nb, "mul").source  # never the instructor's answer
+
+
+def test_the_released_exercise_itself_raises_no_flags():
+    assert submission.merge(solution_notebook(), student_notebook(solution_notebook())).flags == []
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{ not json", "is not JSON"),
+    ('{"hello": 1}', "not a notebook"),
+    ('[1, 2]', "not a notebook"),
+    ('{"cells": [{"cell_type": "code", "source": 3}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+     "not a valid notebook"),
+    ("", "is not JSON"),
+])
+def test_read_submission_turns_bad_files_into_reasons(tmp_path, text, reason):
+    path = tmp_path / "x.ipynb"
+    path.write_text(text)
+    nb, problem = submission.read_submission(path)
+    assert nb is None and problem.startswith("unreadable: ") and reason in problem, problem
+
+
+def test_read_submission_of_binary_garbage(tmp_path):
+    path = tmp_path / "x.ipynb"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    assert submission.read_submission(path)[1].startswith("unreadable: ")
+
+
+def test_wrong_exercise_is_recognised():
+    instructor = solution_notebook()
+    assert submission.wrong_exercise(instructor, fake_submissions()["wrong_exercise"]).startswith("wrong_exercise")
+    assert submission.wrong_exercise(instructor, fake_submissions()["perfect"]) == ""
+    no_ids = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    assert "none of this exercise's cells" in submission.wrong_exercise(instructor, no_ids)
+
+
+def test_test_modules_reads_the_test_cells_imports():
+    assert execute.test_modules(solution_notebook()) == ["numpy", "sys", "warnings"]
+
+
+def test_instrument_wraps_each_test_cell_in_guards():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    roles = [c.metadata.get(execute.ROLE_KEY, {}).get("role") for c in nb.cells]
+    assert roles[0] == "preamble"
+    assert roles.count("before") == roles.count("after") == 3
+    for i, cell in enumerate(nb.cells):
+        if submission.grade_id(cell, ) in ("test_add", "test_add_hidden", "test_mul"):
+            assert roles[i - 1] == "before" and roles[i + 1] == "after"
+
+
+def test_guard_restores_a_patched_function_and_reports_it():
+    import numpy as np
+    snap = guard.take_snapshot(["numpy"])
+    original = np.allclose
+    try:
+        np.allclose = lambda *a, **k: True
+        del np.isclose
+        assert sorted(guard.check_and_restore(snap, emit=False)) == ["numpy.allclose", "numpy.isclose"]
+        assert np.allclose is original and not np.allclose([1.0], [2.0])
+        assert guard.check_and_restore(snap, emit=False) == []
+    finally:
+        np.allclose = original
+
+
+def test_guard_finds_nothing_after_ordinary_torch_and_numpy_work():
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    snap = guard.take_snapshot(["numpy", "torch", "torch.nn.functional"])
+    torch.manual_seed(0)
+    F.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
+    np.testing.assert_allclose(np.ones(2), np.ones(2))
+    assert guard.check_and_restore(snap, emit=False) == []
+
+
+def test_csv_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "grades.csv"
+    path.write_text("old grades\n")
+
+    def crash(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(grade.os, "replace", crash)
+    with pytest.raises(OSError):
+        grade.write_csv(path, [])
+    assert path.read_text() == "old grades\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["grades.csv"]  # no temporary file left behind
+
+
+def test_find_submissions_layouts(tmp_path):
+    write_submissions(tmp_path)
+    (tmp_path / "gina").mkdir()
+    for name in ("a.ipynb", "b.ipynb"):  # two notebooks, neither named like the exercise
+        nbformat.write(nbformat.v4.new_notebook(), tmp_path / "gina" / name)
+    subs = {s.student: s for s in submission.find_submissions(tmp_path, f"{EXERCISE}.ipynb")}
+    assert set(subs) == set(fake_submissions()) | {"erin", "frank", "gina"}
+    assert subs["erin"].path.name == f"{EXERCISE}.ipynb" and not subs["erin"].problem
+    assert subs["frank"].problem.startswith("missing:") and "no .ipynb file" in subs["frank"].problem
+    assert "a.ipynb, b.ipynb" in subs["gina"].problem
+
+
+def test_instructor_notebook_is_checked(tmp_path):
+    nb = solution_notebook()
+    nb.cells.append(copy.deepcopy(_cell(nb, "test_mul")))
+    nbformat.write(nb, tmp_path / "dup.ipynb")
+    with pytest.raises(ValueError, match="grade_id used twice"):
+        grade.load_instructor(tmp_path / "dup.ipynb")
+
+
+def test_cli_writes_csv_and_feedback_without_running_kernels(tmp_path):
+    nbformat.write(solution_notebook(), tmp_path / f"{EXERCISE}.ipynb")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zoe.ipynb").write_text("not json")
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / f"{EXERCISE}.ipynb"),
+                           str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "grades.csv").open()))
+    assert [(r["student"], r["test_id"], r["points"], r["status"]) for r in rows][-1] == \
+        ("zoe", "TOTAL", "0", "unreadable")
+    assert "Score: 0 / 6" in (tmp_path / "out" / "feedback" / "zoe.txt").read_text()
+    bad = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / "nope.ipynb"),
+                          str(tmp_path / "in")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+# ---------------------------------------------------------------------------
+# the batch: every kind of submission, in fresh kernels
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", sorted(EXPECTED))
+def test_exact_points(batch, student):
+    total, status, tests = EXPECTED[student]
+    g = batch[1][student]
+    got = {t.test_id: (t.points, t.status) for t in g.tests}
+    assert (g.points, g.status) == (total, status), f"{student}: {g.points} {g.status} ({g.detail}); {got}"
+    for test_id, expected in tests.items():
+        assert got[test_id] == expected, f"{student} {test_id}: {got[test_id]} != {expected}"
+    assert g.max_points == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student, flags", [
+    ("perfect", []), ("blank", []),
+    ("missing", ["missing_solution:mul", "deleted_test:test_mul"]),
+    ("duplicate", ["duplicate_grade_id:add"]),
+    ("edited", ["edited_test:test_add", "deleted_test:test_add_hidden", "dropped_cells:1"]),
+    ("patched", ["patched:numpy.allclose"]),
+])
+def test_flags(batch, student, flags):
+    assert batch[1][student].flags == flags
+
+
+@pytest.mark.slow
+def test_reasons_name_the_problem(batch):
+    g = batch[1]
+    assert "10 s cell time limit" in g["loop"].detail
+    assert "kernel died" in g["crash"].detail
+    assert "not JSON" in g["not_json"].detail
+    assert "99_other" in g["wrong_exercise"].detail
+    assert "SyntaxError" not in g["syntax"].tests[0].detail  # the test fails on the missing name
+    assert g["syntax"].tests[0].detail.startswith("NameError")
+    assert "numpy.allclose" in {t.test_id: t for t in g["patch_in_test"].tests}["test_add"].detail
+    assert "not done yet" in g["blank"].tests[0].detail  # the stub's message reaches the student
+
+
+@pytest.mark.slow
+def test_csv_has_a_row_per_test_and_a_total_per_student(batch):
+    rows = list(csv.DictReader((batch[0] / "out" / "grades.csv").open()))
+    assert list(rows[0]) == grade.COLUMNS
+    assert len(rows) == 4 * len(EXPECTED)
+    totals = {r["student"]: float(r["points"]) for r in rows if r["test_id"] == "TOTAL"}
+    assert totals == {s: float(e[0]) for s, e in EXPECTED.items()}
+    edited = [r for r in rows if r["student"] == "edited" and r["test_id"] == "test_add"][0]
+    assert edited["flags"] == "edited_test:test_add"
+
+
+@pytest.mark.slow
+def test_feedback_explains_but_never_shows_hidden_tests(batch):
+    folder = batch[0] / "out" / "feedback"
+    assert sorted(p.stem for p in folder.iterdir()) == sorted(EXPECTED)
+    for path in folder.iterdir():
+        text = path.read_text()
+        assert "BEGIN HIDDEN" not in text and HIDDEN_LINE not in text, path.name
+    partial = (folder / "partial.txt").read_text()
+    assert "Score: 3 / 6" in partial and "mul(full(2, 3), 2) should be all 6" in partial
+    assert "you changed test cell 'test_add'" in (folder / "edited.txt").read_text()
+
+
+@pytest.mark.slow
+def test_regrading_gives_the_same_grades_one_job_at_a_time(batch, tmp_path):
+    base, first = batch
+    for student in ("partial", "crash", "syntax"):
+        shutil.copy(base / "submitted" / f"{student}.ipynb", tmp_path)
+    again = grade_all(base / f"{EXERCISE}.ipynb", tmp_path, jobs=1, limits=TEST_LIMITS)
+    assert grade.csv_rows(again) == grade.csv_rows([first[g.student] for g in again])
+
+
+@pytest.mark.slow
+def test_notebook_time_limit_stops_the_run(tmp_path):
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[code("x = 1"), code("import time\ntime.sleep(60)"), code("y = 2")])
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=3)
+    assert [r.status for r in runs] == ["ok", "timeout", "not_run"]
+    assert runs[1].limit == "notebook"
+
+
+
+# ---------------------------------------------------------------------------
+# the kit's own exercises: solutions full marks, released exercises zero
+# ---------------------------------------------------------------------------
+
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_kit_solution_scores_full_marks_and_exercise_zero(solution, tmp_path):
+    exercise = ROOT / "exercises" / solution.name
+    assert exercise.exists(), f"{exercise} is missing: run `make exercises`"
+    shutil.copy(solution, tmp_path / "solution.ipynb")
+    shutil.copy(exercise, tmp_path / "exercise.ipynb")
+    grades = {g.student: g for g in grade_all(solution, tmp_path, jobs=2, limits=Limits(cell=120, notebook=300))}
+    full, empty = grades["solution"], grades["exercise"]
+    assert (full.status, full.flags) == ("graded", []), (full.detail, full.flags)
+    assert full.points == full.max_points > 0, [(t.test_id, t.status, t.detail) for t in full.tests]
+    assert empty.status == "graded" and empty.points == 0, [(t.test_id, t.status) for t in empty.tests]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_kit_solution_is_a_valid_nbgrader_source(solution, tmp_path):
+    """nbgrader (an optional extra) generates the student version from our solution notebooks."""
+    pytest.importorskip("nbgrader", reason="nbgrader is optional: pip install -e '.[nbgrader]'")
+    _nbgrader_generate(solution, tmp_path)
+
+
+def test_fixture_is_a_valid_nbgrader_source(tmp_path):
+    pytest.importorskip("nbgrader", reason="nbgrader is optional: pip install -e '.[nbgrader]'")
+    path = tmp_path / f"{EXERCISE}.ipynb"
+    nbformat.write(solution_notebook(), path)
+    _nbgrader_generate(path, tmp_path / "course")
+
+
+def _nbgrader_generate(solution: Path, course: Path) -> None:
+    source = course / "source" / "ps1"
+    source.mkdir(parents=True)
+    shutil.copy(solution, source / solution.name)
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "ps1", "--force",
+                           "--CourseDirectory.root=" + str(course), "--CourseDirectory.db_url=sqlite:///"
+                           + str(course / "gradebook.db")],
+                          capture_output=True, text=True, timeout=300, cwd=course,
+                          env=dict(os.environ, COURSE_DEVICE="cpu"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    released = (course / "release" / "ps1" / solution.name).read_text()
+    assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
