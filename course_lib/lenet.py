@@ -235,6 +235,15 @@ def _make_optimizer(params, optimizer: str, lr: float, momentum: float):
             else torch.optim.Adagrad(params, lr))
 
 
+def _scale_lr(opt, factor: float) -> None:
+    """Multiply the learning rate by factor (course_lib.optim and torch.optim alike)."""
+    if isinstance(opt, torch.optim.Optimizer):
+        for group in opt.param_groups:
+            group["lr"] *= factor
+    else:
+        opt.lr *= factor
+
+
 def _accuracy(model, x: np.ndarray, y: np.ndarray, device) -> float:
     if isinstance(model, LeNet5):
         return float((model.predict(x) == y).mean())
@@ -245,8 +254,8 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray, device) -> float:
 
 
 def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: float = 0.9,
-          batch_size: int = 32, optimizer: str = "sgd", seed: int = 0, device=None,
-          progress: bool = True, desc: str | None = None) -> History:
+          batch_size: int = 32, optimizer: str = "sgd", lr_decay: float = 1.0, seed: int = 0,
+          device=None, progress: bool = True, desc: str | None = None) -> History:
     """Minibatch training of a ``LeNet5`` (numpy) or a ``TorchLeNet5`` on ``data``.
 
     Both kinds see the same batches in the same order for the same seed, with
@@ -259,6 +268,7 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
     data : Digits, x (N, 1, 32, 32) float32 and y (N,) int64
     epochs, lr, momentum, batch_size : the usual; momentum is SGD's only
     optimizer : 'sgd' (with momentum) or 'adagrad'
+    lr_decay : the learning rate is multiplied by this after every epoch
     seed : seeds the shuffling
     progress : show a tqdm bar over the batches
 
@@ -299,6 +309,7 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
         history.train_loss.append(float(sum(losses) / len(data.x_train)))
         history.train_acc.append(correct / len(data.x_train))
         history.test_acc.append(_accuracy(model, data.x_test, data.y_test, device))
+        _scale_lr(opt, lr_decay)
         bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
     bar.close()
     return history

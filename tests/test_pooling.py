@@ -1,0 +1,131 @@
+"""course_lib.pooling against the lecture, PyTorch and numerical gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from course_lib.gradcheck import check_gradient
+from course_lib.pooling import max_pool2d, max_pool2d_backward, max_pool2d_naive, pool_output_shape
+
+# The lecture's 7x7 activation map (the "Padding example" slide)
+LECTURE_MAP = np.array([[6, 3, 4, 4, 5, 0, 3],
+                        [4, 7, 4, 0, 4, 0, 4],
+                        [7, 0, 2, 3, 4, 5, 2],
+                        [3, 7, 5, 0, 3, 0, 7],
+                        [5, 8, 1, 2, 5, 4, 2],
+                        [8, 0, 1, 0, 6, 0, 0],
+                        [6, 4, 1, 3, 0, 4, 5]], dtype=np.float64)
+
+
+def torch_pool(x, k, s, p, dout=None):
+    xt = torch.tensor(x, requires_grad=True)
+    out = F.max_pool2d(xt, k, s, p)
+    if dout is None:
+        return out.detach().numpy()
+    out.backward(torch.tensor(dout))
+    return out.detach().numpy(), xt.grad.numpy()
+
+
+def test_lecture_map_by_hand():
+    x = LECTURE_MAP[None, None]
+    # 2x2 windows, stride 2, 7 -> 3 (the last row and column are dropped)
+    expected = np.array([[7, 4, 5], [7, 5, 5], [8, 2, 6]], dtype=np.float64)
+    np.testing.assert_array_equal(max_pool2d(x, 2)[0, 0], expected)
+    # 3x3 windows, stride 2: overlapping windows, (7 - 3)/2 + 1 = 3
+    expected3 = np.array([[7, 5, 5], [8, 5, 7], [8, 6, 6]], dtype=np.float64)
+    np.testing.assert_array_equal(max_pool2d(x, 3, 2)[0, 0], expected3)
+
+
+def test_depth_is_preserved_and_space_subsampled(rng):
+    x = rng.standard_normal((2, 6, 28, 28))
+    assert max_pool2d(x, 2).shape == (2, 6, 14, 14)
+    assert max_pool2d(x, 3, 2, 1).shape == (2, 6, 14, 14)
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
+       K=st.integers(1, 4), S=st.one_of(st.none(), st.integers(1, 4)), P=st.integers(0, 2),
+       ties=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_forward_and_backward_equal_torch(N, C, H, W, K, S, P, ties, seed):
+    if 2 * P > K or K > H + 2 * P or K > W + 2 * P:
+        return  # PyTorch refuses these too (tested separately below)
+    rng = np.random.default_rng(seed)
+    # integer-valued inputs in a small range make many ties: the tie rule must match torch's
+    x = (rng.integers(0, 3, (N, C, H, W)) if ties else rng.standard_normal((N, C, H, W))).astype(np.float64)
+    out_ref = torch_pool(x, K, S, P)
+    dout = rng.standard_normal(out_ref.shape)
+    _, dx_ref = torch_pool(x, K, S, P, dout)
+    np.testing.assert_array_equal(max_pool2d(x, K, S, P), out_ref)
+    np.testing.assert_array_equal(max_pool2d_naive(x, K, S, P), out_ref)
+    np.testing.assert_allclose(max_pool2d_backward(dout, x, K, S, P), dx_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,k,s,p", [((64, 16, 28, 28), 2, 2, 0), ((2, 64, 30, 30), 3, 2, 1),
+                                         ((2, 3, 9, 7), (3, 2), (2, 1), (1, 0))])
+def test_float32_and_rectangular_equal_torch(rng, shape, k, s, p):
+    x = rng.standard_normal(shape).astype(np.float32)
+    out, argmax = max_pool2d(x, k, s, p, return_indices=True)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    ref, dx_ref = torch_pool(x, k, s, p, dout)
+    np.testing.assert_array_equal(out, ref)
+    assert out.dtype == np.float32
+    dx = max_pool2d_backward(dout, x, k, s, p, argmax=argmax)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5)  # overlap sums in another order
+    np.testing.assert_array_equal(dx, max_pool2d_backward(dout, x, k, s, p))
+
+
+def test_tie_rule_first_in_row_major_order():
+    x = np.ones((1, 1, 2, 2))
+    dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
+    np.testing.assert_array_equal(dx[0, 0], [[5.0, 0.0], [0.0, 0.0]])
+    x = np.array([[[[0.0, 1.0], [1.0, 0.0]]]])
+    dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 5.0], [0.0, 0.0]])
+
+
+def test_overlapping_windows_accumulate():
+    # 1x3 input, kernel 2 stride 1: the middle maximum wins both windows
+    x = np.array([[[[0.0, 9.0, 1.0]]]])
+    dx = max_pool2d_backward(np.array([[[[2.0, 3.0]]]]), x, (1, 2), 1)
+    np.testing.assert_array_equal(dx[0, 0, 0], [0.0, 5.0, 0.0])
+
+
+def test_numerical_gradient(rng):
+    x = rng.standard_normal((2, 2, 6, 6))  # distinct values: the max is differentiable
+    dout = rng.standard_normal(max_pool2d(x, 3, 2, 1).shape)
+    check_gradient(lambda v: float(np.sum(max_pool2d(v, 3, 2, 1) * dout)), x,
+                   max_pool2d_backward(dout, x, 3, 2, 1), name="max_pool2d dx")
+
+
+def test_padding_is_minus_infinity():
+    x = -np.ones((1, 1, 2, 2))           # all negative: zero padding would win, -inf never does
+    np.testing.assert_array_equal(max_pool2d(x, 2, 1, 1), -np.ones((1, 1, 3, 3)))
+
+
+def test_does_not_modify_input(rng):
+    x = rng.standard_normal((1, 2, 5, 5))
+    before = x.copy()
+    max_pool2d(x, 2)
+    max_pool2d_backward(np.ones((1, 2, 2, 2)), x, 2)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_teaching_errors(rng):
+    x = rng.standard_normal((1, 1, 4, 4))
+    with pytest.raises(ValueError, match="more than half the kernel"):
+        max_pool2d(x, 2, padding=2)
+    with pytest.raises(ValueError, match="filter size F = 5 is larger"):
+        max_pool2d(x, 5)
+    with pytest.raises(ValueError, match="single image use x\\[None\\]"):
+        max_pool2d(x[0], 2)
+    with pytest.raises(TypeError, match="numpy array"):
+        max_pool2d(torch.zeros(1, 1, 4, 4), 2)
+    with pytest.raises(ValueError, match="stride"):
+        max_pool2d(x, 2, stride=0)
+    with pytest.raises(ValueError, match=r"dout has shape \(1, 1, 3, 3\)"):
+        max_pool2d_backward(np.zeros((1, 1, 3, 3)), x, 2)
+    assert pool_output_shape((1, 1, 7, 7), 2) == ((2, 2), (2, 2), (0, 0), (3, 3))
