@@ -141,7 +141,8 @@ def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
     ----------
     batch : global minibatch size kn
     lr : the (target) learning rate
-    warmup_epochs : length of the linear warm-up from ``start_lr`` (default lr / 10)
+    warmup_epochs : length of the linear warm-up from ``start_lr`` (default lr / 10;
+        a start_lr above lr is lowered to lr, i.e. no warm-up is needed)
     data : a ``course_lib.data.Digits`` of 8x8 images, or None to load it
     """
     import torch
@@ -157,7 +158,8 @@ def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(x) // batch)                        # ceil: the last batch may be short
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    sched = torch_warmup_scheduler(opt, lr, warmup_steps, start_lr or lr / 10) if warmup_steps else None
+    start_lr = min(start_lr or lr / 10, lr)
+    sched = torch_warmup_scheduler(opt, lr, warmup_steps, start_lr) if warmup_steps else None
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):

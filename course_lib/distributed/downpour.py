@@ -387,8 +387,9 @@ def _recv(conn, abort, timeout: float, peer=None):
     return conn.recv()
 
 
-def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, die_after) -> None:
-    """A shard process: answer fetches, apply pushes, until the parent says "stop".
+def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, abort, die_after) -> None:
+    """A shard process: answer fetches, apply pushes, until the parent says "stop"
+    (or sets ``abort``).
 
     replica_conns : one pipe end per replica; control : the parent's pipe end,
     used to fetch (for the loss curve) and to stop. ``die_after``: SIGKILL
@@ -396,8 +397,8 @@ def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, di
     """
     shard = Shard(index, lo, hi, params, **shard_kwargs)
     conns = list(replica_conns) + [control]
-    while True:
-        for conn in connection.wait(conns, timeout=1.0):
+    while not abort.is_set():
+        for conn in connection.wait(conns, timeout=0.1):
             try:
                 msg = conn.recv()
             except (EOFError, OSError):                 # that replica is gone: forget it
@@ -451,6 +452,7 @@ def replica_worker(rank, model, x, y, settings, shard_conns, bounds, counter, st
 
 def _stop_all(procs, grace: float = 2.0) -> None:
     """Join each child with a timeout; terminate, then kill, the ones still running."""
+    procs = [p for p in procs if p.pid is not None]          # started ones only
     for p in procs:
         p.join(grace)
     for p in procs:
@@ -496,7 +498,7 @@ def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: i
     counter, steps, abort = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Event()
     shards = [ctx.Process(target=shard_worker, name=f"downpour-shard-{s}", daemon=True,
                           args=(s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
-                                controls[s][1], kill_shards.get(s)))
+                                controls[s][1], abort, kill_shards.get(s)))
               for s, (lo, hi) in enumerate(bounds)]
     replicas = [ctx.Process(target=replica_worker, name=f"downpour-replica-{r}", daemon=True,
                             args=(r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
