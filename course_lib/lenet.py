@@ -248,7 +248,8 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray, device) -> float:
     if isinstance(model, LeNet5):
         return float((model.predict(x) == y).mean())
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(x[i:i + 500]).to(device))
+        dtype = next(model.parameters()).dtype
+        logits = torch.cat([model(torch.from_numpy(x[i:i + 500]).to(device, dtype=dtype))
                             for i in range(0, len(x), 500)])
     return float((logits.argmax(1).cpu().numpy() == y).mean())
 
@@ -294,7 +295,8 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
                 opt.step(grads)
                 correct += int((logits.argmax(1) == yb).sum())
             else:
-                xt, yt = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+                xt = torch.from_numpy(xb).to(device, dtype=params[0].dtype)
+                yt = torch.from_numpy(yb).to(device)
                 logits = model(xt)
                 loss_t = F.cross_entropy(logits, yt)
                 opt.zero_grad()

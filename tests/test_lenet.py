@@ -1,0 +1,131 @@
+"""LeNet-5: the architecture table, numpy == PyTorch (logits, gradients, training steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.data import Digits, load_digits
+from course_lib.gradcheck import check_gradient
+from course_lib.lenet import (PARAM_NAMES, LeNet5, TorchLeNet5, architecture, copy_weights,
+                              minibatches, train)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Digits:
+    return load_digits()
+
+
+def test_architecture_table_matches_the_lecture():
+    table = {layer.name: (layer.output, layer.params) for layer in architecture()}
+    assert table == {"C1": ((6, 28, 28), 156), "S2": ((6, 14, 14), 0),
+                     "C3": ((16, 10, 10), 2416), "S4": ((16, 5, 5), 0),
+                     "C5": ((120, 1, 1), 48120), "F6": ((84,), 10164), "out": ((10,), 850)}
+    total = sum(layer.params for layer in architecture())
+    assert total == 61706
+    assert total == sum(p.numel() for p in TorchLeNet5().parameters())
+    assert total == sum(p.size for p in LeNet5().params)
+
+
+def test_torch_shapes_follow_the_table():
+    net, x = TorchLeNet5(), torch.zeros(3, 1, 32, 32)
+    c1 = F.relu(net.c1(x))
+    assert tuple(c1.shape[1:]) == architecture()[0].output
+    assert tuple(net(x).shape) == (3, 10)
+    assert [name for name, _ in net.named_parameters()] == list(PARAM_NAMES)
+
+
+def twins(seed=0):
+    ours = LeNet5(seed=seed, dtype=np.float64)
+    theirs = TorchLeNet5().double()
+    copy_weights(ours, theirs)
+    return ours, theirs
+
+
+def test_same_weights_same_logits_and_gradients(digits):
+    """float64: logits and every gradient agree to 1e-10 (relative to their size)."""
+    ours, theirs = twins()
+    x, y = digits.x_train[:16].astype(np.float64), digits.y_train[:16]
+    loss, grads, logits = ours.loss_and_grads(x, y)
+    logits_t = theirs(torch.from_numpy(x))
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(y))
+    loss_t.backward()
+    assert loss == pytest.approx(loss_t.item(), rel=1e-12)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=0, atol=1e-10)
+    for name, g, (tname, p) in zip(PARAM_NAMES, grads, theirs.named_parameters()):
+        assert name == tname and g.shape == tuple(p.shape)
+        scale = np.abs(p.grad.numpy()).max()
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=0, atol=1e-10 * max(scale, 1),
+                                   err_msg=f"gradient of {name}")
+
+
+def test_float32_logits_agree_to_1e_5(digits):
+    ours = LeNet5(seed=1)
+    theirs = TorchLeNet5()
+    copy_weights(ours, theirs)
+    x = digits.x_test[:64]
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(),
+                               rtol=0, atol=1e-5)
+
+
+def test_gradient_matches_numerical_gradient(digits):
+    ours = LeNet5(seed=2, dtype=np.float64)
+    x, y = digits.x_train[:2].astype(np.float64), digits.y_train[:2]
+    _, grads, _ = ours.loss_and_grads(x, y)
+    for i in (1, 3, 9):  # c1.bias, c3.bias, out.bias: a few parameters from each end of the net
+        def loss_at(value, i=i):
+            saved = ours.params[i].copy()
+            ours.params[i][...] = value
+            loss = ours.loss_and_grads(x, y)[0]
+            ours.params[i][...] = saved
+            return loss
+        check_gradient(loss_at, ours.params[i].copy(), grads[i], name=PARAM_NAMES[i], tol=1e-5)
+
+
+def test_copy_weights_round_trip():
+    a, torch_net, b = LeNet5(seed=0), TorchLeNet5(), LeNet5(seed=1)
+    copy_weights(a, torch_net)
+    copy_weights(torch_net, b)
+    for pa, pb in zip(a.params, b.params):
+        np.testing.assert_array_equal(pa, pb)
+    with pytest.raises(TypeError, match="one LeNet5 and one TorchLeNet5"):
+        copy_weights(a, b)
+
+
+def test_backward_needs_forward():
+    with pytest.raises(RuntimeError, match="call forward first"):
+        LeNet5().backward(np.zeros((1, 10)))
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("adagrad", 0.01)])
+def test_training_numpy_equals_torch_step_by_step(digits, optimizer, lr):
+    """Same weights, same batches, same optimizer: the same parameters after 3 steps."""
+    small = Digits(digits.x_train[:48], digits.y_train[:48], digits.x_test[:20], digits.y_test[:20])
+    ours, theirs = twins()
+    h1 = train(ours, small, epochs=1, lr=lr, batch_size=16, optimizer=optimizer, progress=False)
+    h2 = train(theirs, small, epochs=1, lr=lr, batch_size=16, optimizer=optimizer, progress=False)
+    for name, p, (_, q) in zip(PARAM_NAMES, ours.params, theirs.named_parameters()):
+        np.testing.assert_allclose(p, q.detach().numpy(), rtol=0, atol=1e-9, err_msg=name)
+    assert h1.train_loss[0] == pytest.approx(h2.train_loss[0], rel=1e-9)
+    assert h1.test_acc == h2.test_acc
+
+
+def test_short_training_learns(digits):
+    subset = Digits(digits.x_train[:600], digits.y_train[:600], digits.x_test, digits.y_test)
+    hist = train(LeNet5(seed=0), subset, epochs=2, lr=0.02, optimizer="adagrad", progress=False)
+    assert len(hist.train_loss) == len(hist.test_acc) == len(hist.seconds) == 2
+    assert hist.train_loss[1] < hist.train_loss[0] < np.log(10) + 0.1
+    assert hist.test_acc[1] > 0.6, hist.test_acc   # chance is 0.1 (the full run: notebook 05)
+
+
+def test_minibatches_cover_every_example_once():
+    batches = minibatches(10, 4, np.random.default_rng(0))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate(batches)) == list(range(10))
+
+
+def test_train_rejects_unknown_optimizer(digits):
+    with pytest.raises(ValueError, match="'sgd' or 'adagrad'"):
+        train(LeNet5(), digits, optimizer="adam", progress=False)
