@@ -189,7 +189,7 @@ def bytes_per_step(n_params: int, world_size: int, message_bytes: int | None = N
 @dataclass
 class CompressedRun:
     scheme: str
-    losses: np.ndarray            # (steps,) training loss of the shared parameters
+    curve: np.ndarray             # (n_evals, 2): step, training loss of the shared parameters
     test_error: float
     bytes_per_worker_step: float  # mean message size (dense: 4N)
     dense_bytes: int
@@ -197,7 +197,8 @@ class CompressedRun:
 
 def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int = 300,
                      lr: float = 0.5, batch: int = 16, error_feedback: bool = True,
-                     tau: float = 0.01, k_fraction: float = 0.01, seed: int = 0) -> CompressedRun:
+                     tau: float = 0.01, k_fraction: float = 0.01, eval_every: int = 10,
+                     seed: int = 0) -> CompressedRun:
     """SGD where each of ``world_size`` workers sends a compressed gradient.
 
     Every step each worker computes a gradient on its own minibatch,
@@ -210,6 +211,7 @@ def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int =
     data : ``(x_train, y_train, x_test, y_test)``, x of shape (n, n_in)
     scheme : "dense", "sign", "threshold" or "topk"
     tau : Strom's threshold; k_fraction : top-k keeps k = ceil(k_fraction * N)
+    eval_every : record the training loss every so many steps
     """
     if scheme not in ("dense", "sign", "threshold", "topk"):
         raise ValueError(f"scheme {scheme!r} is not 'dense', 'sign', 'threshold' or 'topk'")
@@ -218,7 +220,7 @@ def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int =
     w = model.init(np.random.default_rng(seed))
     k = max(1, int(np.ceil(k_fraction * w.size)))
     errors = [np.zeros_like(w) for _ in range(world_size)]
-    losses, sent = np.empty(steps), []
+    curve, sent = [], []
     for t in range(steps):
         total = np.zeros_like(w)
         for r in range(world_size):
@@ -237,6 +239,7 @@ def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int =
             total += q
             sent.append(nbytes)
         w = w - lr * total / world_size
-        losses[t] = model.loss(w, x, y)
-    return CompressedRun(scheme, losses, model.error(w, x_test, y_test), float(np.mean(sent)),
+        if (t + 1) % eval_every == 0 or t + 1 == steps:
+            curve.append((t + 1, model.loss(w, x, y)))
+    return CompressedRun(scheme, np.array(curve), model.error(w, x_test, y_test), float(np.mean(sent)),
                          DENSE_ITEMSIZE * w.size)

@@ -1,0 +1,105 @@
+"""course_lib.scaling: the lecture's tables, recomputed, and the overlap model that explains them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from course_lib.distributed.cost import ring_time
+from course_lib.scaling import (IMAGENET_AT_SCALE, POWERAI_CAFFE, POWERAI_MODEL, POWERAI_TORCH,
+                                CommModel, check_table, iteration_timeline, modelled_efficiency,
+                                resnet50_layers, ring_allreduce_time, scaling_efficiency, speedup,
+                                time_based_efficiency)
+
+
+@pytest.mark.parametrize("table", [POWERAI_CAFFE, POWERAI_TORCH], ids=["caffe", "torch"])
+def test_printed_efficiency_follows_from_printed_speedup(table):
+    rows = check_table(table)
+    bad = [r for r in rows if not r["consistent"]]
+    assert not bad, f"{table.name}: printed efficiency disagrees with S / (P/P0): {bad}"
+    assert rows[-1]["recomputed"] == pytest.approx(table.speedup[-1] / (256 / 4))
+
+
+def test_check_table_catches_a_wrong_entry():
+    wrong = dataclasses.replace(POWERAI_CAFFE, efficiency=POWERAI_CAFFE.efficiency[:-1] + (0.90,))
+    rows = check_table(wrong)
+    assert [r["consistent"] for r in rows] == [True] * 6 + [False], rows
+
+
+def test_definitions_by_hand():
+    assert speedup(10.0, 2.5) == 4.0
+    assert scaling_efficiency(60.6, 256, 4) == pytest.approx(0.946875)
+    with pytest.raises(ValueError, match="positive"):
+        speedup(0.0, 1.0)
+    with pytest.raises(ValueError, match="P0"):
+        scaling_efficiency(1.0, 2, 4)
+
+
+def test_goyal_time_matches_their_90_percent():
+    goyal = IMAGENET_AT_SCALE[1]
+    assert goyal.work.startswith("Goyal")
+    # 29 h on 8 GPUs -> 60 min on 256: (29 / 1) / (256 / 8) = 0.906
+    assert time_based_efficiency(goyal) == pytest.approx(29 / 32)
+    assert abs(time_based_efficiency(goyal) - goyal.efficiency) < 0.01
+    with pytest.raises(ValueError, match="processor count"):
+        time_based_efficiency(IMAGENET_AT_SCALE[3])      # Smith et al.: a TPU pod
+
+
+def test_resnet50_has_the_published_parameter_count():
+    layers = resnet50_layers()
+    assert sum(layer.params for layer in layers) == 25_557_032     # torchvision's resnet50
+    assert len([l for l in layers if l.name.endswith(".proj")]) == 4
+    assert 7.5e9 < sum(l.flops for l in layers) < 8.5e9              # about 4.1 G multiply-adds
+
+
+def test_ring_time_agrees_with_cost_module():
+    comm = CommModel(alpha=3e-6, bandwidth=5e9)
+    for P in (2, 3, 8, 64):
+        assert ring_allreduce_time(4e6, P, comm) == pytest.approx(
+            ring_time(1e6, P, alpha=3e-6, beta=1 / 5e9, itemsize=4))
+    assert ring_allreduce_time(4e6, 1, comm) == 0.0
+
+
+def test_timeline_without_overlap_is_compute_plus_all_communication():
+    layers, comm = resnet50_layers(), CommModel(alpha=0.0, bandwidth=1e10, bucket_bytes=0)
+    tl = iteration_timeline(layers, 0.1, 8, comm, overlap=False)
+    n_bytes = 4 * sum(l.params for l in layers)
+    assert tl.total == pytest.approx(0.1 + 2 * n_bytes * 7 / 8 / 1e10)
+    assert tl.backward[-1][2] == pytest.approx(0.1)
+    assert len(tl.allreduce) == len(layers)                           # one per layer: bucket 0
+
+
+def test_overlap_timeline_is_causal():
+    tl = iteration_timeline(resnet50_layers(), 0.1, 16, POWERAI_MODEL["comm"], overlap=True)
+    ends = {name: end for name, _, end in tl.backward}
+    for (label, start, end), (_, next_start, _) in zip(tl.allreduce, tl.allreduce[1:]):
+        assert end <= next_start + 1e-12, "the network carries one all-reduce at a time"
+    for label, start, end in tl.allreduce:
+        last_layer = label.split(" up to ")[1]
+        assert start >= ends[last_layer] - 1e-12, f"{label} starts before its gradients exist"
+    assert tl.total == pytest.approx(max(tl.allreduce[-1][2], tl.backward[-1][2]))
+
+
+def test_model_reproduces_84_and_95_percent():
+    layers = resnet50_layers()
+    torch_model = modelled_efficiency(layers, nodes=POWERAI_TORCH.nodes, overlap=False, **POWERAI_MODEL)
+    caffe_model = modelled_efficiency(layers, nodes=POWERAI_CAFFE.nodes, overlap=True, **POWERAI_MODEL)
+    np.testing.assert_allclose(torch_model, POWERAI_TORCH.efficiency, atol=0.02)
+    np.testing.assert_allclose(caffe_model, POWERAI_CAFFE.efficiency, atol=0.02)
+    assert caffe_model[-1] - torch_model[-1] > 0.08, "overlap is worth about 11 points at 256 GPUs"
+
+
+@settings(max_examples=30, deadline=None)
+@given(alpha=st.floats(0, 1e-4), bandwidth=st.floats(1e8, 1e11), bucket=st.floats(0, 1e8),
+       compute=st.floats(0.01, 1.0))
+def test_overlap_never_hurts_and_efficiency_falls_with_nodes(alpha, bandwidth, bucket, compute):
+    layers, comm = resnet50_layers(), CommModel(alpha, bandwidth, bucket)
+    nodes = [1, 2, 4, 16, 64]
+    with_overlap = modelled_efficiency(layers, compute, nodes, comm, overlap=True)
+    without = modelled_efficiency(layers, compute, nodes, comm, overlap=False)
+    assert np.all(with_overlap >= without - 1e-12)
+    assert np.all(np.diff(without) <= 1e-12) and np.all(with_overlap <= 1 + 1e-12)
+    assert with_overlap[0] == without[0] == 1.0
