@@ -1,0 +1,111 @@
+"""course_lib.distributed.compression: quantization and sparsification with error feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from course_lib.data import load_digits
+from course_lib.distributed.compression import (bytes_per_step, decompress, sign_compress,
+                                                threshold_compress, topk_compress, train_compressed)
+from course_lib.distributed.downpour import TinyNet
+
+grads = arrays(np.float32, st.integers(1, 300), elements=st.floats(-10, 10, width=32))
+
+
+def test_sign_by_hand():
+    msg, err = sign_compress(np.array([0.5, -1.5, 0.0, 2.0]))
+    assert msg.scale == pytest.approx(1.0)                            # mean |c|
+    np.testing.assert_array_equal(decompress(msg), [1.0, -1.0, 1.0, 1.0])
+    np.testing.assert_allclose(err, [-0.5, -0.5, -1.0, 1.0])
+    assert msg.nbytes == 1 + 4                                        # 4 bits -> 1 byte, + the scale
+
+
+def test_sign_matches_torch_sign(rng):
+    g = rng.standard_normal(1000).astype(np.float32)
+    msg, _ = sign_compress(g)
+    np.testing.assert_array_equal(msg.values, torch.sign(torch.from_numpy(g)).numpy())
+    assert msg.nbytes == 125 + 4
+
+
+def test_threshold_by_hand():
+    msg, err = threshold_compress(np.array([0.3, -0.05, -0.2, 0.1]), None, tau=0.1)
+    np.testing.assert_array_equal(msg.indices, [0, 2, 3])
+    np.testing.assert_allclose(decompress(msg), [0.1, 0.0, -0.1, 0.1])
+    np.testing.assert_allclose(err, [0.2, -0.05, -0.1, 0.0], atol=1e-7)
+    assert msg.nbytes == 3 * 4
+    with pytest.raises(ValueError, match="tau"):
+        threshold_compress(np.ones(3), None, tau=0)
+
+
+def test_topk_matches_torch_topk(rng):
+    g = rng.standard_normal(500).astype(np.float32)
+    msg, err = topk_compress(g, None, 20)
+    expected = torch.topk(torch.from_numpy(g).abs(), 20).indices.sort().values.numpy()
+    np.testing.assert_array_equal(msg.indices, expected)
+    np.testing.assert_array_equal(msg.values, g[expected])
+    assert np.all(err[expected] == 0) and msg.nbytes == 20 * 8
+    with pytest.raises(ValueError, match=r"\[1, 500\]"):
+        topk_compress(g, None, 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(g=grads, scheme=st.sampled_from(["sign", "threshold", "topk"]), steps=st.integers(1, 5))
+def test_error_feedback_loses_nothing(g, scheme, steps):
+    """sum of what was sent + what is left = sum of the gradients, at every step."""
+    compress = {"sign": lambda g, e: sign_compress(g, e),
+                "threshold": lambda g, e: threshold_compress(g, e, 1.0),
+                "topk": lambda g, e: topk_compress(g, e, max(1, g.size // 4))}[scheme]
+    err, sent, total = np.zeros_like(g), np.zeros(g.size, np.float64), np.zeros(g.size, np.float64)
+    for t in range(steps):
+        grad = np.roll(g, t)
+        msg, err = compress(grad, err)
+        sent += decompress(msg)
+        total += grad
+    np.testing.assert_allclose(sent + err, total, rtol=1e-4, atol=1e-3 * (1 + np.abs(total).max()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(g=grads, tau=st.floats(0.01, 5))
+def test_threshold_leaves_only_small_residuals_unsent(g, tau):
+    msg, err = threshold_compress(g, None, tau)
+    unsent = np.setdiff1d(np.arange(g.size), msg.indices)
+    assert np.all(np.abs(err[unsent]) < tau)
+    np.testing.assert_allclose(np.abs(err[msg.indices]), np.abs(g[msg.indices]) - tau, atol=1e-5)
+
+
+def test_dense_bytes_are_the_lecture_formulas():
+    N, P = 1200, 4
+    b = bytes_per_step(N, P)
+    assert b["ring_per_rank"] == 2 * N * (P - 1) / P * 4                 # 2N(P-1)/P floats
+    assert b["ps_at_server"] == 2 * N * (P - 1) * 4                      # 2N(P-1) floats
+
+
+def test_compressed_ring_is_an_allgather_and_stops_paying_at_large_P():
+    N = 10_000
+    msg, _ = topk_compress(np.arange(N, dtype=np.float32), None, N // 100)   # 1% -> 800 bytes
+    small, large = bytes_per_step(N, 4, msg.nbytes), bytes_per_step(N, 128, msg.nbytes)
+    assert small["ring_per_rank"] == 3 * 800 < bytes_per_step(N, 4)["ring_per_rank"]
+    assert large["ring_per_rank"] == 127 * 800 > bytes_per_step(N, 128)["ring_per_rank"]  # P > 100
+    assert small["ps_at_server"] == 3 * 800 + N * 3 * 4
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_digits(size=8)
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float64)
+    return flat(d.x_train), d.y_train, flat(d.x_test), d.y_test
+
+
+def test_error_feedback_matters_for_topk(data):
+    model = TinyNet()
+    dense = train_compressed(model, data, "dense", steps=100, lr=0.3, eval_every=100)
+    ef = train_compressed(model, data, "topk", steps=100, lr=0.3, k_fraction=0.01, eval_every=100)
+    no_ef = train_compressed(model, data, "topk", steps=100, lr=0.3, k_fraction=0.01,
+                             error_feedback=False, eval_every=100)
+    assert ef.bytes_per_worker_step == 8 * 25 and dense.bytes_per_worker_step == 4 * model.n_params
+    assert ef.curve[-1, 1] < no_ef.curve[-1, 1] - 0.1, (ef.curve[-1], no_ef.curve[-1])
+    assert ef.curve[-1, 1] < 1.5 * dense.curve[-1, 1]
