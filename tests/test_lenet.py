@@ -129,3 +129,38 @@ def test_minibatches_cover_every_example_once():
 def test_train_rejects_unknown_optimizer(digits):
     with pytest.raises(ValueError, match="'sgd' or 'adagrad'"):
         train(LeNet5(), digits, optimizer="adam", progress=False)
+
+
+# --------------------------------------------------------------------------
+# The functions behind lesson 05's figures and tables (course_lib.viz.lenet)
+# --------------------------------------------------------------------------
+
+def test_viz_table_and_misclassified():
+    from course_lib.viz import lenet as viz
+    table = viz.format_architecture()
+    assert "C1     conv 5x5, 6 filters, ReLU" in table and "6 x 28 x 28" in table
+    assert table.splitlines()[-1].endswith("61,706")
+    np.testing.assert_array_equal(viz.misclassified(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0])), [1, 3])
+
+
+def test_viz_figures_and_timings(digits):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.lenet import History
+    from course_lib.viz import lenet as viz
+    h = History([2.0, 1.0], [0.5, 0.8], [0.4, 0.9], [1.0, 2.0])
+    y_pred = digits.y_test.copy()
+    y_pred[:3] = (y_pred[:3] + 1) % 10
+    figs = [viz.plot_history({"numpy": h, "PyTorch": h}), viz.plot_digits(digits.x_train, digits.y_train),
+            viz.plot_misclassified(digits.x_test, digits.y_test, y_pred)]
+    assert "3 of 450" in figs[2]._suptitle.get_text()
+    timings = viz.epoch_timings(digits, n_batches=2, repeats=1)
+    assert set(timings) == {"numpy", "PyTorch CPU"} and all(t > 0 for t in timings.values())
+    assert "1x PyTorch CPU" in viz.format_epoch_timings(timings)
+    figs.append(viz.plot_epoch_timings(timings))
+    for fig in (figs[0], figs[3]):
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    for fig in figs:
+        plt.close(fig)

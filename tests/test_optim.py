@@ -132,3 +132,54 @@ def test_teaching_errors():
         Adagrad([w]).step([np.zeros(2)])
     with pytest.raises(ValueError, match="2 gradients for 1 parameters"):
         SGD([w], lr=0.1).step([np.zeros(3), np.zeros(3)])
+
+
+# --------------------------------------------------------------------------
+# The functions behind lesson 04's figures and widget (course_lib.viz.optim)
+# --------------------------------------------------------------------------
+
+def test_viz_runs_follow_the_optimizers():
+    from course_lib.viz import optim as viz
+    run = viz.run_optimizer("Adagrad", 0.5, steps=3)
+    # by hand: Adagrad's first step moves every coordinate by exactly gamma (g / |g|)
+    np.testing.assert_allclose(run["path"][1], viz.START - 0.5 * np.sign(viz.START), atol=1e-9)
+    np.testing.assert_allclose(run["loss"], viz.loss(run["path"]))
+    assert run["eta"].shape == (3, 2) and np.all(np.diff(run["eta"], axis=0) < 0)
+    # against torch.optim on the same bowl
+    for name, make in [("Nesterov", lambda p: torch.optim.SGD(p, 0.01, momentum=0.9, nesterov=True)),
+                       ("Adagrad", lambda p: torch.optim.Adagrad(p, 0.5))]:
+        w = torch.tensor(viz.START, requires_grad=True)
+        opt = make([w])
+        for _ in range(20):
+            opt.zero_grad()
+            (0.5 * (torch.tensor(viz.CURVATURES) * w ** 2).sum()).backward()
+            opt.step()
+        lr = 0.01 if name == "Nesterov" else 0.5
+        np.testing.assert_allclose(viz.run_optimizer(name, lr, 20)["path"][-1], w.detach().numpy(),
+                                   atol=1e-9)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        viz.run_optimizer("Adam", 0.1)
+
+
+def test_viz_adagrad_report_and_widget():
+    from course_lib.viz import optim as viz
+    text = viz.adagrad_report(0.5, steps=50)
+    run = viz.run_optimizer("Adagrad", 0.5, 50)
+    assert f"-> {run['loss'][-1]:.3g}" in text and f"step 50 {run['eta'][-1, 1]:.3g}" in text, text
+    box = viz.gamma_explorer(0.5)
+    box.slider.value = 0.1
+    assert "gamma = 0.1," in box.report.value
+
+
+def test_viz_figures_have_titles_and_labels():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import optim as viz
+    runs = [viz.run_optimizer(n, 0.01, 30) for n in viz.OPTIMIZERS]
+    for fig in (viz.plot_trajectories(runs), viz.plot_losses(runs), viz.plot_effective_lr(runs[-1])):
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        plt.close(fig)
+    with pytest.raises(ValueError, match="needs an Adagrad run"):
+        viz.plot_effective_lr(runs[0])

@@ -129,3 +129,46 @@ def test_teaching_errors(rng):
     with pytest.raises(ValueError, match=r"dout has shape \(1, 1, 3, 3\)"):
         max_pool2d_backward(np.zeros((1, 1, 3, 3)), x, 2)
     assert pool_output_shape((1, 1, 7, 7), 2) == ((2, 2), (2, 2), (0, 0), (3, 3))
+
+
+# --------------------------------------------------------------------------
+# The functions behind lesson 03's figures and widget (course_lib.viz.pooling)
+# --------------------------------------------------------------------------
+
+def test_viz_report_and_widget():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib.viz import pooling as viz
+    text = viz.pooling_report(LECTURE_MAP, 2, 2, C=6, next_units=84)
+    assert "(7 - 2)//2 + 1 = 3" in text, text
+    assert "    7   4   5" in text and "54 of 294 activations (18%)" in text, text
+    assert f"{54 * 84:,} weights instead of {294 * 84:,}" in text
+    assert viz.pooling_report(LECTURE_MAP, 3, 2).count("\n  ") == 3        # 3 rows pooled
+    assert viz.pooling_report(LECTURE_MAP, 8, 1).startswith("ValueError: filter size F = 8")
+    box = viz.pooling_explorer(LECTURE_MAP, 2, 2)
+    box.sliders["kernel_size"].value = 3
+    assert "pool 3x3, stride 2" in box.report.value and "    7   5   5" in box.report.value
+
+
+def test_viz_winners_match_torch_indices(rng):
+    from course_lib.viz import pooling as viz
+    x = rng.integers(0, 4, (7, 7)).astype(np.float64)           # many ties
+    _, idx = F.max_pool2d(torch.tensor(x)[None, None], 3, 2, return_indices=True)
+    expected = np.zeros(49, dtype=bool)
+    expected[idx.numpy().ravel()] = True
+    np.testing.assert_array_equal(viz.winners_2d(x, 3, 2), expected.reshape(7, 7))
+
+
+def test_viz_next_layer_params_and_figures(rng):
+    import matplotlib.pyplot as plt
+    from course_lib.viz import pooling as viz
+    rows = viz.next_layer_params(28, 6, [1, 2, 4], next_units=84)
+    assert [r["weights"] for r in rows] == [6 * 28 * 28 * 84, 6 * 14 * 14 * 84, 6 * 7 * 7 * 84]
+    assert rows[1]["output"] == (6, 14, 14)
+    figs = [viz.plot_pooling_regions(LECTURE_MAP, 3, 2),
+            viz.plot_next_layer_params(rows, 28, 6),
+            viz.plot_gradient_routing(LECTURE_MAP, np.ones((3, 3)), 3, 2)]
+    for fig in figs:
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), ax
+        plt.close(fig)

@@ -1,0 +1,156 @@
+"""Figures and tables for lesson 05 (LeNet-5 trained from scratch).
+
+Reading order: ``format_architecture`` (the lecture's table as text),
+``plot_digits`` (samples of the data), ``plot_history`` (loss and accuracy
+curves side by side), ``misclassified`` / ``plot_misclassified``,
+``epoch_timings`` / ``format_epoch_timings`` / ``plot_epoch_timings``.
+Tested in ``tests/test_lenet.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from course_lib.data import Digits
+from course_lib.lenet import LeNet5, TorchLeNet5, architecture, copy_weights, train
+
+
+def format_architecture(size: int = 32) -> str:
+    """LeNet-5's layers as a text table: layer, what it is, output volume, parameters."""
+    lines = [f"{'layer':6s} {'operation':34s} {'output':>14s} {'parameters':>11s}",
+             f"{'input':6s} {'image':34s} {f'1 x {size} x {size}':>14s} {0:>11,}"]
+    for layer in architecture(size):
+        shape = " x ".join(str(d) for d in layer.output)
+        lines.append(f"{layer.name:6s} {layer.kind:34s} {shape:>14s} {layer.params:>11,}")
+    lines.append(f"{'total':6s} {'':34s} {'':>14s} {sum(l.params for l in architecture(size)):>11,}")
+    return "\n".join(lines)
+
+
+def plot_digits(x: np.ndarray, y: np.ndarray, n: int = 10, title: str = "Training digits"):
+    """The first ``n`` images (N, 1, H, W) with their labels, in one row."""
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.9))
+    for ax, img, label in zip(np.atleast_1d(axes), x[:n, 0], y[:n]):
+        ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"label {label}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    np.atleast_1d(axes)[0].set_ylabel(f"{x.shape[2]} px")
+    np.atleast_1d(axes)[0].set_xlabel(f"{x.shape[3]} px")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(histories: dict):
+    """Training loss (left) and test accuracy (right) per epoch, one line per run.
+
+    histories : {name: course_lib.lenet.History}
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, h in histories.items():
+        epochs = np.arange(1, len(h.train_loss) + 1)
+        left.plot(epochs, h.train_loss, "o-", label=name)
+        right.plot(epochs, np.array(h.test_acc) * 100, "o-", label=f"{name} (test)")
+        right.plot(epochs, np.array(h.train_acc) * 100, "--", alpha=0.6, label=f"{name} (train)")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("mean cross-entropy loss (nats, log scale)")
+    left.set_title("Training loss")
+    right.axhline(95, color="0.5", lw=0.8, ls=":")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy (%)")
+    right.set_title("Accuracy (dotted line: 95%)")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+    fig.suptitle("LeNet-5 on the digits: numpy and PyTorch side by side")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Indices where the prediction is wrong, in order."""
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"misclassified: y_true {y_true.shape} and y_pred {y_pred.shape} differ")
+    return np.flatnonzero(y_true != y_pred)
+
+
+def plot_misclassified(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, max_n: int = 16):
+    """A grid of up to ``max_n`` wrongly classified images, titled 'true -> predicted'."""
+    wrong = misclassified(y_true, y_pred)[:max_n]
+    cols = 8
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong):
+        ax.axis("on")
+        ax.imshow(x[i, 0], cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{y_true[i]} -> {y_pred[i]}", fontsize=9, color="tab:red")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel(f"{x.shape[2]} px")
+    axes[0, 0].set_xlabel(f"{x.shape[3]} px")
+    fig.suptitle(f"Misclassified test digits (true -> predicted): {len(misclassified(y_true, y_pred))} "
+                 f"of {len(y_true)}")
+    fig.tight_layout()
+    return fig
+
+
+def epoch_timings(data: Digits, batch_size: int = 32, n_batches: int = 10, device=None,
+                  repeats: int = 3) -> dict[str, float]:
+    """Seconds per training epoch (forward + backward + SGD step) of each implementation.
+
+    Times ``n_batches`` minibatches after one warm-up batch, takes the median
+    of ``repeats``, and scales to a full epoch of ``data.x_train``. Keys:
+    'numpy', 'PyTorch CPU' and, when ``device`` is a GPU, 'PyTorch GPU'.
+    """
+    from course_lib.device import synchronize
+
+    n = batch_size * n_batches
+    warmup = Digits(data.x_train[:batch_size], data.y_train[:batch_size], data.x_test[:1], data.y_test[:1])
+    timed = Digits(data.x_train[:n], data.y_train[:n], data.x_test[:1], data.y_test[:1])
+    batches_per_epoch = -(-len(data.x_train) // batch_size)
+    devices = {"numpy": None, "PyTorch CPU": torch.device("cpu")}
+    if device is not None and torch.device(device).type != "cpu":
+        devices["PyTorch GPU"] = torch.device(device)
+    result = {}
+    for name, dev in devices.items():
+        model = LeNet5(seed=0)
+        if dev is not None:
+            model, numpy_model = TorchLeNet5(), model
+            copy_weights(numpy_model, model)
+        train(model, warmup, epochs=1, batch_size=batch_size, device=dev, progress=False)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            train(model, timed, epochs=1, batch_size=batch_size, device=dev, progress=False)
+            if dev is not None:
+                synchronize(dev)
+            samples.append((time.perf_counter() - start) / n_batches)
+        result[name] = float(np.median(samples)) * batches_per_epoch
+    return result
+
+
+def format_epoch_timings(timings: dict[str, float]) -> str:
+    """``epoch_timings`` as text: seconds per epoch and the ratio to PyTorch on the CPU."""
+    base = timings["PyTorch CPU"]
+    return "\n".join(f"{name:12s} {seconds:7.2f} s per epoch   ({seconds / base:.2g}x PyTorch CPU)"
+                     for name, seconds in timings.items())
+
+
+def plot_epoch_timings(timings: dict[str, float]):
+    """Bar chart of seconds per training epoch."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(list(timings), list(timings.values()), color=["tab:blue", "tab:orange", "tab:green"][:len(timings)])
+    for bar, value in zip(bars, timings.values()):
+        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f} s", ha="center", va="bottom")
+    ax.set_ylim(top=max(timings.values()) * 1.2)
+    ax.set_xlabel("implementation")
+    ax.set_ylabel("time per training epoch (s)")
+    ax.set_title("One LeNet-5 epoch on the digits (forward, backward, SGD step)")
+    fig.tight_layout()
+    return fig
