@@ -12,7 +12,7 @@ Reading order
 5. ``collectives``  ``ring_allreduce_`` and ``ps_allreduce_`` written once on a
                     transport; ``ProcessGroup`` for worker functions.
 6. ``procs``        start, watch and always clean up P processes (errors name the rank).
-7. ``launch``       ``allreduce(arrays, ...)`` and ``launch(fn, P, ...)`` from a notebook.
+7. ``runner``       ``allreduce(arrays, ...)`` and ``launch(fn, P, ...)`` from a notebook.
 8. ``torch_dist``   the same collective through ``torch.distributed`` (gloo/NCCL),
                     and ``launch_torch`` for DistributedDataParallel workers.
 
@@ -63,7 +63,7 @@ from .cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_ring_ratio, ps_time
                    ring_bytes_per_rank, ring_time)
 from .collectives import ProcessGroup, ps_allreduce_, ring_allreduce_
 from .procs import CollectiveError
-from .launch import AllreduceResult, allreduce, launch
+from .runner import AllreduceResult, allreduce, launch
 
 __all__ = [
     "chunk_bounds", "scatter_reduce_step", "allgather_step", "ring_schedule",

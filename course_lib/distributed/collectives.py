@@ -3,7 +3,7 @@
 ``ring_allreduce_(endpoint, count)`` and ``ps_allreduce_(endpoint, count, shards)``
 sum ``endpoint.buffer[:count]`` across all ranks, in place, on every rank. They
 run inside worker processes; ``ProcessGroup`` wraps them for worker functions
-(``pg.allreduce_(grad)``) and ``launch.allreduce`` runs them from a notebook.
+(``pg.allreduce_(grad)``) and ``runner.allreduce`` runs them from a notebook.
 
 Both give bit-identical results on every rank: each element is summed on
 exactly one rank, in a fixed order, and then copied to the others. (They may
@@ -87,7 +87,7 @@ ALGORITHMS = {"ring": ring_allreduce_, "ps": ps_allreduce_}
 class ProcessGroup:
     """What a worker function gets: its rank, the world size, and collectives.
 
-    Created by ``launch.launch`` in each worker; a training function receives it
+    Created by ``runner.launch`` in each worker; a training function receives it
     as its first argument::
 
         def train_worker(pg, steps):           # lives in course_lib, not in a notebook

@@ -53,12 +53,17 @@ def set_parent_death_signal(parent_pid: int) -> None:
         os._exit(1)
 
 
+# A worker whose peer died sees a broken pipe, an end-of-file or a timeout: a consequence,
+# not the cause. The parent reports such errors only when it finds no other failure.
+SECONDARY = (ConnectionError, EOFError, TimeoutError)
+
+
 def _child_main(target, rank: int, parent_pid: int, result_conn, args) -> None:
     set_parent_death_signal(parent_pid)
     try:
         value = target(rank, *args)
-    except BaseException:
-        result_conn.send(("raised", traceback.format_exc()))
+    except BaseException as exc:
+        result_conn.send(("raised", (traceback.format_exc(), isinstance(exc, SECONDARY))))
         result_conn.close()
         os._exit(1)
     result_conn.send(("ok", value))
@@ -82,7 +87,8 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
     timeout : seconds from the first start until every rank must have returned
     start_method : "fork", "spawn", "forkserver" or None (the platform's default)
     after_start : called once all processes have started (e.g. to close the parent's pipe ends)
-    diagnose : called on a timeout; returns (culprit rank or None, a sentence saying who hung)
+    diagnose : called on a timeout with the unfinished ranks; returns (culprit rank or None,
+        a sentence saying who hung)
     """
     ctx = mp.get_context(start_method)
     deadline = time.monotonic() + timeout
@@ -107,36 +113,62 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
 
 
 def _collect(procs, readers, deadline, timeout, diagnose) -> list:
-    """Wait for every rank's result, a failure, or the deadline."""
-    results, done = [None] * len(procs), [False] * len(procs)
-    while not all(done):
-        remaining = deadline - time.monotonic()
-        watch = [readers[r] for r in range(len(procs)) if not done[r]]
-        watch += [procs[r].sentinel for r in range(len(procs)) if not done[r]]
-        ready = wait_for_ready(watch, timeout=max(0.0, remaining)) if remaining > 0 else []
-        if not ready:
-            late = [r for r in range(len(procs)) if not done[r]]
-            rank, who = diagnose() if diagnose is not None else (None, "")
+    """Wait for every rank's result, a failure, or the deadline.
+
+    After the first failure, wait up to ``GRACE`` seconds for its cause: a rank
+    that died or raised on its own beats one that only lost its peer.
+    """
+    P = len(procs)
+    results, done, failures, grace_end = [None] * P, [False] * P, [], None
+    while True:
+        primary = [f for f in failures if f[0]]
+        if primary or (failures and time.monotonic() >= grace_end):
+            _, rank, reason, message = (primary or failures)[0]
+            raise CollectiveError(message, rank, reason)
+        if all(done):
+            return results
+        remaining = (grace_end if failures else deadline) - time.monotonic()
+        if remaining <= 0:
+            late = [r for r in range(P) if not done[r]]
+            rank, who = diagnose(late) if diagnose is not None else (None, "")
             raise CollectiveError(f"timed out after {timeout:g} s: rank(s) {late} did not finish. {who}".strip(),
                                   rank if rank is not None else (late[0] if len(late) == 1 else None), "timeout")
-        for rank in range(len(procs)):
-            if done[rank] or not (readers[rank] in ready or procs[rank].sentinel in ready):
-                continue
-            if readers[rank].poll():
-                try:
-                    status, value = readers[rank].recv()
-                except EOFError:
-                    status, value = None, None
-                if status == "raised":
-                    raise CollectiveError(f"rank {rank} raised an exception:\n{value}", rank, "raised")
-                if status == "ok":
-                    results[rank], done[rank] = value, True
+        failed = {f[1] for f in failures}
+        live = [r for r in range(P) if not done[r] and r not in failed]
+        ready = set(wait_for_ready([readers[r] for r in live] + [procs[r].sentinel for r in live],
+                                   timeout=remaining))
+        for rank in live:
+            if readers[rank] in ready or procs[rank].sentinel in ready:
+                outcome = _outcome(rank, procs[rank], readers[rank])
+                if outcome is None:
                     continue
-            if procs[rank].sentinel in ready or not procs[rank].is_alive():
-                procs[rank].join(timeout=1)
-                raise CollectiveError(f"rank {rank} died ({_exit_reason(procs[rank].exitcode)}) before "
-                                      f"finishing; the other ranks were stopped", rank, "died")
-    return results
+                if outcome[0] == "ok":
+                    results[rank], done[rank] = outcome[1], True
+                else:
+                    failures.append(outcome[1])
+                    grace_end = grace_end or time.monotonic() + GRACE
+
+
+GRACE = 1.0  # seconds to look for a failure's cause
+
+
+def _outcome(rank, proc, reader):
+    """("ok", value), ("failed", (primary, rank, reason, message)), or None if nothing happened yet."""
+    if reader.poll():
+        try:
+            status, value = reader.recv()
+        except EOFError:
+            status = None
+        if status == "ok":
+            return "ok", value
+        if status == "raised":
+            text, secondary = value
+            return "failed", (not secondary, rank, "raised", f"rank {rank} raised an exception:\n{text}")
+    if not proc.is_alive():
+        proc.join(timeout=1)
+        return "failed", (True, rank, "died", f"rank {rank} died ({_exit_reason(proc.exitcode)}) before "
+                                              f"finishing; the other ranks were stopped")
+    return None
 
 
 def _stop(procs, grace: float) -> None:

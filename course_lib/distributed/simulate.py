@@ -55,7 +55,7 @@ def simulate_ring_allreduce(arrays) -> RingTrace:
     -------
     RingTrace, whose ``outputs[r]`` is the elementwise sum (as a flat array) for every r.
     """
-    from .launch import check_arrays  # the one place that validates a list of arrays
+    from .runner import check_arrays  # the one place that validates a list of arrays
     flat = np.stack([a.reshape(-1) for a in check_arrays(arrays)])    # (P, N)
     P, N = flat.shape
     bounds = chunk_bounds(N, P)

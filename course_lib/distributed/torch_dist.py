@@ -1,7 +1,7 @@
 """The same all-reduce through ``torch.distributed``: what students will use in practice.
 
 ``torch_allreduce(arrays)`` runs ``torch.distributed.all_reduce`` on P
-processes and returns the same ``AllreduceResult`` as ``launch.allreduce``, so
+processes and returns the same ``AllreduceResult`` as ``runner.allreduce``, so
 a notebook or the benchmark can put the two side by side. The backend is
 gloo on CPU (TCP over loopback on one machine) and NCCL when there are at
 least P GPUs (one per rank).
@@ -26,7 +26,7 @@ from multiprocessing import get_context, shared_memory
 
 import numpy as np
 
-from .launch import AllreduceResult, check_arrays
+from .runner import AllreduceResult, check_arrays
 from .procs import run_processes
 
 
@@ -111,7 +111,7 @@ def torch_allreduce(arrays, *, backend: str | None = None, timeout: float = 120.
                     start_method: str | None = None) -> AllreduceResult:
     """``torch.distributed.all_reduce`` (SUM) of P arrays on P processes.
 
-    Parameters and result as ``launch.allreduce``; ``bytes_sent``/``bytes_received``
+    Parameters and result as ``runner.allreduce``; ``bytes_sent``/``bytes_received``
     are zeros (torch does not report them), ``transport`` is the backend name.
     """
     arrays = check_arrays(arrays)

@@ -80,16 +80,18 @@ def _group_worker(rank, transport, fault, fn, args):
         endpoint.close()
 
 
-def _progress_report(transport) -> tuple[int | None, str]:
-    """Who hung: the rank that stopped outside any wait (or that entered the fewest steps)."""
+def _progress_report(transport, late: list[int]) -> tuple[int | None, str]:
+    """Who hung: among unfinished ranks, the one not waiting on a peer (else the one furthest behind)."""
     table = transport.progress_table()            # [(steps entered, waiting on a peer)] per rank
-    busy = [r for r, (_, waiting) in enumerate(table) if not waiting]
-    state = "; ".join(f"rank {r}: {'waiting in' if w else 'busy in'} step {max(s - 1, 0)}"
-                      for r, (s, w) in enumerate(table))
+    busy = [r for r in late if not table[r][1]]
+    state = "; ".join(f"rank {r} {'waiting in' if table[r][1] else 'busy in'} step {max(table[r][0] - 1, 0)}"
+                      for r in late)
     if len(busy) == 1:
-        return busy[0], f"rank {busy[0]} stopped responding (the others were waiting on it). [{state}]"
-    fewest = min(range(len(table)), key=lambda r: table[r][0])
-    return (fewest if not busy else None), f"[{state}]"
+        return busy[0], f"rank {busy[0]} stopped responding; the others were waiting for it ({state})."
+    if not busy:
+        behind = min(late, key=lambda r: table[r][0])
+        return behind, f"every unfinished rank was waiting (a lost message?); rank {behind} is furthest behind ({state})."
+    return None, f"({state})."
 
 
 def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", capacity: int = 1,
@@ -114,7 +116,7 @@ def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", cap
         rank_args = [(carrier, _fault[1:] if _fault and _fault[0] == r else None, fn, tuple(args))
                      for r in range(world_size)]
         return run_processes(_group_worker, rank_args, timeout=timeout, start_method=start_method,
-                             after_start=carrier.after_start, diagnose=lambda: _progress_report(carrier))
+                             after_start=carrier.after_start, diagnose=lambda late: _progress_report(carrier, late))
     finally:
         carrier.close()
 

@@ -1,0 +1,317 @@
+"""All-reduce on real processes: correctness, byte counts, and reliability.
+
+Every test that starts processes is bounded by a timeout passed to the
+library (a few seconds) and by pytest's own timeout, checks afterwards that
+no child process and no shared-memory segment it created is left behind, and
+keeps sizes tiny: the whole file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from course_lib.distributed import (CollectiveError, allreduce, launch, ps_bytes_at_server, ps_bytes_per_rank,
+                                    ring_bytes_per_rank)
+from course_lib.distributed import runner as launch_module
+from course_lib.distributed.workers import data_parallel_least_squares, least_squares_reference
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+IS_LINUX = sys.platform.startswith("linux")
+
+
+def _children() -> set[int]:
+    """Live child processes of this test process, other than multiprocessing's helpers."""
+    if not IS_LINUX:
+        return {p.pid for p in mp.active_children()}
+    helpers = {getattr(mp.resource_tracker._resource_tracker, "_pid", None)}
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and int(entry) not in helpers:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"forkserver" not in f.read():
+                    found.add(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_behind(monkeypatch):
+    """Record every shared-memory segment created during the test; afterwards none may exist,
+    and no child process may still run."""
+    created, real_init = [], shared_memory.SharedMemory.__init__
+
+    def recording_init(self, name=None, create=False, size=0, **kwargs):
+        real_init(self, name, create, size, **kwargs)
+        if create:
+            created.append(self._name)
+    monkeypatch.setattr(shared_memory.SharedMemory, "__init__", recording_init)
+    before = _children()
+    yield created
+    leftover = [n for n in created if os.path.exists(f"/dev/shm/{n.lstrip('/')}")] if IS_LINUX else []
+    assert not leftover, f"shared memory left behind: {leftover}"
+    deadline = time.monotonic() + 5
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (_children() - before), f"child processes left running: {_children() - before}"
+
+
+def _exact(arrays):
+    return np.sum(np.stack(arrays).astype(np.float64), axis=0)
+
+
+def _check_sum(res, arrays, atol=1e-4):
+    for r, out in enumerate(res.outputs):
+        assert out.shape == arrays[0].shape and out.dtype == arrays[0].dtype
+        np.testing.assert_allclose(out, _exact(arrays), rtol=1e-5, atol=atol, err_msg=f"rank {r}")
+        assert np.array_equal(out, res.outputs[0]), f"rank {r}'s output differs from rank 0's in its bits"
+
+
+# ---------------------------------------------------------------- correctness
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+@pytest.mark.parametrize("algorithm, shards", [("ring", 1), ("ps", 1), ("ps", 3)])
+def test_sum_and_bytes_for_P_1_to_8(transport, algorithm, shards, rng):
+    for P in range(1, 9):
+        S = min(shards, P)
+        arrays = [rng.standard_normal((3, 11)).astype(np.float32) for _ in range(P)]   # N = 33, uneven
+        res = allreduce(arrays, algorithm=algorithm, transport=transport, shards=S, timeout=30)
+        _check_sum(res, arrays)
+        torch_sum = torch.stack([torch.from_numpy(a) for a in arrays]).sum(0).numpy()
+        np.testing.assert_allclose(res.outputs[0], torch_sum, rtol=1e-5, atol=1e-5)
+        if algorithm == "ring":
+            expected = ring_bytes_per_rank(33, P, itemsize=4)
+            np.testing.assert_array_equal(res.bytes_sent, expected, err_msg=f"P={P}")
+            np.testing.assert_array_equal(res.bytes_received, np.roll(expected, 1), err_msg=f"P={P}")
+        else:
+            sent, received = ps_bytes_per_rank(33, P, shards=S, itemsize=4)
+            np.testing.assert_array_equal(res.bytes_sent, sent, err_msg=f"P={P} S={S}")
+            np.testing.assert_array_equal(res.bytes_received, received, err_msg=f"P={P} S={S}")
+            if S == 1:
+                assert res.bytes_sent[0] + res.bytes_received[0] == ps_bytes_at_server(33, P, itemsize=4)
+        assert res.elapsed.shape == (1, P) and (res.elapsed >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16, np.float64])
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+def test_integer_dtypes_exact(dtype, transport, rng):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    P, N = 5, 17
+    if info is not None:                      # values that overflow int8: the sum wraps, as numpy's does
+        arrays = [rng.integers(info.min, info.max, N, dtype=dtype, endpoint=True) for _ in range(P)]
+    else:
+        arrays = [rng.integers(-1000, 1000, N).astype(dtype) for _ in range(P)]
+    expected = np.sum(np.stack(arrays), axis=0, dtype=dtype)
+    for algorithm in ("ring", "ps"):
+        res = allreduce(arrays, algorithm=algorithm, transport=transport, timeout=30)
+        for out in res.outputs:
+            assert out.dtype == dtype and np.array_equal(out, expected)
+
+
+@settings(max_examples=12, deadline=None)
+@given(P=st.integers(1, 6), shape=st.lists(st.integers(0, 9), min_size=0, max_size=3),
+       transport=st.sampled_from(["shm", "pipe"]), algorithm=st.sampled_from(["ring", "ps"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_property_any_shape(P, shape, transport, algorithm, seed):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(shape) for _ in range(P)]            # float64, any shape, maybe empty
+    res = allreduce(arrays, algorithm=algorithm, transport=transport, timeout=30)
+    _check_sum(res, arrays, atol=1e-9)
+
+
+def test_inputs_are_not_modified(rng):
+    arrays = [rng.standard_normal(10) for _ in range(3)]
+    copies = [a.copy() for a in arrays]
+    allreduce(arrays, timeout=30)
+    assert all(np.array_equal(a, c) for a, c in zip(arrays, copies))
+
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+def test_many_back_to_back_collectives(transport, rng):
+    arrays = [rng.standard_normal(1000).astype(np.float32) for _ in range(4)]
+    res = allreduce(arrays, transport=transport, repeats=300, timeout=60)
+    assert res.elapsed.shape == (300, 4)
+    _check_sum(res, arrays)
+
+
+# ---------------------------------------------------------------- start methods, process group
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+def test_spawn_start_method(transport, rng):
+    arrays = [rng.standard_normal(101).astype(np.float32) for _ in range(3)]
+    res = allreduce(arrays, transport=transport, start_method="spawn", timeout=60)
+    assert res.start_method == "spawn"
+    _check_sum(res, arrays)
+
+
+def test_fork_start_method(rng):
+    arrays = [rng.standard_normal(101).astype(np.float32) for _ in range(3)]
+    res = allreduce(arrays, algorithm="ps", start_method="fork", timeout=30)
+    assert res.start_method == "fork"
+    _check_sum(res, arrays)
+
+
+@pytest.mark.parametrize("transport, algorithm", [("shm", "ring"), ("pipe", "ring"), ("shm", "ps")])
+def test_process_group_in_training(transport, algorithm, rng):
+    X, y = rng.standard_normal((61, 5)), rng.standard_normal(61)
+    weights = launch(data_parallel_least_squares, 3, args=(X, y, 25, 0.2, algorithm),
+                     transport=transport, capacity=5, dtype=np.float64, timeout=30)
+    np.testing.assert_allclose(weights[0], least_squares_reference(X, y, 25, 0.2), rtol=1e-10, atol=1e-12)
+    assert all(np.array_equal(w, weights[0]) for w in weights), "ranks drifted apart"
+
+
+# ---------------------------------------------------------------- errors before any process starts
+
+@pytest.mark.parametrize("arrays, error, match", [
+    ([], ValueError, "empty"),
+    (np.zeros((2, 3)), TypeError, "list"),
+    ([np.zeros(3), [0, 0, 0]], TypeError, r"arrays\[1\]"),
+    ([np.zeros(3), torch.zeros(3)], TypeError, "torch tensor"),
+    ([np.zeros(3), np.zeros(4)], ValueError, "rank 1 has"),
+    ([np.zeros(3), np.zeros(3, np.float32)], TypeError, "dtype"),
+    ([np.zeros(3, bool)] * 2, TypeError, "integers or floats"),
+    ("abc", TypeError, "list"),
+])
+def test_bad_inputs_fail_before_starting(arrays, error, match, monkeypatch):
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("a process was started for invalid input")
+    monkeypatch.setattr(launch_module, "run_processes", must_not_start)
+    with pytest.raises(error, match=match):
+        allreduce(arrays)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(algorithm="tree"), "algorithm"), (dict(transport="tcp"), "transport"),
+    (dict(algorithm="ps", shards=3), "shards"), (dict(shards=2), "shards"),
+    (dict(timeout=0), "timeout"), (dict(repeats=0), "repeats"),
+])
+def test_bad_options_fail_before_starting(kwargs, match, monkeypatch):
+    monkeypatch.setattr(launch_module, "run_processes", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match=match):
+        allreduce([np.zeros(4), np.zeros(4)], **kwargs)
+
+
+# ---------------------------------------------------------------- failures mid-collective
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_killed_mid_collective(transport, start_method):
+    arrays = [np.ones(1000, np.float32)] * 4
+    start = time.monotonic()
+    with pytest.raises(CollectiveError, match="rank 2 died") as info:
+        allreduce(arrays, transport=transport, start_method=start_method, timeout=20,
+                  _fault=(2, 3, "kill"))      # rank 2 SIGKILLs itself at step 3 of 6
+    assert info.value.rank == 2 and info.value.reason == "died"
+    assert "SIGKILL" in str(info.value)
+    assert time.monotonic() - start < 15, "a dead worker must be noticed at once, not after the timeout"
+
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+@pytest.mark.parametrize("algorithm", ["ring", "ps"])
+def test_worker_hangs_mid_collective(transport, algorithm):
+    arrays = [np.ones(1000, np.float32)] * 3
+    timeout = 2.0
+    start = time.monotonic()
+    with pytest.raises(CollectiveError, match="timed out") as info:
+        allreduce(arrays, algorithm=algorithm, transport=transport, timeout=timeout, _fault=(1, 1, "hang"))
+    took = time.monotonic() - start
+    assert info.value.rank == 1 and info.value.reason == "timeout"
+    assert "rank 1 stopped responding" in str(info.value)
+    assert took < timeout + 5, f"took {took:.1f} s for a {timeout} s timeout"
+
+
+def test_worker_exception_is_reported_with_traceback():
+    with pytest.raises(CollectiveError, match="rank 0 raised") as info:
+        allreduce([np.ones(10)] * 2, transport="pipe", timeout=20, _fault=(0, 1, "raise"))
+    assert "injected fault on rank 0 at step 1" in str(info.value) and info.value.reason == "raised"
+
+
+def test_process_group_misuse_is_reported(rng):
+    X, y = rng.standard_normal((10, 5)), rng.standard_normal(10)
+    with pytest.raises(CollectiveError, match="capacity"):      # 5 parameters, capacity 3
+        launch(data_parallel_least_squares, 2, args=(X, y, 1, 0.1), capacity=3, dtype=np.float64, timeout=20)
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="the parent-death signal is Linux's prctl")
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+def test_workers_die_with_a_killed_parent(transport, tmp_path):
+    """SIGKILL a parent in the middle of a (hanging) collective: its workers must go too,
+    and multiprocessing's resource tracker must remove the shared memory."""
+    script = textwrap.dedent(f"""
+        import os, sys, numpy as np
+        from multiprocessing import shared_memory
+        real = shared_memory.SharedMemory.__init__
+        def init(self, name=None, create=False, size=0, **kw):
+            real(self, name, create, size, **kw)
+            if create:
+                print("SHM", self._name, flush=True)
+        shared_memory.SharedMemory.__init__ = init
+        from course_lib.distributed import allreduce
+        print("PID", os.getpid(), flush=True)
+        allreduce([np.ones(100)] * 3, transport={transport!r}, timeout=60, _fault=(1, 0, "hang"))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        names, workers, deadline = [], set(), time.monotonic() + 30
+        while len(workers) < 3 and time.monotonic() < deadline:     # wait for the 3 workers
+            time.sleep(0.1)
+            workers = {int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid
+                       and b"resource_tracker" not in _cmdline(int(p))}
+        assert len(workers) >= 3, f"workers did not start: {workers}"
+        proc.kill()
+        proc.wait(timeout=10)
+        names = [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("SHM")]
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed parent"
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/dev/shm/{n}") for n in names) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert names and not [n for n in names if os.path.exists(f"/dev/shm/{n}")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
