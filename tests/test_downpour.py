@@ -1,0 +1,203 @@
+"""course_lib.distributed.downpour: shards, staleness, the simulation and real processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from course_lib.data import load_digits
+from course_lib.distributed.downpour import (Replica, Shard, ShardFailure, TinyNet, make_shards,
+                                             run_processes, simulate, stale_lr, train_synchronous)
+from course_lib.gradcheck import check_gradient
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits(size=8)
+    return d.x_train.reshape(len(d.x_train), -1).astype(np.float64), d.y_train
+
+
+# --- the model -------------------------------------------------------------
+
+@pytest.mark.parametrize("hidden", [0, 7])
+def test_tinynet_gradient_matches_torch_and_numerical(rng, hidden):
+    model = TinyNet(n_in=5, n_hidden=hidden, n_out=3)
+    w, x, y = model.init(rng), rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    loss, grad = model.loss_and_grad(w, x, y)
+    wt = torch.tensor(w, requires_grad=True)
+    parts = [p for p in _torch_views(model, wt)]
+    h = torch.tensor(x)
+    if hidden:
+        h = torch.relu(h @ parts[0] + parts[1])
+    torch_loss = torch.nn.functional.cross_entropy(h @ parts[-2] + parts[-1], torch.tensor(y))
+    torch_loss.backward()
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-10)
+    np.testing.assert_allclose(grad, wt.grad.numpy(), rtol=1e-8, atol=1e-12)
+    check_gradient(lambda v: model.loss(v, x, y), w, grad, name="TinyNet", tol=1e-5)
+
+
+def _torch_views(model, wt):
+    start = 0
+    for shape in model._shapes():
+        n = int(np.prod(shape))
+        yield wt[start:start + n].reshape(shape)
+        start += n
+
+
+# --- the shard ------------------------------------------------------------
+
+def test_stale_lr():
+    assert stale_lr(0.1, 0) == stale_lr(0.1, 1) == 0.1
+    assert stale_lr(0.1, 4) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="negative"):
+        stale_lr(0.1, -1)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_shard_updates_equal_torch_optim(rng, optimizer):
+    w0, grads = rng.standard_normal(8), rng.standard_normal((5, 8))
+    shard = Shard(0, 0, 8, w0, optimizer=optimizer, lr=0.3)
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = (torch.optim.Adagrad if optimizer == "adagrad" else torch.optim.SGD)([p], lr=0.3)
+    for g in grads:
+        shard.push(g, shard.version)
+        p.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(shard.params, p.detach().numpy(), rtol=1e-12)
+    assert shard.version == 5 and shard.staleness == [0] * 5
+
+
+def test_staleness_counts_missed_updates_and_scales_lr(rng):
+    shard = Shard(1, 10, 13, np.zeros(3), optimizer="sgd", lr=0.6, staleness_lr=True)
+    version, _ = shard.fetch()                     # a slow replica fetches version 0 ...
+    for _ in range(3):                             # ... three others push meanwhile
+        shard.push(np.zeros(3), shard.version)
+    before = shard.params.copy()
+    assert shard.push(np.ones(3), version) == 3
+    np.testing.assert_allclose(shard.params, before - 0.6 / 3)   # lr / staleness
+    assert shard.staleness == [0, 0, 0, 3]
+    with pytest.raises(ValueError, match=r"\[10:13\]"):
+        shard.push(np.ones(4), 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), s=st.integers(1, 8))
+def test_shards_cover_the_vector(n, s):
+    if s > n:
+        with pytest.raises(ValueError, match="n_shards"):
+            make_shards(np.zeros(n), s)
+        return
+    w = np.arange(n, dtype=float)
+    shards = make_shards(w, s)
+    np.testing.assert_array_equal(np.concatenate([sh.params for sh in shards]), w)
+    assert [sh.lo for sh in shards[1:]] == [sh.hi for sh in shards[:-1]]
+
+
+# --- the simulation -------------------------------------------------------
+
+KW = dict(n_shards=3, total_steps=400, optimizer="sgd", lr=0.1, eval_every=100)
+
+
+def test_simulation_is_reproducible(digits):
+    a = simulate(TinyNet(), *digits, n_replicas=4, **KW)
+    b = simulate(TinyNet(), *digits, n_replicas=4, **KW)
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(a.staleness, b.staleness)
+    assert sum(a.steps_per_replica) == 400 and a.curve[-1, 2] < a.curve[0, 2]
+
+
+def test_one_replica_is_plain_sgd(digits):
+    x, y = digits
+    model = TinyNet()
+    res = simulate(model, x, y, n_replicas=1, **KW)
+    assert np.all(res.staleness[:, 1] == 0)
+    w = model.init(np.random.default_rng(0))
+    rep = Replica(0, model, x, y, batch=16, n_fetch=1, n_push=1, seed=0)
+    for _ in range(400):
+        rep.set_params([(0, w)])
+        w = w - 0.1 * rep.compute()
+    np.testing.assert_allclose(res.params, w, rtol=1e-10)
+
+
+def test_equal_replicas_are_r_minus_1_updates_stale(digits):
+    res = simulate(TinyNet(), *digits, n_replicas=5, jitter=0.0, **KW)
+    shard0 = res.staleness[res.staleness[:, 0] == 0, 1]
+    np.testing.assert_array_equal(shard0[:5], [0, 1, 2, 3, 4])    # the first round
+    assert np.all(shard0[5:] == 4)
+
+
+def test_push_and_fetch_less_often(digits):
+    res = simulate(TinyNet(), *digits, n_replicas=2, n_fetch=5, n_push=5, jitter=0.0, **KW)
+    assert len(res.staleness) == 3 * 400 // 5                     # one push per 5 steps, per shard
+
+
+def test_network_delays_make_shards_disagree(digits):
+    res = simulate(TinyNet(), *digits, n_replicas=4, network_delay=0.5, **KW)
+    per_shard = [res.staleness[res.staleness[:, 0] == s, 1] for s in range(3)]
+    assert not all(np.array_equal(per_shard[0], p) for p in per_shard[1:])
+
+
+def test_a_straggler_does_not_block_downpour_but_blocks_sync(digits):
+    slow = [1.0, 1.0, 1.0, 10.0]
+    asynchronous = simulate(TinyNet(), *digits, n_replicas=4, step_time=slow, jitter=0.0, **KW)
+    sync = train_synchronous(TinyNet(), *digits, n_replicas=4, step_time=slow, jitter=0.0,
+                             total_steps=400, lr=0.1, eval_every=100)
+    assert asynchronous.steps_per_replica[3] < asynchronous.steps_per_replica[0] / 5
+    assert asynchronous.curve[-1, 1] < 140 < 1000 == sync.curve[-1, 1], \
+        "Downpour: 400 steps at 3.1 steps/s; sync: 100 rounds of 10 s"
+
+
+def test_a_dead_replica_does_not_stop_training(digits):
+    res = simulate(TinyNet(), *digits, n_replicas=4, replica_failures={2: 10.0}, **KW)
+    assert res.failed == [2] and sum(res.steps_per_replica) == 400
+    assert res.steps_per_replica[2] <= 10 < res.steps_per_replica[0]
+    with pytest.raises(RuntimeError, match="every replica died"):
+        simulate(TinyNet(), *digits, n_replicas=2, replica_failures={0: 5.0, 1: 5.0}, **KW)
+
+
+def test_a_dead_shard_is_a_clear_error(digits):
+    with pytest.raises(ShardFailure, match=r"shard 1 \(parameters \[\d+:\d+\]\) died at t = 20.00"):
+        simulate(TinyNet(), *digits, n_replicas=4, shard_failures={1: 20.0}, **KW)
+
+
+def test_adagrad_makes_downpour_robust_to_many_replicas(digits):
+    """The lecture's claim at small scale: with 32 replicas (staleness ~31) plain SGD
+    diverges at a rate where Adagrad still trains (notebooks/09 sweeps R)."""
+    kw = dict(n_replicas=32, n_shards=4, total_steps=1000, eval_every=1000)
+    sgd = simulate(TinyNet(), *digits, optimizer="sgd", lr=0.1, **kw)
+    ada = simulate(TinyNet(), *digits, optimizer="adagrad", lr=0.03, **kw)
+    assert ada.final_loss < 0.5 < 1.0 < sgd.final_loss, (ada.final_loss, sgd.final_loss)
+
+
+# --- real processes -----------------------------------------------------
+
+PKW = dict(n_shards=2, total_steps=300, optimizer="adagrad", lr=0.03, timeout=60)
+
+
+@pytest.mark.slow
+def test_processes_train_and_survive_a_killed_replica(digits):
+    res = run_processes(TinyNet(), *digits, n_replicas=3, kill_replicas={1: 20}, **PKW,
+                        start_method="fork")
+    assert res.failed == [1] and res.steps_per_replica[1] == 20
+    assert sum(res.steps_per_replica) == 300 and len(res.staleness) == 2 * 300
+    assert res.final_loss < 0.8 * res.curve[0, 2] or res.final_loss < 1.0
+    assert not mp.active_children(), "every child is joined"
+
+
+@pytest.mark.slow
+def test_processes_under_spawn(digits):
+    res = run_processes(TinyNet(), *digits, n_replicas=2, **PKW, start_method="spawn")
+    assert res.failed == [] and sum(res.steps_per_replica) == 300
+    assert res.final_loss < 1.5
+    assert not mp.active_children()
+
+
+@pytest.mark.slow
+def test_processes_report_a_dead_shard(digits):
+    with pytest.raises(ShardFailure, match=r"shard 1 \(parameters \[1205:2410\]\) exited with code -9"):
+        run_processes(TinyNet(), *digits, n_replicas=2, kill_shards={1: 50}, **PKW, start_method="fork")
+    assert not mp.active_children()
