@@ -135,3 +135,52 @@ def torch_allreduce(arrays, *, backend: str | None = None, timeout: float = 120.
     zeros = np.zeros(P, dtype=np.int64)
     return AllreduceResult(outputs, zeros, zeros.copy(), np.array(elapsed).T, "torch.distributed", backend,
                            1, start_method or get_context().get_start_method(), N * dtype.itemsize)
+
+
+def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int, lr: float,
+                      seed: int = 0) -> np.ndarray:
+    """Train ``nn.Linear(D, 1)`` with ``DistributedDataParallel`` on this rank's rows; return the weights.
+
+    Each rank takes its contiguous slice of the global batch (X: (n, D), y: (n,));
+    DDP averages the gradients over ranks during ``backward()``, so with equal slices
+    every step equals one step of single-process SGD on the whole batch
+    (``linear_reference``). Returns the (1, D) weight and bias, flattened to (D + 1,).
+    """
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .schedule import chunk_bounds
+    torch.manual_seed(seed)                       # the same initial weights on every rank
+    model = DistributedDataParallel(torch.nn.Linear(X.shape[1], 1, dtype=torch.float64))
+    a, b = chunk_bounds(len(X), world_size)[rank]
+    X_r, y_r = torch.from_numpy(X[a:b]), torch.from_numpy(y[a:b])       # (n/P, D), (n/P,)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X_r).squeeze(1), y_r)
+        loss.backward()                           # gradients all-reduced (averaged) here, in buckets
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.module.parameters()]).numpy()
+
+
+def linear_reference(X: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0) -> np.ndarray:
+    """The same training in one process on the whole batch (what DDP must match)."""
+    import torch
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(Xt).squeeze(1), yt).backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+
+
+def failing_worker(rank, world_size, bad_rank: int) -> int:
+    """Tests: rank ``bad_rank`` raises, the others wait in a barrier (which then fails)."""
+    import torch.distributed as dist
+    if rank == bad_rank:
+        raise ValueError(f"rank {rank} was told to fail")
+    dist.barrier()
+    return rank

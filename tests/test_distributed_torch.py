@@ -1,0 +1,66 @@
+"""The same all-reduce through torch.distributed (gloo on CPU), and launch_torch with DDP."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from course_lib.distributed import CollectiveError, allreduce
+from course_lib.distributed.torch_dist import (ddp_linear_worker, default_backend, failing_worker, launch_torch,
+                                               linear_reference, torch_allreduce)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def test_default_backend_is_gloo_without_gpus():
+    import torch
+    if torch.cuda.device_count() < 2:
+        assert default_backend(2) == "gloo"
+
+
+@pytest.mark.parametrize("P", [2, 3])
+def test_gloo_allreduce_equals_the_sum_and_ours(P, rng):
+    arrays = [rng.standard_normal((7, 13)).astype(np.float32) for _ in range(P)]
+    res = torch_allreduce(arrays, backend="gloo", repeats=3, timeout=120)
+    exact = np.sum(np.stack(arrays).astype(np.float64), axis=0)
+    ours = allreduce(arrays, timeout=30)
+    assert res.transport == "gloo" and res.elapsed.shape == (3, P)
+    for out in res.outputs:
+        assert out.shape == (7, 13) and out.dtype == np.float32
+        np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out, ours.outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gloo_allreduce_integers_exact(rng):
+    arrays = [rng.integers(-10**6, 10**6, 50) for _ in range(2)]        # int64
+    res = torch_allreduce(arrays, backend="gloo", timeout=120)
+    assert all(np.array_equal(out, arrays[0] + arrays[1]) for out in res.outputs)
+
+
+def test_ddp_matches_single_process_training(rng):
+    X = rng.standard_normal((64, 5))
+    y = X @ rng.standard_normal(5) + 0.1 * rng.standard_normal(64)
+    weights = launch_torch(ddp_linear_worker, 2, args=(X, y, 20, 0.1), backend="gloo", timeout=120)
+    reference = linear_reference(X, y, 20, 0.1)
+    for w in weights:
+        np.testing.assert_allclose(w, reference, rtol=1e-10, atol=1e-12)
+    assert np.array_equal(weights[0], weights[1]), "DDP replicas drifted apart"
+
+
+def test_a_failing_rank_is_named():
+    start = time.monotonic()
+    with pytest.raises(CollectiveError, match="rank 1 raised") as info:
+        launch_torch(failing_worker, 2, args=(1,), backend="gloo", timeout=60)
+    assert info.value.rank == 1 and "told to fail" in str(info.value)
+    assert time.monotonic() - start < 30
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        launch_torch(failing_worker, 2, args=(0,), backend="mpi")
+    with pytest.raises(ValueError, match="world_size"):
+        launch_torch(failing_worker, 0, args=(0,))
+    with pytest.raises(ValueError, match="rank 1 has"):
+        torch_allreduce([np.zeros(2), np.zeros(3)])
