@@ -231,3 +231,21 @@ def _assert_labelled(fig) -> None:
             assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes {ax.get_title()!r}"
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------- the two lessons' stored notebooks
+
+@pytest.mark.parametrize("name", ["01_convolution.ipynb", "02_im2col.ipynb"])
+def test_lesson_is_stored_with_outputs_and_ends_with_check_yourself(root, name):
+    import nbformat
+
+    nb = nbformat.read(root / "notebooks" / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{name}: run tools/execute_notebooks.py"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name} is stored with an error: {errors[0].ename}: {errors[0].evalue}"
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and "Check yourself" in last.source and "<details>" in last.source
+    for cell in code:  # figures are drawn by course_lib.viz and shown explicitly
+        if "viz.plot_" in cell.source:
+            assert cell.source.rstrip().endswith("plt.show()"), cell.source

@@ -74,7 +74,7 @@ def output_size_explorer(W: int = 7, F: int = 3, P: int = 0, S: int = 1, D1: int
     ranges = {"W": (W, 1, 64), "F": (F, 1, 11), "P": (P, 0, 5), "S": (S, 1, 5),
               "D1": (D1, 1, 64), "K": (K, 1, 64)}
     sliders = {name: widgets.IntSlider(value=value, min=low, max=high, description=name,
-                                       continuous_update=False)
+                                       continuous_update=True)
                for name, (value, low, high) in ranges.items()}
     report = widgets.HTML()
 
