@@ -286,3 +286,30 @@ def modelled_efficiency(layers: list[Layer], compute_s: float, nodes, comm: Comm
 # model meets both printed tables within 0.02 (tests/test_scaling.py).
 POWERAI_MODEL = dict(compute_s=0.1, comm=CommModel(alpha=5e-6, bandwidth=10.5e9,
                                                    bucket_bytes=25 * 2**20))
+
+
+def what_if(comm_over_compute: float, nodes: int, compute_s: float = 0.1,
+            bucket_bytes: float = 25 * 2**20) -> dict:
+    """Efficiency at ``nodes`` with and without overlap, for a given communication load.
+
+    ``comm_over_compute`` is the time to all-reduce all of ResNet-50's
+    gradients (at the large-P limit, 2N bytes over the link) divided by the
+    compute time of one iteration; the bandwidth is set to match it. The
+    widget of notebooks/11_scaling_efficiency.ipynb drives this function.
+
+    Returns
+    -------
+    {"overlap": E, "no_overlap": E, "t_compute": s, "t_comm": s at this P,
+     "t_iter_overlap": s, "t_iter_no_overlap": s}
+    """
+    if comm_over_compute < 0 or compute_s <= 0:
+        raise ValueError(f"need comm_over_compute >= 0 and compute_s > 0, got "
+                         f"{comm_over_compute}, {compute_s}")
+    layers = resnet50_layers()
+    n_bytes = 4 * sum(layer.params for layer in layers)
+    bandwidth = 2 * n_bytes / (comm_over_compute * compute_s) if comm_over_compute else np.inf
+    comm = CommModel(alpha=0.0, bandwidth=bandwidth, bucket_bytes=bucket_bytes)
+    t = {ov: iteration_timeline(layers, compute_s, nodes, comm, ov).total for ov in (True, False)}
+    return {"overlap": float(compute_s / t[True]), "no_overlap": float(compute_s / t[False]),
+            "t_compute": compute_s, "t_comm": ring_allreduce_time(n_bytes, nodes, comm),
+            "t_iter_overlap": float(t[True]), "t_iter_no_overlap": float(t[False])}
