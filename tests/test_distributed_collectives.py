@@ -315,3 +315,23 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- the lesson's pipe variants
+
+@pytest.mark.parametrize("transport", ["pipe-pickle", "pipe-oddeven", "pipe-sendfirst"])
+@pytest.mark.parametrize("algorithm", ["ring", "ps"])
+def test_pipe_variants_sum_small_messages(transport, algorithm, rng):
+    arrays = [rng.standard_normal(301).astype(np.float32) for _ in range(3)]
+    res = allreduce(arrays, algorithm=algorithm, transport=transport, timeout=30)
+    _check_sum(res, arrays)
+
+
+def test_send_first_ring_deadlocks_and_is_diagnosed():
+    """Every rank sends 2 MiB before receiving: the pipes (1 MiB) fill, every send blocks."""
+    arrays = [np.ones(3 * (1 << 19), np.float32)] * 3          # chunks of 2 MiB
+    start = time.monotonic()
+    with pytest.raises(CollectiveError, match="deadlock") as info:
+        allreduce(arrays, transport="pipe-sendfirst", timeout=2)
+    assert info.value.reason == "timeout" and info.value.rank is None
+    assert time.monotonic() - start < 2 + 5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context, shared_memory
 
 import numpy as np
@@ -24,7 +25,13 @@ from .collectives import ALGORITHMS, ProcessGroup
 from .procs import CollectiveError, run_processes  # noqa: F401  (CollectiveError re-exported)
 from .transport import PipeTransport, ShmTransport
 
-TRANSPORTS = {"shm": ShmTransport, "pipe": PipeTransport}
+TRANSPORTS = {                    # name -> factory(world_size, capacity, dtype, timeout=, ctx=)
+    "shm": ShmTransport,
+    "pipe": PipeTransport,        # raw bytes, sending and receiving overlapped (a sender thread)
+    "pipe-pickle": partial(PipeTransport, mode="pickle"),        # for the lesson: pickled messages
+    "pipe-oddeven": partial(PipeTransport, mode="odd-even"),     # for the lesson: half-duplex
+    "pipe-sendfirst": partial(PipeTransport, mode="send-first"), # for the lesson: deadlocks > 1 MiB
+}
 MAX_WORLD_SIZE = 64
 
 
@@ -89,8 +96,10 @@ def _progress_report(transport, late: list[int]) -> tuple[int | None, str]:
     if len(busy) == 1:
         return busy[0], f"rank {busy[0]} stopped responding; the others were waiting for it ({state})."
     if not busy:
-        behind = min(late, key=lambda r: table[r][0])
-        return behind, f"every unfinished rank was waiting (a lost message?); rank {behind} is furthest behind ({state})."
+        steps = {table[r][0] for r in late}
+        behind = min(late, key=lambda r: table[r][0]) if len(steps) > 1 else None
+        return behind, (f"every unfinished rank was waiting on a peer: a deadlock (or a lost message)"
+                        + (f"; rank {behind} is furthest behind" if behind is not None else "") + f" ({state}).")
     return None, f"({state})."
 
 
@@ -181,7 +190,8 @@ def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeou
     ----------
     arrays : list of P ndarrays of one shape and dtype (integer or float); arrays[r] is rank r's
     algorithm : "ring" (scatter-reduce + allgather) or "ps" (parameter server, ``shards`` servers)
-    transport : "shm" (shared memory) or "pipe" (messages through pipes)
+    transport : "shm" (shared memory) or "pipe" (messages through pipes); for the lesson also
+        "pipe-pickle", "pipe-oddeven" and "pipe-sendfirst" (see ``transport.PipeTransport``)
     timeout : seconds; a worker that dies or hangs raises ``CollectiveError`` naming its rank
     shards : number of parameter-server shards (algorithm="ps"), 1 .. P
     start_method : "fork", "spawn", "forkserver" or None (the platform's default)

@@ -216,13 +216,28 @@ class ShmEndpoint(Endpoint):
 
 
 class PipeTransport(_Transport):
-    """One ``Pipe(duplex=False)`` per ordered pair (src, dst): ``pipes[src][dst] = (reader, writer)``."""
-    name = "pipe"
+    """One ``Pipe(duplex=False)`` per ordered pair (src, dst): ``pipes[src][dst] = (reader, writer)``.
 
-    def __init__(self, world_size, capacity, dtype, *, timeout=60.0, ctx=None):
+    ``mode`` says how a step sends and receives (the lesson compares them):
+
+    ``"overlap"``     (default) raw bytes; a sender thread sends while the main thread receives.
+    ``"pickle"``      the same, but each message is a pickled ndarray (``conn.send(array)``):
+                      extra copies into and out of a bytes object.
+    ``"odd-even"``    no thread: even ranks send then receive, odd ranks receive then send.
+                      Correct, but each pipe carries data in one direction at a time.
+    ``"send-first"``  no thread: every rank sends, then receives. Deadlocks as soon as a
+                      message is larger than the pipe's kernel buffer (64 KiB by default,
+                      1 MiB here): every rank blocks in send, nobody receives.
+    """
+    name = "pipe"
+    MODES = ("overlap", "pickle", "odd-even", "send-first")
+
+    def __init__(self, world_size, capacity, dtype, *, timeout=60.0, ctx=None, mode: str = "overlap"):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         ctx = ctx or mp.get_context()
         super().__init__(world_size, capacity, dtype, timeout=timeout, ctx=ctx)
-        P = self.world_size
+        P, self.mode = self.world_size, mode
         self.pipes = [[ctx.Pipe(duplex=False) if s != d else None for d in range(P)] for s in range(P)]
         for row in self.pipes:
             for pair in row:
@@ -257,6 +272,7 @@ class PipeEndpoint(Endpoint):
         super().__init__(transport, rank, fault)
         P = self.world_size
         self.capacity, self.itemsize = transport.capacity, transport.dtype.itemsize
+        self.mode = transport.mode
         self.buffer = np.zeros(transport.capacity, transport.dtype)                 # (capacity,) private
         self._writers = {d: transport.pipes[rank][d][1] for d in range(P) if d != rank}
         self._readers = {s: transport.pipes[s][rank][0] for s in range(P) if s != rank}
@@ -269,31 +285,45 @@ class PipeEndpoint(Endpoint):
         self._scratch = {s: np.empty(0, transport.dtype) for s in self._readers}
         self._jobs, self._sender = queue.Queue(), None
 
+    def _send_all(self, sends) -> None:
+        """Send each region of the buffer: raw bytes in <= 1 MiB segments, or one pickled array."""
+        for dst, start, stop in sends:
+            conn = self._writers[dst]
+            if self.mode == "pickle":
+                conn.send(self.buffer[start:stop])            # pickle.dumps: a copy into bytes
+                continue
+            data = memoryview(self.buffer[start:stop]).cast("B")
+            for i in range(0, len(data), SEGMENT):
+                conn.send_bytes(data[i:i + SEGMENT])
+
     def _send_loop(self) -> None:
-        """The sender thread: sends each job's messages in <= 1 MiB segments, then signals done."""
+        """The sender thread: runs each job's sends, then signals done."""
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            messages, done, errors = job
+            sends, done, errors = job
             try:
-                for conn, data in messages:
-                    for i in range(0, len(data), SEGMENT):
-                        conn.send_bytes(data[i:i + SEGMENT])
+                self._send_all(sends)
             except Exception as exc:   # BrokenPipeError when the peer died
                 errors.append(exc)
             done.set()
 
     def _exchange(self, sends, recvs):
+        if self.mode in ("odd-even", "send-first"):           # one thing at a time, no thread
+            if self.mode == "send-first" or self.rank % 2 == 0:
+                self._send_all(sends)
+                return self._receive(recvs)
+            views = self._receive(recvs)
+            self._send_all(sends)
+            return views
         done, errors = threading.Event(), []
         if sends:
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_loop, daemon=True)
                 self._sender.start()
-            messages = [(self._writers[dst], memoryview(self.buffer[start:stop]).cast("B"))
-                        for dst, start, stop in sends]
-            self._jobs.put((messages, done, errors))
-        views = self._receive(recvs)
+            self._jobs.put((sends, done, errors))
+        views = self._receive(recvs)                          # while the thread sends
         if sends and not done.wait(self.timeout):
             raise TimeoutError(f"rank {self.rank}: could not send to rank(s) {[d for d, _, _ in sends]} "
                                f"within {self.timeout:g} s")
@@ -310,21 +340,24 @@ class PipeEndpoint(Endpoint):
                 self._scratch[src] = np.empty(count, self.buffer.dtype)
             view = self._scratch[src][:count]
             views.append(view)
-            pending[self._readers[src]] = (src, memoryview(view).cast("B"), 0)
+            pending[self._readers[src]] = (src, view, 0)
         while pending:
             ready = wait_for_ready(list(pending), timeout=self.timeout)
             if not ready:
                 waiting = sorted(src for src, _, _ in pending.values())
                 raise TimeoutError(f"rank {self.rank}: no data from rank(s) {waiting} for {self.timeout:g} s")
             for conn in ready:
-                src, data, offset = pending.pop(conn)
+                src, view, offset = pending.pop(conn)
                 try:
-                    offset += conn.recv_bytes_into(data, offset)
+                    if self.mode == "pickle":                 # pickle.loads: a new array, copied in
+                        view[...] = conn.recv()
+                        continue
+                    offset += conn.recv_bytes_into(memoryview(view).cast("B"), offset)
                 except EOFError:
                     raise ConnectionError(f"rank {self.rank}: rank {src} closed its pipe "
                                           f"mid-message (it died?)") from None
-                if offset < len(data):
-                    pending[conn] = (src, data, offset)
+                if offset < view.nbytes:
+                    pending[conn] = (src, view, offset)
         return views
 
     def close(self) -> None:
