@@ -335,3 +335,23 @@ def test_send_first_ring_deadlocks_and_is_diagnosed():
         allreduce(arrays, transport="pipe-sendfirst", timeout=2)
     assert info.value.reason == "timeout" and info.value.rank is None
     assert time.monotonic() - start < 2 + 5
+
+
+# ---------------------------------------------------------------- from a notebook
+
+def test_allreduce_from_a_notebook_under_fork_and_spawn(tmp_path):
+    """A Jupyter kernel's __main__ is no module: workers must come from course_lib."""
+    import nbformat
+    from nbclient import NotebookClient
+    cells = ["import numpy as np\nfrom course_lib.distributed import allreduce\n"
+             "arrays = [np.arange(10.0) * r for r in range(3)]",
+             "for method in ('fork', 'spawn'):\n"
+             "    for transport in ('shm', 'pipe'):\n"
+             "        res = allreduce(arrays, transport=transport, start_method=method, timeout=60)\n"
+             "        assert all(np.array_equal(o, np.arange(10.0) * 3) for o in res.outputs)\n"
+             "print('ok')"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                   ).execute(env={**os.environ, "PYTHONPATH": os.getcwd()})
+    outputs = nb.cells[1].outputs
+    assert [o.get("text") for o in outputs] == ["ok\n"], outputs       # no warnings, no errors

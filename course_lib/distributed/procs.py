@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from multiprocessing.connection import wait as wait_for_ready
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -98,7 +99,10 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
             reader, writer = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_child_main, args=(target, rank, os.getpid(), writer, args),
                                name=f"course_lib-rank{rank}", daemon=True)
-            proc.start()
+            with warnings.catch_warnings():   # Python >= 3.12 warns when a process with threads (a
+                # Jupyter kernel always has some) forks; our children touch none of those threads' locks
+                warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+                proc.start()
             writer.close()
             procs.append(proc); readers.append(reader)
         if after_start is not None:
