@@ -1,0 +1,274 @@
+"""Data-parallel LeNet-5 with ``torch.nn.parallel.DistributedDataParallel`` (lesson 08).
+
+Lecture 5, data parallelism: every learner holds a full copy of the model,
+takes its share of each global minibatch, and the gradients are summed (here
+averaged) across learners before every update, so all copies stay identical.
+With P = ``world_size`` ranks and a global batch of B images, rank r takes the
+contiguous slice ``chunk_bounds(B, P)[r]`` of each batch (B / P images). Its
+loss is the mean over its slice; DDP *averages* the gradients over ranks, so
+the averaged gradient is the mean over all B images, exactly the gradient of
+single-process training on the whole batch (up to the order of additions).
+
+DDP does not wait for the whole backward pass: it groups parameters into
+*buckets* (about ``bucket_cap_mb`` MiB each, in reverse order of
+``model.parameters()``, which is roughly the order backprop produces their
+gradients) and starts a bucket's all-reduce as soon as its last gradient is
+ready, while backprop carries on with earlier layers: "no data dependency
+between gradients across layers", the overlap Goyal et al. (2017) rely on.
+``record=True`` logs every gradient and every bucket's all-reduce in order.
+
+Reading order
+-------------
+1. ``global_batches``  the same shuffled global batches for every rank and the twin.
+2. ``train_lenet``     the training loop, one function for both cases: a plain
+                       model in one process, or a DDP-wrapped model on one rank.
+3. ``ddp_worker``      what each rank runs (inside ``launch_torch`` or ``torchrun``).
+4. ``train_single`` / ``train_ddp``  the single-process twin and the P-rank run.
+5. ``main``            ``python -m course_lib.ddp``: the same script under ``torchrun``.
+
+The worker lives here (never in a notebook): under the spawn start method a
+child process imports it by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from course_lib.distributed.schedule import chunk_bounds
+from course_lib.lenet import TorchLeNet5
+
+TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
+                    "--master_addr=10.0.0.1 --master_port=29500 -m course_lib.ddp --steps 50")
+
+
+def _check_batch(batch_size: int, world_size: int) -> None:
+    """Each rank must get the same number of images, or DDP's average is not the global mean."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size % world_size:
+        raise ValueError(f"global batch_size = {batch_size} is not divisible by world_size = {world_size}: "
+                         f"ranks would get {batch_size // world_size} or {batch_size // world_size + 1} images, "
+                         f"and DDP's average of their mean gradients would not be the mean over the batch; "
+                         f"use a multiple of {world_size}")
+
+
+def global_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``steps`` global minibatches over n examples, reshuffled every epoch.
+
+    Returns
+    -------
+    idx : int64 ndarray, shape (steps, batch_size); every rank computes the same one from ``seed``
+    """
+    if batch_size > n:
+        raise ValueError(f"batch_size = {batch_size} is larger than the data set ({n} examples)")
+    rng, batches, order = np.random.default_rng(seed), [], np.empty(0, dtype=np.int64)
+    while len(batches) < steps:
+        if len(order) < batch_size:                       # start a new epoch; drop the ragged end
+            order = rng.permutation(n)
+        batches.append(order[:batch_size])
+        order = order[batch_size:]
+    return np.array(batches, dtype=np.int64).reshape(steps, batch_size)
+
+
+def flat_parameters(model: torch.nn.Module) -> np.ndarray:
+    """Every parameter, in ``model.parameters()`` order, as one float64 vector (61,706 for LeNet-5)."""
+    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).numpy()
+
+
+class BackwardLog:
+    """A log of one backward pass: when each gradient is ready, when each DDP bucket's
+    all-reduce starts and ends (seconds since the backward pass began).
+
+    ``events`` holds tuples ``("grad", name, t)``, ``("allreduce", bucket, names, t)``
+    and ``("done", bucket, t)``, in the order they happened. Only steps between
+    ``start()`` and ``stop()`` are logged.
+    """
+
+    def __init__(self):
+        self.events, self.on, self.t0 = [], False, 0.0
+
+    def start(self) -> None:
+        self.events, self.on, self.t0 = [], True, time.perf_counter()
+
+    def stop(self) -> None:
+        self.on = False
+
+    def add(self, *event) -> None:
+        if self.on:
+            self.events.append((*event, time.perf_counter() - self.t0))
+
+    def attach(self, ddp) -> None:
+        """Hook every parameter of ``ddp.module`` and wrap DDP's all-reduce (the default
+        ``allreduce_hook``: sum, then divide by P) in a hook that logs it."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        names = {id(p): name for name, p in ddp.module.named_parameters()}
+        for name, p in ddp.module.named_parameters():
+            p.register_post_accumulate_grad_hook(lambda p, name=name: self.add("grad", name))
+
+        def logged_allreduce(state, bucket):
+            index = bucket.index()
+            self.add("allreduce", index, [names[id(p)] for p in bucket.parameters()])
+
+            def finished(fut):
+                self.add("done", index)
+                return fut.value()
+            return allreduce_hook(state, bucket).then(finished)
+        ddp.register_comm_hook(None, logged_allreduce)
+
+
+def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr: float, momentum: float,
+                rank: int = 0, world_size: int = 1, log: BackwardLog | None = None,
+                record_step: int | None = None) -> dict:
+    """SGD on ``model`` (plain, or DDP-wrapped on rank ``rank`` of P) over the global ``batches``.
+
+    Parameters
+    ----------
+    model : TorchLeNet5, or ``DistributedDataParallel(TorchLeNet5())`` on each of P ranks
+    x : (n, 1, 32, 32) float32 images; y : (n,) int64 labels
+    batches : (steps, B) int indices from ``global_batches``; rank r uses its slice of each
+    log, record_step : a ``BackwardLog`` attached to the DDP model logs this step's backward pass
+
+    Returns
+    -------
+    dict with ``losses`` (steps,), the mean loss over each *global* batch
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    losses = []
+    for step, idx in enumerate(batches):
+        a, b = chunk_bounds(len(idx), world_size)[rank]
+        xb, yb = torch.from_numpy(x[idx[a:b]]), torch.from_numpy(y[idx[a:b]])   # (B/P, 1, 32, 32), (B/P,)
+        loss = F.cross_entropy(model(xb), yb)         # mean over my B/P images
+        opt.zero_grad()
+        if log is not None and step == record_step:
+            log.start()
+        loss.backward()                                # under DDP: gradients averaged over ranks, in buckets
+        if log is not None:
+            log.stop()
+        opt.step()
+        losses.append(_global_mean(loss.detach(), world_size))
+    return {"losses": np.array(losses)}
+
+
+def _global_mean(loss: torch.Tensor, world_size: int) -> float:
+    """The mean of the ranks' losses = the mean over the global batch (equal slices)."""
+    if world_size > 1:
+        import torch.distributed as dist
+        loss = loss.clone()
+        dist.all_reduce(loss)
+        loss /= world_size
+    return float(loss)
+
+
+def _new_model(seed: int) -> TorchLeNet5:
+    torch.manual_seed(seed)                           # the same initial weights on every rank and in the twin
+    return TorchLeNet5()
+
+
+def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int,
+               lr: float = 0.05, momentum: float = 0.9, seed: int = 0, bucket_cap_mb: float | None = None,
+               record_step: int | None = None) -> dict:
+    """One rank of data-parallel training (``torch.distributed`` already initialised).
+
+    Wraps a ``TorchLeNet5`` in ``DistributedDataParallel`` (DDP also broadcasts rank 0's
+    weights at the start) and trains it on this rank's slice of each global batch.
+
+    Returns
+    -------
+    dict: ``params`` (61706,) float64, ``losses`` (steps,), ``events`` (the recorded step's
+    ``BackwardLog``), ``buckets`` (parameter names per bucket, from the log)
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    _check_batch(batch_size, world_size)
+    torch.set_num_threads(1)                          # P processes share the cores
+    model = _new_model(seed)
+    ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    log = BackwardLog()
+    if record_step is not None:
+        log.attach(ddp)
+    out = train_lenet(ddp, x, y, global_batches(len(x), batch_size, steps, seed), lr=lr, momentum=momentum,
+                      rank=rank, world_size=world_size, log=log, record_step=record_step)
+    out["events"] = log.events
+    out["params"] = flat_parameters(model)
+    out["buckets"] = [e[2] for e in out["events"] if e[0] == "allreduce"]
+    return out
+
+
+def train_single(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: float = 0.05,
+                 momentum: float = 0.9, seed: int = 0) -> dict:
+    """The single-process twin: the same model, batches and optimizer on the whole global batch.
+
+    Returns a dict with ``params`` (61706,) and ``losses`` (steps,), as ``ddp_worker``.
+    """
+    _check_batch(batch_size, 1)
+    model = _new_model(seed)
+    out = train_lenet(model, x, y, global_batches(len(x), batch_size, steps, seed), lr=lr, momentum=momentum)
+    out["params"] = flat_parameters(model)
+    return out
+
+
+def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_size: int = 2, *,
+              lr: float = 0.05, momentum: float = 0.9, seed: int = 0, bucket_cap_mb: float | None = None,
+              record_step: int | None = None, backend: str = "gloo", timeout: float = 120.0) -> list[dict]:
+    """Train LeNet-5 with DDP on ``world_size`` local processes; return every rank's ``ddp_worker`` dict.
+
+    Starting the ranks (a process each, importing torch, joining the group) takes a few seconds.
+    """
+    from course_lib.distributed.torch_dist import launch_torch
+    _check_batch(batch_size, world_size)
+    return launch_torch(ddp_worker, world_size, args=(x, y, steps, batch_size, lr, momentum, seed,
+                                                      bucket_cap_mb, record_step),
+                        backend=backend, timeout=timeout)
+
+
+# --------------------------------------------------------------------------
+# python -m course_lib.ddp   (alone, or under torchrun on several machines)
+# --------------------------------------------------------------------------
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m course_lib.ddp", description=(
+        "Train LeNet-5 on the digits with DistributedDataParallel. Under torchrun (RANK and "
+        "WORLD_SIZE set) this process is one rank; alone, it starts --world-size local ranks "
+        "and checks them against single-process training."))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks together)")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--world-size", type=int, default=2, help="local ranks when not under torchrun")
+    parser.add_argument("--backend", default=None, help="gloo or nccl (default: nccl with one GPU per rank)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from course_lib.data import load_digits
+    args = _parse(argv)
+    data = load_digits()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:     # started by torchrun
+        import torch.distributed as dist
+        from course_lib.distributed.torch_dist import default_backend
+        world_size = int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(args.backend or default_backend(world_size))   # reads MASTER_ADDR/PORT
+        try:
+            out = ddp_worker(dist.get_rank(), world_size, data.x_train, data.y_train, args.steps,
+                             args.batch_size, args.lr)
+        finally:
+            dist.destroy_process_group()
+        if int(os.environ["RANK"]) == 0:
+            print(f"rank 0 of {world_size}: final loss {out['losses'][-1]:.4f}, "
+                  f"parameter checksum {out['params'].sum():.6f}")
+        return 0
+    ranks = train_ddp(data.x_train, data.y_train, args.steps, args.batch_size, args.world_size,
+                      lr=args.lr, backend=args.backend or "gloo")
+    single = train_single(data.x_train, data.y_train, args.steps, args.batch_size, args.lr)
+    gap = max(float(np.abs(r["params"] - single["params"]).max()) for r in ranks)
+    print(f"{args.world_size} ranks, {args.steps} steps: final loss {ranks[0]['losses'][-1]:.4f} "
+          f"(single process {single['losses'][-1]:.4f}); largest parameter difference {gap:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,445 @@
+"""Figures, widgets and tables for lessons 06 (reduction topologies), 07 (ring
+all-reduce) and 08 (data parallelism with DDP).
+
+Every widget drives a plain function defined here and tested in
+``tests/test_viz_distributed.py``; every figure has a title and labelled axes
+with units. Symbols are those of ``course_lib``: N elements (the model's
+parameters), P = ``world_size`` ranks.
+
+lesson 06  ``cost_rows`` / ``format_cost_rows``, ``cost_report`` / ``cost_explorer``
+           (sliders for N and P), ``plot_cost_vs_P``, ``measured_bytes`` /
+           ``format_measured_bytes`` (real runs against the formulas)
+lesson 07  ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
+           ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
+           ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth``
+lesson 08  ``bucket_rows`` / ``format_buckets``, ``overlap_summary``,
+           ``plot_backward_timeline``, ``plot_ddp_losses``
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
+
+from course_lib.distributed.cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_time,
+                                         ring_bytes_per_rank, ring_time)
+
+# A 1 GB/s link with 50 us latency: about what two processes see on one machine
+# (NOTES: gloo over loopback reaches 0.65 to 0.94 GB/s busbw at 64 MiB).
+ALPHA_S, BETA_S_PER_BYTE = 50e-6, 1 / 1e9
+
+
+def _bytes(n: float) -> str:
+    """A byte count for people: 240 B, 96.5 KiB, 1.5 MiB, 2.0 GiB."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+# --------------------------------------------------------------------------
+# Lesson 06: the cost of the two topologies
+# --------------------------------------------------------------------------
+
+def cost_rows(N: int, world_sizes, itemsize: int = 4) -> list[dict]:
+    """Bytes of one reduction of N elements, per topology, for each P in ``world_sizes``.
+
+    ``ps_server``: through the parameter server, 2N(P-1) (lecture 5);
+    ``ring_per_rank``: sent by each ring rank, 2N(P-1)/P (the mean over ranks when P
+    does not divide N); ``ratio`` = ps_server / ring_per_rank = P.
+    """
+    rows = []
+    for P in world_sizes:
+        ps = ps_bytes_at_server(N, P, itemsize)
+        ring = float(ring_bytes_per_rank(N, P, itemsize).mean())
+        rows.append({"P": P, "ps_server": ps, "ring_per_rank": ring,
+                     "ratio": ps / ring if ring else float("nan")})
+    return rows
+
+
+def format_cost_rows(rows: list[dict]) -> str:
+    """``cost_rows`` as a text table."""
+    lines = [f"{'P':>4} {'PS server 2N(P-1)':>20} {'ring per rank 2N(P-1)/P':>25} {'ratio':>7}"]
+    for r in rows:
+        lines.append(f"{r['P']:>4} {_bytes(r['ps_server']):>20} {_bytes(r['ring_per_rank']):>25} "
+                     f"{r['ratio']:>7.2f}")
+    return "\n".join(lines)
+
+
+def cost_report(N: int, P: int, itemsize: int = 4, alpha: float = ALPHA_S, beta: float = BETA_S_PER_BYTE) -> str:
+    """The lecture's two formulas worked out for one N and P, bytes and alpha-beta times, as text."""
+    nbytes = N * itemsize
+    ps, ring = ps_bytes_at_server(N, P, itemsize), ring_bytes_per_rank(N, P, itemsize)
+    t_ps, t_ring = ps_time(N, P, alpha, beta, itemsize), ring_time(N, P, alpha, beta, itemsize)
+    return "\n".join([
+        f"N = {N:,} elements of {itemsize} bytes ({_bytes(nbytes)}), P = {P} processes",
+        f"parameter server: 2N(P-1)   = 2 * {N:,} * {P - 1} elements = {_bytes(ps)} through the server",
+        f"ring all-reduce:  2N(P-1)/P = 2 * {N:,} * {P - 1}/{P} elements = {_bytes(ring.mean())} per rank"
+        + ("" if ring.min() == ring.max() else f" (exactly {_bytes(ring.min())} to {_bytes(ring.max())}: uneven chunks)"),
+        f"ratio PS / ring = {ps / ring.mean() if ring.mean() else float('nan'):.2f} (= P)",
+        f"alpha-beta time (alpha = {alpha * 1e6:.0f} us, 1/beta = {1 / beta / 1e9:.1f} GB/s): "
+        f"PS {t_ps * 1e3:.3f} ms, ring {t_ring * 1e3:.3f} ms, ratio {t_ps / t_ring if t_ring else float('nan'):.2f}",
+    ])
+
+
+def cost_explorer(N: int = 61_706, P: int = 4, itemsize: int = 4):
+    """Sliders for N (log scale) and P above a live ``cost_report``.
+
+    Returns an ``ipywidgets.VBox`` with ``box.sliders`` ({"N", "P"}) and ``box.report``;
+    the starting report is printed once so that the stored notebook shows it.
+    """
+    import ipywidgets as widgets
+
+    sliders = {"N": widgets.FloatLogSlider(value=N, base=10, min=0, max=9, step=0.25, description="N",
+                                           continuous_update=False),
+               "P": widgets.IntSlider(value=P, min=2, max=64, description="P", continuous_update=False)}
+    report = widgets.HTML()
+
+    def update(_change=None):
+        text = cost_report(int(round(sliders["N"].value)), sliders["P"].value, itemsize)
+        report.value = f"<pre>{html.escape(text)}</pre>"
+
+    for slider in sliders.values():
+        slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([*sliders.values(), report])
+    box.sliders, box.report = sliders, report
+    print(cost_report(N, P, itemsize))
+    return box
+
+
+def plot_cost_vs_P(N: int = 25_557_032, P_max: int = 64, itemsize: int = 4,
+                   alpha: float = ALPHA_S, beta: float = BETA_S_PER_BYTE, small_N: int = 1_000):
+    """Left: bytes through the PS vs bytes per ring rank as P grows (N fixed).
+    Right: modelled time ratio PS / ring for a large and a small message."""
+    P = np.arange(2, P_max + 1)
+    ps = np.array([ps_bytes_at_server(N, p, itemsize) for p in P]) / 2 ** 20
+    ring = np.array([ring_bytes_per_rank(N, p, itemsize).mean() for p in P]) / 2 ** 20
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(P, ps, "o-", ms=3, label="parameter server: 2N(P-1) at the server")
+    left.plot(P, ring, "s-", ms=3, label="ring: 2N(P-1)/P per rank")
+    left.axhline(2 * N * itemsize / 2 ** 20, color="0.5", ls=":", lw=1, label="2N (the ring's limit)")
+    left.set_yscale("log")
+    left.set_xlabel("processes P")
+    left.set_ylabel("bytes sent + received (MiB, log scale)")
+    left.set_title(f"Communication per reduction, N = {N:,} ({_bytes(N * itemsize)})")
+    left.legend(fontsize=8)
+    for n, style in ((N, "o-"), (small_N, "s--")):
+        ratio = [ps_time(n, p, alpha, beta, itemsize) / ring_time(n, p, alpha, beta, itemsize) for p in P]
+        right.plot(P, ratio, style, ms=3, label=f"N = {n:,} ({_bytes(n * itemsize)})")
+    right.plot(P, P, color="0.5", ls=":", lw=1, label="ratio = P (bandwidth bound)")
+    right.set_xlabel("processes P")
+    right.set_ylabel("time PS / time ring (x)")
+    right.set_title(f"alpha-beta model: alpha = {alpha * 1e6:.0f} us, {1 / beta / 1e9:.0f} GB/s")
+    right.legend(fontsize=8)
+    fig.suptitle("Parameter server vs ring all-reduce as P grows")
+    fig.tight_layout()
+    return fig
+
+
+def measured_bytes(cases, transport: str = "shm", seed: int = 0) -> list[dict]:
+    """Run real all-reduces and put the bytes each process sent beside the formulas.
+
+    cases : iterable of (N, P); each runs algorithm "ring" and "ps" on P processes
+    Returns rows with N, P, algorithm, ``measured`` and ``formula`` (int64 arrays (P,)
+    of bytes sent per rank) and ``server`` (PS: bytes through rank 0, sent + received).
+    """
+    from course_lib.distributed import allreduce
+
+    rng, rows = np.random.default_rng(seed), []
+    for N, P in cases:
+        arrays = [rng.standard_normal(N).astype(np.float32) for _ in range(P)]
+        for algorithm in ("ring", "ps"):
+            res = allreduce(arrays, algorithm=algorithm, transport=transport)
+            formula = (ring_bytes_per_rank(N, P, 4) if algorithm == "ring"
+                       else ps_bytes_per_rank(N, P, 1, 4)[0])
+            rows.append({"N": N, "P": P, "algorithm": algorithm, "measured": res.bytes_sent,
+                         "formula": formula, "server": int(res.bytes_sent[0] + res.bytes_received[0]),
+                         "outputs_ok": all(np.allclose(o, np.sum(arrays, axis=0), rtol=1e-5, atol=1e-5)
+                                           for o in res.outputs)})
+    return rows
+
+
+def format_measured_bytes(rows: list[dict]) -> str:
+    """``measured_bytes`` as a table: bytes sent per rank, measured and from the formula."""
+    lines = [f"{'N':>7} {'P':>2} {'algorithm':<9} {'bytes sent per rank (measured)':<34} "
+             f"{'formula':<34} {'equal':>5}"]
+    for r in rows:
+        lines.append(f"{r['N']:>7} {r['P']:>2} {r['algorithm']:<9} {str(r['measured'].tolist()):<34} "
+                     f"{str(r['formula'].tolist()):<34} {str(bool(np.array_equal(r['measured'], r['formula']))):>5}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Lesson 07: the ring, step by step
+# --------------------------------------------------------------------------
+
+def chunk_colours(world_size: int):
+    """A colour map with one colour per contribution count 1..P, and its norm."""
+    base = plt.get_cmap("viridis")
+    cmap = ListedColormap([base(v) for v in np.linspace(0.1, 0.95, world_size)])
+    return cmap, BoundaryNorm(np.arange(0.5, world_size + 1.5), world_size)
+
+
+def ring_state_text(trace, t: int) -> str:
+    """State ``t`` of a ``RingTrace`` as text: what moved, and each rank's chunks as
+    ``chunk:contributions`` (P means the chunk holds the full sum)."""
+    T, P = trace.contributions.shape[:2]
+    if not 0 <= t < T:
+        raise ValueError(f"state t = {t} out of range: a ring of P = {P} has 2(P-1) + 1 = {T} states, 0 .. {T - 1}")
+    lines = [f"state {t} of {T - 1}: {trace.labels[t]}"]
+    if trace.transfers[t]:
+        lines.append("moved: " + ", ".join(f"rank {s} -> rank {d}: chunk {c}" for s, d, c in trace.transfers[t]))
+    for r in range(P):
+        chunks = " ".join(f"{c}:{trace.contributions[t, r, c]}" for c in range(P))
+        complete = [c for c in range(P) if trace.contributions[t, r, c] == P]
+        lines.append(f"rank {r}  {chunks}   complete chunks: {complete if complete else 'none'}")
+    return "\n".join(lines)
+
+
+def plot_ring_step(trace, t: int, ax=None, values: bool | None = None):
+    """Every rank's array at state ``t``: one row per rank, chunks coloured by how many
+    ranks' contributions they hold (1 .. P), arrows for what moved into this state."""
+    T, P, _ = trace.contributions.shape
+    N = trace.buffers.shape[2]
+    if not 0 <= t < T:
+        raise ValueError(f"state t = {t} out of range 0 .. {T - 1}")
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * N + 2), 0.7 * P + 1.6))
+    cmap, norm = chunk_colours(P)
+    counts = np.zeros((P, N))                                        # (P, N) colour of each element
+    for c, (a, b) in enumerate(trace.bounds):
+        counts[:, a:b] = trace.contributions[t, :, c][:, None]
+    image = ax.imshow(counts, cmap=cmap, norm=norm, aspect="auto", extent=(0, N, P - 0.5, -0.5))
+    for a, _ in trace.bounds[1:]:
+        ax.axvline(a, color="white", lw=3)
+    if values if values is not None else N <= 16:
+        for r in range(P):
+            for i in range(N):
+                ax.text(i + 0.5, r, f"{trace.buffers[t, r, i]:g}", ha="center", va="center", fontsize=8,
+                        color="white" if counts[r, i] < (P + 1) / 2 else "black")
+    for src, dst, c in trace.transfers[t]:
+        a, b = trace.bounds[c]
+        ax.annotate("", xy=((a + b) / 2 + 0.15, dst), xytext=((a + b) / 2 - 0.15, src),
+                    arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5, alpha=0.8))
+    ax.set_yticks(range(P))
+    ax.set_yticklabels([f"rank {r}" for r in range(P)])
+    ax.set_xlabel("element index (white lines: chunk boundaries)")
+    ax.set_ylabel("rank")
+    ax.set_title(f"{trace.labels[t]} (state {t} of {T - 1})")
+    if own:
+        fig.colorbar(image, ax=ax, ticks=range(1, P + 1), label="ranks summed into the chunk")
+        fig.tight_layout()
+        return fig
+    return image
+
+
+def plot_ring_steps(trace):
+    """All 2(P-1) + 1 states of a ring all-reduce, one panel each (scatter-reduce, then allgather)."""
+    T, P, _ = trace.contributions.shape
+    N = trace.buffers.shape[2]
+    fig, axes = plt.subplots(T, 1, figsize=(max(6, 0.5 * N + 2), (0.45 * P + 0.9) * T), squeeze=False)
+    for t, ax in enumerate(axes[:, 0]):
+        image = plot_ring_step(trace, t, ax=ax)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), ticks=range(1, P + 1), label="ranks summed into the chunk",
+                 shrink=0.5)
+    fig.suptitle(f"Ring all-reduce of N = {N} elements on P = {P} ranks: every step")
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def ring_stepper(trace):
+    """A slider over the states of ``trace`` (a ``RingTrace``) redrawing ``plot_ring_step``.
+
+    Returns an ``ipywidgets.VBox`` with ``box.slider``, ``box.image`` (the PNG of the
+    figure) and ``box.report`` (``ring_state_text``); the starting state is printed
+    and drawn once, so that the stored notebook shows it.
+    """
+    import ipywidgets as widgets
+
+    T = trace.contributions.shape[0]
+    slider = widgets.IntSlider(value=0, min=0, max=T - 1, description="state", continuous_update=False)
+    image, report = widgets.Image(format="png"), widgets.HTML()
+
+    def update(_change=None):
+        report.value = f"<pre>{html.escape(ring_state_text(trace, slider.value))}</pre>"
+        image.value = _png(plot_ring_step(trace, slider.value))
+
+    slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([slider, image, report])
+    box.slider, box.image, box.report = slider, image, report
+    print(ring_state_text(trace, 0))
+    plot_ring_step(trace, 0)
+    plt.show()
+    return box
+
+
+def duplex_timeline(world_size: int, mode: str) -> list[tuple[int, str, float, float]]:
+    """One step of a ring in units of one chunk's transfer time: (rank, "send"/"recv", start, end).
+
+    ``mode="overlapped"``: every rank sends right while it receives from the left: the step
+    takes 1. ``mode="send-then-receive"``: a rank cannot receive while it sends (one thread,
+    blocking calls); to avoid deadlock, even ranks send first and odd ranks receive first,
+    so each link is busy half the time and the step takes 2. With an odd P the last
+    rank and rank 0 are both even: rank P-1's send waits for rank 0 to finish sending,
+    rank P-2's send waits for rank P-1, and the step takes 3.
+    """
+    P = world_size
+    if isinstance(P, bool) or not isinstance(P, int) or P < 2:
+        raise ValueError(f"a ring needs world_size >= 2 ranks, got {P!r}")
+    if mode == "overlapped":
+        return [(r, kind, 0.0, 1.0) for r in range(P) for kind in ("send", "recv")]
+    if mode != "send-then-receive":
+        raise ValueError(f"mode must be 'overlapped' or 'send-then-receive', got {mode!r}")
+    send_start = {r: 0.0 if r % 2 == 0 else 1.0 for r in range(P)}   # even ranks send first
+    if P % 2 and P > 1:
+        send_start[P - 1] = 1.0        # rank 0 receives only once its own send is done
+        send_start[P - 2] = 2.0        # rank P-1 receives only once its own send is done
+    rows = []
+    for r in range(P):
+        src = (r - 1) % P
+        rows.append((r, "send", send_start[r], send_start[r] + 1))
+        rows.append((r, "recv", send_start[src], send_start[src] + 1))
+    return rows
+
+
+def plot_duplex(world_size: int = 4):
+    """Gantt charts of one ring step, overlapped vs send-then-receive (``duplex_timeline``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * world_size + 1.8), sharey=True)
+    for ax, mode in zip(axes, ("overlapped", "send-then-receive")):
+        rows = duplex_timeline(world_size, mode)
+        for r, kind, start, end in rows:
+            y = r + (-0.18 if kind == "send" else 0.18)
+            ax.barh(y, end - start, left=start, height=0.32,
+                    color="tab:orange" if kind == "send" else "tab:blue",
+                    label=kind if r == 0 else None)
+        ax.set_xlim(0, 3.2)
+        ax.set_xlabel("time (chunk transfer times N/(P*bandwidth))")
+        ax.set_title(f"{mode}: the step takes {max(end for *_, end in rows):g}")
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_yticks(range(world_size))
+    axes[0].set_yticklabels([f"rank {r}" for r in range(world_size)])
+    axes[0].set_ylabel("rank")
+    axes[0].invert_yaxis()
+    fig.suptitle(f"One ring step on P = {world_size}: send right while receiving from the left, or not")
+    fig.tight_layout()
+    return fig
+
+
+def bandwidth_series(rows: list[dict], world_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """Rows of ``measure.sweep`` for one P, as {method: {"nbytes", "algbw", "busbw"}} sorted by size."""
+    series = {}
+    for method in dict.fromkeys(r["method"] for r in rows if r["P"] == world_size):
+        mine = sorted((r for r in rows if r["P"] == world_size and r["method"] == method),
+                      key=lambda r: r["nbytes"])
+        series[method] = {k: np.array([r[k] for r in mine], dtype=np.float64)
+                          for k in ("nbytes", "algbw", "busbw", "time")}
+    return series
+
+
+def plot_bandwidth(rows: list[dict], world_size: int = 2):
+    """algbw (left) and busbw = algbw * 2(P-1)/P (right) against message size, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for method, s in bandwidth_series(rows, world_size).items():
+        for ax, key in zip(axes, ("algbw", "busbw")):
+            ax.plot(s["nbytes"], s[key] / 1e9, "o-", label=method)
+    for ax, key in zip(axes, ("algbw = bytes / time", "busbw = algbw * 2(P-1)/P")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("message size (bytes, log scale)")
+        ax.set_title(key)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("bandwidth (GB/s)")
+    fig.suptitle(f"All-reduce bandwidth on P = {world_size} processes (higher is better)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Lesson 08: DDP's buckets and the overlap of all-reduce with backprop
+# --------------------------------------------------------------------------
+
+def bucket_rows(events: list, sizes: dict[str, int]) -> list[dict]:
+    """DDP's buckets from a ``course_lib.ddp.BackwardLog``: index, parameters, elements.
+
+    sizes : {parameter name: number of elements}
+    """
+    rows = []
+    for e in events:
+        if e[0] == "allreduce":
+            rows.append({"bucket": e[1], "params": list(e[2]), "elements": sum(sizes[n] for n in e[2])})
+    return sorted(rows, key=lambda r: r["bucket"])
+
+
+def format_buckets(rows: list[dict]) -> str:
+    """``bucket_rows`` as text, with the bytes of float32 gradients."""
+    lines = [f"{'bucket':>6} {'elements':>9} {'float32':>10}  parameters (in the order DDP fills the bucket)"]
+    for r in rows:
+        lines.append(f"{r['bucket']:>6} {r['elements']:>9,} {_bytes(4 * r['elements']):>10}  {', '.join(r['params'])}")
+    return "\n".join(lines)
+
+
+def overlap_summary(events: list) -> dict:
+    """What a backward-pass log shows about overlap.
+
+    Returns a dict: ``grad_order`` (parameter names in the order their gradients were
+    ready), ``launched_before_last_grad`` (buckets whose all-reduce started while some
+    gradient was still being computed) and ``buckets`` (how many).
+    """
+    grads = [(e[1], i) for i, e in enumerate(events) if e[0] == "grad"]
+    last_grad = max(i for _, i in grads) if grads else -1
+    launches = [(e[1], i) for i, e in enumerate(events) if e[0] == "allreduce"]
+    return {"grad_order": [name for name, _ in grads],
+            "launched_before_last_grad": [b for b, i in launches if i < last_grad],
+            "buckets": len(launches)}
+
+
+def plot_backward_timeline(events: list, title: str = "One backward pass under DDP"):
+    """Gradient-ready times per parameter (dots) and each bucket's all-reduce (bars), in ms."""
+    grads = [e for e in events if e[0] == "grad"]
+    names = [e[1] for e in grads]
+    starts = {e[1]: (e[3], e[2]) for e in events if e[0] == "allreduce"}
+    ends = {e[1]: e[2] for e in events if e[0] == "done"}
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.8))
+    ax.plot([e[2] * 1e3 for e in grads], range(len(names)), "o", color="tab:blue", label="gradient ready")
+    colours = plt.get_cmap("tab10")
+    for b, (t0, params) in sorted(starts.items()):
+        rows = [names.index(p) for p in params if p in names]
+        t1 = ends.get(b, t0)
+        ax.barh(np.mean(rows), (t1 - t0) * 1e3, left=t0 * 1e3, height=len(rows) * 0.8, alpha=0.35,
+                color=colours(b % 10), label=f"bucket {b} all-reduce")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel("time since backward() started (ms)")
+    ax.set_ylabel("parameter (backprop order)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ddp_losses(single_losses, ddp_losses: dict):
+    """Training loss per step: single process vs each DDP rank's global-batch loss."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = np.arange(1, len(single_losses) + 1)
+    ax.plot(steps, single_losses, "-", lw=4, alpha=0.4, label="single process, whole batch")
+    for name, losses in ddp_losses.items():
+        ax.plot(steps, losses, "--", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean cross-entropy over the global batch (nats)")
+    ax.set_title("LeNet-5 on the digits: DDP over 2 processes vs one process")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

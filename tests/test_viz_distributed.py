@@ -1,0 +1,211 @@
+"""The plain functions behind lessons 06-08's figures and widgets.
+
+References are independent of the code under test: the lecture's formulas
+written out here, ``simulate_ring_allreduce``'s recorded states, real
+all-reduces on processes, and numpy sums.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.distributed import ps_bytes_at_server, simulate_ring_allreduce
+from course_lib.viz import distributed as viz
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _labelled(fig):
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), (ax.get_title(), ax.get_xlabel())
+
+
+# ---------------------------------------------------------------- lesson 06
+
+@SETTINGS
+@given(N=st.integers(1, 10_000), P=st.integers(2, 64), itemsize=st.sampled_from([1, 4, 8]))
+def test_cost_rows_follow_the_lecture(N, P, itemsize):
+    (row,) = viz.cost_rows(N, [P], itemsize)
+    assert row["ps_server"] == 2 * N * (P - 1) * itemsize                     # 2N(P-1)
+    assert row["ring_per_rank"] == pytest.approx(2 * N * (P - 1) / P * itemsize)   # 2N(P-1)/P
+    assert row["ratio"] == pytest.approx(P)
+
+
+def test_cost_table_and_report_show_the_numbers():
+    text = viz.format_cost_rows(viz.cost_rows(1024, [2, 4], itemsize=4))
+    assert "8.0 KiB" in text and "4.0 KiB" in text and "24.0 KiB" in text and "6.0 KiB" in text, text
+    report = viz.cost_report(1000, 4)
+    assert "2 * 1,000 * 3 elements = 23.4 KiB" in report, report
+    assert "ratio PS / ring = 4.00 (= P)" in report
+    uneven = viz.cost_report(10, 4, itemsize=1)
+    assert "exactly 14 B to 16 B: uneven chunks" in uneven, uneven   # 2*10 - |c_r+1| - |c_r+2|, chunks 3,3,2,2
+
+
+def test_cost_explorer_sliders_drive_the_report(capsys):
+    box = viz.cost_explorer(N=1000, P=4)
+    assert capsys.readouterr().out.strip() == viz.cost_report(1000, 4).strip()   # initial rendering
+    box.sliders["P"].value = 8
+    assert "ratio PS / ring = 8.00" in box.report.value
+    box.sliders["N"].value = 100
+    assert "N = 100 elements" in box.report.value
+
+
+def test_cost_plot_draws_the_formulas():
+    fig = viz.plot_cost_vs_P(N=1000, P_max=8)
+    _labelled(fig)
+    ps_line = fig.axes[0].lines[0]
+    assert list(ps_line.get_xdata()) == list(range(2, 9))
+    np.testing.assert_allclose(ps_line.get_ydata() * 2 ** 20, [2 * 1000 * (p - 1) * 4 for p in range(2, 9)])
+    ratio_large = fig.axes[1].lines[0].get_ydata()
+    assert np.all(np.diff(ratio_large) > 0) and ratio_large[-1] <= 8   # grows with P, at most P
+
+
+@pytest.mark.slow
+def test_measured_bytes_equal_the_formulas_on_real_processes():
+    rows = viz.measured_bytes([(10, 3), (12, 2)])
+    assert [(r["N"], r["P"], r["algorithm"]) for r in rows] == [(10, 3, "ring"), (10, 3, "ps"),
+                                                                 (12, 2, "ring"), (12, 2, "ps")]
+    for r in rows:
+        assert r["outputs_ok"]
+        np.testing.assert_array_equal(r["measured"], r["formula"])
+        if r["algorithm"] == "ps":
+            assert r["server"] == ps_bytes_at_server(r["N"], r["P"], 4)
+    assert "True" in viz.format_measured_bytes(rows) and "False" not in viz.format_measured_bytes(rows)
+
+
+# ---------------------------------------------------------------- lesson 07
+
+def _trace(P=3, N=7):
+    return simulate_ring_allreduce([np.arange(N, dtype=np.float64) + 100 * r for r in range(P)])
+
+
+def test_state_text_follows_the_contributions():
+    trace = _trace()
+    start, end = viz.ring_state_text(trace, 0), viz.ring_state_text(trace, 4)
+    assert "state 0 of 4: start" in start and "complete chunks: none" in start
+    assert "rank 0  0:3 1:3 2:3   complete chunks: [0, 1, 2]" in end, end
+    after_sr = viz.ring_state_text(trace, 2)            # end of scatter-reduce: rank r has chunk r+1
+    for r in range(3):
+        assert f"rank {r}" in after_sr and f"complete chunks: [{(r + 1) % 3}]" in after_sr.splitlines()[2 + r]
+    assert "rank 0 -> rank 1: chunk 0" in viz.ring_state_text(trace, 1)
+    with pytest.raises(ValueError, match="2\\(P-1\\) \\+ 1 = 5 states"):
+        viz.ring_state_text(trace, 5)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 3, 4])
+def test_ring_step_colours_are_the_contribution_counts(t):
+    trace = _trace()
+    fig = viz.plot_ring_step(trace, t)
+    _labelled(fig)
+    counts = fig.axes[0].images[0].get_array()                       # (P, N)
+    for c, (a, b) in enumerate(trace.bounds):
+        np.testing.assert_array_equal(counts[:, a:b], np.repeat(trace.contributions[t, :, c][:, None], b - a, 1))
+    assert trace.labels[t] in fig.axes[0].get_title()
+    numbers = [float(x.get_text()) for x in fig.axes[0].texts if x.get_text()]
+    np.testing.assert_array_equal(numbers, trace.buffers[t].reshape(-1))   # values written row by row
+    annotations = [x for x in fig.axes[0].get_children() if type(x).__name__ == "Annotation"]
+    assert len(annotations) == (0 if t == 0 else 3)                  # one arrow per rank per step
+
+
+def test_all_steps_figure_has_a_panel_per_state():
+    trace = _trace(P=4, N=10)
+    fig = viz.plot_ring_steps(trace)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 7 and fig._suptitle.get_text()
+    assert np.all(panels[-1].images[0].get_array() == 4)             # every chunk holds all 4 ranks
+
+
+def test_stepper_prints_its_start_and_follows_the_slider(capsys):
+    trace = _trace(P=4, N=9)
+    box = viz.ring_stepper(trace)
+    out = capsys.readouterr().out
+    assert out.strip() == viz.ring_state_text(trace, 0).strip()
+    first = box.image.value
+    assert first[:4] == b"\x89PNG"
+    box.slider.value = 6
+    assert "allgather step 2" in box.report.value and "complete chunks: [0, 1, 2, 3]" in box.report.value
+    assert box.image.value != first and box.slider.max == 6
+
+
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 8])
+def test_duplex_timeline_is_consistent(P):
+    for mode, length in (("overlapped", 1), ("send-then-receive", 2 if P % 2 == 0 else 3)):
+        rows = viz.duplex_timeline(P, mode)
+        send = {r: (s, e) for r, kind, s, e in rows if kind == "send"}
+        recv = {r: (s, e) for r, kind, s, e in rows if kind == "recv"}
+        for r in range(P):
+            assert recv[(r + 1) % P] == send[r], (mode, r)            # my send is my right neighbour's receive
+            if mode == "send-then-receive":                            # one thing at a time
+                assert send[r][1] <= recv[r][0] or recv[r][1] <= send[r][0], (P, r, send[r], recv[r])
+        assert max(e for *_, e in rows) == length
+    with pytest.raises(ValueError):
+        viz.duplex_timeline(1, "overlapped")
+    fig = viz.plot_duplex(P)
+    assert fig.axes[0].get_ylabel() == "rank" and all(ax.get_xlabel() and ax.get_title() for ax in fig.axes)
+
+
+def _rows():
+    rows = []
+    for method, speed in (("ring/shm", 2e9), ("gloo", 1e9)):
+        for nbytes in (1 << 20, 4096, 1 << 16):
+            t = nbytes / speed
+            rows.append(dict(method=method, P=2, nbytes=nbytes, time=t, algbw=nbytes / t, busbw=nbytes / t))
+            rows.append(dict(method=method, P=4, nbytes=nbytes, time=t, algbw=nbytes / t, busbw=nbytes / t * 1.5))
+    return rows
+
+
+def test_bandwidth_series_sorts_by_size_and_keeps_one_P():
+    series = viz.bandwidth_series(_rows(), 4)
+    assert list(series) == ["ring/shm", "gloo"]
+    np.testing.assert_array_equal(series["gloo"]["nbytes"], [4096, 1 << 16, 1 << 20])
+    np.testing.assert_allclose(series["ring/shm"]["busbw"], 3e9)
+    fig = viz.plot_bandwidth(_rows(), 2)
+    assert fig.axes[0].get_ylabel() == "bandwidth (GB/s)" and "busbw" in fig.axes[1].get_title()
+    np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), 1.0)   # gloo at 1 GB/s
+
+
+# ---------------------------------------------------------------- lesson 08
+
+EVENTS = [("grad", "out.bias", 0.001), ("grad", "out.weight", 0.002), ("allreduce", 0, ["out.bias", "out.weight"], 0.0021),
+          ("grad", "c1.weight", 0.004), ("grad", "c1.bias", 0.005), ("allreduce", 1, ["c1.weight", "c1.bias"], 0.0051),
+          ("done", 0, 0.006), ("done", 1, 0.007)]
+SIZES = {"out.bias": 10, "out.weight": 840, "c1.weight": 150, "c1.bias": 6}
+
+
+def test_buckets_and_overlap_from_a_log():
+    rows = viz.bucket_rows(EVENTS, SIZES)
+    assert [(r["bucket"], r["elements"]) for r in rows] == [(0, 850), (1, 156)]
+    text = viz.format_buckets(rows)
+    assert "850" in text and "3.3 KiB" in text and "out.bias, out.weight" in text
+    summary = viz.overlap_summary(EVENTS)
+    assert summary == {"grad_order": ["out.bias", "out.weight", "c1.weight", "c1.bias"],
+                       "launched_before_last_grad": [0], "buckets": 2}
+    one_bucket = [e for e in EVENTS if e[0] == "grad"] + [("allreduce", 0, list(SIZES), 0.0052)]
+    assert viz.overlap_summary(one_bucket)["launched_before_last_grad"] == []
+
+
+def test_backward_timeline_and_losses_are_labelled():
+    fig = viz.plot_backward_timeline(EVENTS)
+    _labelled(fig)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), [1, 2, 4, 5])       # ms
+    bars = fig.axes[0].patches
+    assert len(bars) == 2 and bars[0].get_x() == pytest.approx(2.1) and bars[0].get_width() == pytest.approx(3.9)
+    fig = viz.plot_ddp_losses([2.3, 2.2, 2.0], {"rank 0": [2.3, 2.2, 2.0]})
+    _labelled(fig)
+    assert len(fig.axes[0].lines) == 2
