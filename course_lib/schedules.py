@@ -175,3 +175,32 @@ def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
         x_test = torch.from_numpy(data.x_test.reshape(len(data.x_test), -1))
         return RunResult(batch, lr, warmup_steps, epochs * steps_per_epoch, err(x, y),
                          err(x_test, torch.from_numpy(data.y_test)))
+
+
+def batch_size_sweep(batches, base_lr: float, base_batch: int, epochs: int,
+                     warmup_epochs: float, seed: int = 0, data=None) -> dict[str, list[RunResult]]:
+    """The three arms of the experiment, one run per batch size each:
+
+    * "no scaling": lr = base_lr for every batch size;
+    * "linear scaling": lr = linear_scaling_lr(batch, base_lr, base_batch);
+    * "linear scaling + warm-up": the same, reached by a linear warm-up from
+      base_lr over ``warmup_epochs`` (Goyal et al.'s "gradual warmup").
+    """
+    from course_lib.data import load_digits
+    data = load_digits(size=8) if data is None else data
+    arms = {"no scaling": [], "linear scaling": [], "linear scaling + warm-up": []}
+    done = {}                                   # identical settings run once (kn = base_batch)
+
+    def run(batch, lr, warmup):
+        key = (batch, lr, warmup)
+        if key not in done:
+            done[key] = train_digits(batch, lr, epochs, warmup_epochs=warmup, start_lr=base_lr,
+                                     seed=seed, data=data)
+        return done[key]
+
+    for batch in batches:
+        lr = linear_scaling_lr(batch, base_lr, base_batch)
+        arms["no scaling"].append(run(batch, base_lr, 0.0))
+        arms["linear scaling"].append(run(batch, lr, 0.0))
+        arms["linear scaling + warm-up"].append(run(batch, lr, warmup_epochs if lr > base_lr else 0.0))
+    return arms

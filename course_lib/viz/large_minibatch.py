@@ -1,0 +1,53 @@
+"""Figures for lesson 10 (large-minibatch SGD, Goyal et al. 2017).
+
+Reading order: ``plot_schedules`` (the linear scaling rule and warm-up as
+learning rate against iteration), ``plot_error_vs_batch`` (the experiment of
+``course_lib.schedules.batch_size_sweep`` beside the lecture's description).
+Tested in ``tests/test_schedules.py``.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from course_lib.schedules import goyal_lr, linear_scaling_lr
+
+LECTURE_CLAIM = "Goyal et al. (ImageNet, ResNet-50): flat up to kn = 8k, deteriorates beyond"
+
+
+def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200, epochs: int = 90,
+                   warmup_epochs: int = 5, milestones=(30, 60, 80)):
+    """Goyal et al.'s whole schedule for several minibatch sizes: lr against epoch.
+
+    Each curve warms up linearly from 0.1 to 0.1 * kn / 256 over the first
+    ``warmup_epochs``, then drops x0.1 at each milestone epoch.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for kn in batches:
+        per_epoch = iters_per_epoch_at_256 * 256 // kn                 # bigger batch, fewer iterations
+        steps = np.arange(epochs * per_epoch)
+        target = linear_scaling_lr(kn)
+        warm = warmup_epochs * per_epoch if target > 0.1 else 0
+        lr = [goyal_lr(int(t), target, warm, 0.1, tuple(m * per_epoch for m in milestones)) for t in steps]
+        ax.plot(steps / per_epoch, lr, label=f"kn = {kn}: peak {target:g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="learning rate (log scale)",
+           title="eta = 0.1 kn/256, gradual warm-up over 5 epochs, x0.1 at epochs 30, 60, 80")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_vs_batch(arms: dict, base_batch: int, base_lr: float):
+    """Test error against global minibatch size, one line per arm of the sweep."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (label, runs), marker in zip(arms.items(), "osd"):
+        ax.plot([r.batch for r in runs], [100 * r.test_error for r in runs], marker + "-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="global minibatch size kn (log scale)", ylabel="test error (%)", ylim=(0, 100),
+           title=f"Digits MLP, same epochs for every kn; lr = {base_lr:g} kn / {base_batch}")
+    ax.text(0.02, 0.95, f"lecture: {LECTURE_CLAIM}", transform=ax.transAxes, fontsize=8, va="top")
+    ax.legend(fontsize=8, loc="center left")
+    fig.tight_layout()
+    return fig
