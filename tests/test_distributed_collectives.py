@@ -355,3 +355,15 @@ def test_allreduce_from_a_notebook_under_fork_and_spawn(tmp_path):
                    ).execute(env={**os.environ, "PYTHONPATH": os.getcwd()})
     outputs = nb.cells[1].outputs
     assert [o.get("text") for o in outputs] == ["ok\n"], outputs       # no warnings, no errors
+
+
+def test_launch_refuses_a_main_module_function_under_spawn(monkeypatch):
+    def worker(pg):
+        return pg.rank
+    monkeypatch.setattr(worker, "__module__", "__main__")
+    with pytest.raises(TypeError, match="course_lib module"):
+        launch(worker, 2, start_method="spawn")
+    with pytest.raises(ValueError, match="world_size"):
+        launch(data_parallel_least_squares, 0)
+    with pytest.raises(ValueError, match="transport"):
+        launch(data_parallel_least_squares, 2, transport="udp")

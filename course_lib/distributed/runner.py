@@ -112,7 +112,7 @@ def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", cap
     fn : a function of a course_lib module taking a ``ProcessGroup`` first
     world_size : number of processes (the lecture's P)
     args : extra arguments, the same for every rank (picklable)
-    transport : "shm" or "pipe", what ``pg.allreduce_`` runs over
+    transport : a name in ``TRANSPORTS`` ("shm", "pipe", ...), what ``pg.allreduce_`` runs over
     capacity : the most elements one collective carries; dtype: their dtype
     timeout : seconds for the whole run; after it, every worker is stopped and
         ``CollectiveError`` names the rank that hung
@@ -120,6 +120,14 @@ def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", cap
     _fault : tests only, ``(rank, step, "kill" | "hang" | "raise")``
     """
     ctx = get_context(start_method)
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ValueError(f"world_size must be an int from 1 to {MAX_WORLD_SIZE}, got {world_size!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
+    if getattr(fn, "__module__", None) == "__main__" and ctx.get_start_method() != "fork":
+        raise TypeError(f"{getattr(fn, '__name__', fn)} is defined in __main__ (a notebook or script): under "
+                        f"the {ctx.get_start_method()} start method a worker cannot import it. Put it in a "
+                        f"course_lib module and import it from there")
     carrier = TRANSPORTS[transport](world_size, max(1, capacity), dtype, timeout=timeout, ctx=ctx)
     try:
         rank_args = [(carrier, _fault[1:] if _fault and _fault[0] == r else None, fn, tuple(args))
