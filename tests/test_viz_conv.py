@@ -193,8 +193,10 @@ def test_median_seconds_takes_the_median_after_warm_up():
         calls.append(1)
         time.sleep(next(durations))
 
-    seconds = viz.median_seconds(fn, repeats=4, warmup=1)
+    syncs = []
+    seconds = viz.median_seconds(fn, repeats=4, warmup=1, sync=lambda: syncs.append(1))
     assert len(calls) == 5
+    assert len(syncs) == 5  # once after the warm-up, then once inside each timed call
     assert seconds < 0.04  # the outlier does not move the median
 
 
@@ -209,6 +211,12 @@ def test_conv_timings_checks_results_and_skips_a_long_naive_loop():
     table = viz.format_timings(rows)
     assert "skipped" in table and "PyTorch GPU" not in table
     _assert_labelled(viz.plot_timings(rows))
+
+
+def test_conv_timings_refuses_to_time_a_wrong_implementation(monkeypatch):
+    monkeypatch.setattr(viz, "conv2d", lambda x, w, b, stride, padding: np.zeros((1, 3, 6, 6), np.float32))
+    with pytest.raises(AssertionError, match="conv2d differs from F.conv2d on tiny"):
+        viz.conv_timings([("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1)], repeats=1, warmup=0)
 
 
 def test_time_layouts_reports_both_copies_and_both_products():
