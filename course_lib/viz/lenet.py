@@ -51,11 +51,12 @@ def plot_history(histories: dict):
     histories : {name: course_lib.lenet.History}
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, h in histories.items():
-        epochs = np.arange(1, len(h.train_loss) + 1)
-        left.plot(epochs, h.train_loss, "o-", label=name)
-        right.plot(epochs, np.array(h.test_acc) * 100, "o-", label=f"{name} (test)")
-        right.plot(epochs, np.array(h.train_acc) * 100, "--", alpha=0.6, label=f"{name} (train)")
+    for k, (name, h) in enumerate(histories.items()):
+        epochs, colour = np.arange(1, len(h.train_loss) + 1), f"C{k}"
+        left.plot(epochs, h.train_loss, "o-", color=colour, label=name)
+        right.plot(epochs, np.array(h.test_acc) * 100, "o-", color=colour, label=f"{name} (test)")
+        right.plot(epochs, np.array(h.train_acc) * 100, "--", color=colour, alpha=0.6,
+                   label=f"{name} (train, during the epoch)")
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("mean cross-entropy loss (nats, log scale)")
