@@ -1,0 +1,84 @@
+"""Figures for lesson 12 (gradient compression).
+
+Reading order: ``plot_message`` (one gradient, what each scheme sends and
+keeps), ``plot_bytes_vs_workers`` (ring/PS bytes per step, dense and
+compressed), ``plot_training`` (loss curves), ``plot_bytes_vs_error``
+(the trade-off). Tested in ``tests/test_compression.py``.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from course_lib.distributed.compression import bytes_per_step, decompress
+
+
+def plot_message(g: np.ndarray, messages: dict):
+    """The gradient g beside what each scheme sends (decompressed) and keeps (residual).
+
+    messages : {label: (Compressed, residual)}
+    """
+    fig, axes = plt.subplots(1, len(messages), figsize=(4 * len(messages), 3.4), sharey=True)
+    i = np.arange(g.size)
+    for ax, (label, (msg, residual)) in zip(np.atleast_1d(axes), messages.items()):
+        ax.bar(i - 0.25, g, width=0.25, color="0.6", label="gradient g")
+        ax.bar(i, decompress(msg), width=0.25, color="C0", label="sent")
+        ax.bar(i + 0.25, residual, width=0.25, color="C3", label="residual e' (kept)")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(title=f"{label}: {msg.nbytes} bytes vs {4 * g.size} dense", xlabel="element index")
+    np.atleast_1d(axes)[0].set_ylabel("value")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bytes_vs_workers(n_params: int, message_bytes: dict, workers=(2, 4, 8, 16, 32, 64, 128, 256)):
+    """Bytes one reduction moves, per rank on a ring and at a parameter server, against P.
+
+    message_bytes : {label: bytes of one worker's compressed gradient}
+    """
+    fig, (ax_ring, ax_ps) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    dense = [bytes_per_step(n_params, P) for P in workers]
+    ax_ring.plot(workers, [d["ring_per_rank"] for d in dense], "k-o", label="dense ring 2N(P-1)/P")
+    ax_ps.plot(workers, [d["ps_at_server"] for d in dense], "k-o", label="dense PS 2N(P-1)")
+    for label, nbytes in message_bytes.items():
+        comp = [bytes_per_step(n_params, P, nbytes) for P in workers]
+        ax_ring.plot(workers, [c["ring_per_rank"] for c in comp], "--", label=f"{label}, allgather")
+        ax_ps.plot(workers, [c["ps_at_server"] for c in comp], "--", label=f"{label} up, dense down")
+    for ax, where in ((ax_ring, "per rank, ring"), (ax_ps, "at the parameter server")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="workers P (world_size)", title=f"Bytes per reduction, {where} (N = {n_params:,})")
+        ax.legend(fontsize=7)
+    ax_ring.set_ylabel("bytes sent per step (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(runs: dict):
+    """Training loss against step, one line per run (``CompressedRun``)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, run in runs.items():
+        ax.plot(run.curve[:, 0], run.curve[:, 1], "--" if "no feedback" in label else "-", label=label)
+    ax.set_yscale("log")
+    ax.set(xlabel="step (each: 4 workers x 16 images)", ylabel="training loss (cross-entropy, log scale)",
+           title="Data-parallel SGD with compressed gradients")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bytes_vs_error(runs: dict):
+    """Bytes per worker per step (log) against test error: the trade-off."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, run in runs.items():
+        ax.scatter(run.bytes_per_worker_step, 100 * run.test_error,
+                   marker="x" if "no feedback" in label else "o", s=50)
+        ax.annotate(label, (run.bytes_per_worker_step, 100 * run.test_error), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="bytes sent per worker per step (log scale)", ylabel="test error (%)",
+           title="Bytes saved vs accuracy (o: error feedback, x: without)")
+    fig.tight_layout()
+    return fig
