@@ -54,7 +54,7 @@ def test_cost_table_and_report_show_the_numbers():
     assert "2 * 1,000 * 3 elements = 23.4 KiB" in report, report
     assert "ratio PS / ring = 4.00 (= P)" in report
     uneven = viz.cost_report(10, 4, itemsize=1)
-    assert "exactly 14 B to 16 B: uneven chunks" in uneven, uneven   # 2*10 - |c_r+1| - |c_r+2|, chunks 3,3,2,2
+    assert "exactly 14 to 16 bytes: uneven chunks" in uneven, uneven   # 2*10 - |c_r+1| - |c_r+2|, chunks 3,3,2,2
 
 
 def test_cost_explorer_sliders_drive_the_report(capsys):

@@ -79,7 +79,7 @@ def cost_report(N: int, P: int, itemsize: int = 4, alpha: float = ALPHA_S, beta:
         f"N = {N:,} elements of {itemsize} bytes ({_bytes(nbytes)}), P = {P} processes",
         f"parameter server: 2N(P-1)   = 2 * {N:,} * {P - 1} elements = {_bytes(ps)} through the server",
         f"ring all-reduce:  2N(P-1)/P = 2 * {N:,} * {P - 1}/{P} elements = {_bytes(ring.mean())} per rank"
-        + ("" if ring.min() == ring.max() else f" (exactly {_bytes(ring.min())} to {_bytes(ring.max())}: uneven chunks)"),
+        + ("" if ring.min() == ring.max() else f" (exactly {ring.min():,} to {ring.max():,} bytes: uneven chunks)"),
         f"ratio PS / ring = {ps / ring.mean() if ring.mean() else float('nan'):.2f} (= P)",
         f"alpha-beta time (alpha = {alpha * 1e6:.0f} us, 1/beta = {1 / beta / 1e9:.1f} GB/s): "
         f"PS {t_ps * 1e3:.3f} ms, ring {t_ring * 1e3:.3f} ms, ratio {t_ps / t_ring if t_ring else float('nan'):.2f}",
