@@ -33,6 +33,7 @@ shard; ``version`` counts a shard's updates.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import signal
 import time
@@ -69,7 +70,7 @@ class TinyNet:
 
     @property
     def n_params(self) -> int:
-        return sum(int(np.prod(s)) for s in self._shapes())
+        return sum(math.prod(s) for s in self._shapes())
 
     def unflatten(self, w: np.ndarray) -> list[np.ndarray]:
         """Views of the flat vector, one per weight/bias, in layout order."""
@@ -77,8 +78,8 @@ class TinyNet:
             raise ValueError(f"parameters must have shape ({self.n_params},), got {w.shape}")
         out, start = [], 0
         for s in self._shapes():
-            out.append(w[start:start + int(np.prod(s))].reshape(s))
-            start += int(np.prod(s))
+            out.append(w[start:start + math.prod(s)].reshape(s))
+            start += math.prod(s)
         return out
 
     def init(self, rng: np.random.Generator) -> np.ndarray:
@@ -560,3 +561,21 @@ def _observe(model, controls, shards, steps_done, elapsed, x, y, abort, timeout)
         return (steps_done, elapsed, np.nan)
     w = np.concatenate([p for _, p in fetched])
     return (steps_done, elapsed, model.loss(w, x, y))
+
+
+def robustness_sweep(model: TinyNet, x: np.ndarray, y: np.ndarray, replicas, arms: dict,
+                     total_steps: int, **common) -> dict[str, list[DownpourResult]]:
+    """Run every arm at every number of replicas; the experiment of lesson 09.
+
+    arms : {label: keyword arguments for ``simulate``}, or with
+        ``synchronous=True`` for ``train_synchronous``; ``common`` goes to all.
+    """
+    out = {}
+    for label, kwargs in arms.items():
+        kwargs = dict(kwargs)
+        run = train_synchronous if kwargs.pop("synchronous", False) else simulate
+        if run is simulate:
+            kwargs.setdefault("n_shards", 4)
+        out[label] = [run(model, x, y, n_replicas=R, total_steps=total_steps, **kwargs, **common)
+                      for R in replicas]
+    return out
