@@ -153,11 +153,11 @@ def test_many_back_to_back_collectives(transport, rng):
 
 # ---------------------------------------------------------------- start methods, process group
 
-@pytest.mark.parametrize("transport", ["shm", "pipe"])
-def test_spawn_start_method(transport, rng):
+@pytest.mark.parametrize("transport, start_method", [("shm", "spawn"), ("pipe", "spawn"), ("pipe", "forkserver")])
+def test_spawn_and_forkserver_start_methods(transport, start_method, rng):
     arrays = [rng.standard_normal(101).astype(np.float32) for _ in range(3)]
-    res = allreduce(arrays, transport=transport, start_method="spawn", timeout=60)
-    assert res.start_method == "spawn"
+    res = allreduce(arrays, transport=transport, start_method=start_method, timeout=60)
+    assert res.start_method == start_method
     _check_sum(res, arrays)
 
 

@@ -45,12 +45,19 @@ class CollectiveError(RuntimeError):
 
 
 def set_parent_death_signal(parent_pid: int) -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (no-op elsewhere)."""
+    """Linux: have the kernel SIGKILL this process when its parent dies (no-op elsewhere).
+
+    The parent is whoever forked us: the notebook's process, or under the
+    forkserver start method the fork server (which exits with the notebook).
+    If ``parent_pid`` died before the signal was armed, exit at once.
+    """
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:   # the parent died before prctl took effect
+    try:
+        os.kill(parent_pid, 0)           # signal 0: only asks "does it still exist?"
+    except ProcessLookupError:
         os._exit(1)
 
 
