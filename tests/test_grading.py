@@ -437,7 +437,32 @@ def _nbgrader_generate(solution: Path, course: Path) -> None:
                            "--CourseDirectory.root=" + str(course), "--CourseDirectory.db_url=sqlite:///"
                            + str(course / "gradebook.db")],
                           capture_output=True, text=True, timeout=300, cwd=course,
-                          env=dict(os.environ, COURSE_DEVICE="cpu"))
+                          env=dict(os.environ, COURSE_DEVICE="cpu",  # nbgrader runs `alembic` from PATH
+                                   PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     released = (course / "release" / "ps1" / solution.name).read_text()
     assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
+
+
+def test_a_kernel_that_cannot_start_is_reported_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setattr(execute, "KERNEL", "no-such-kernel")
+    nbformat.write(solution_notebook(), tmp_path / f"{EXERCISE}.ipynb")
+    (tmp_path / "in").mkdir()
+    nbformat.write(fake_submissions()["perfect"], tmp_path / "in" / "amy.ipynb")
+    (tmp_path / "in" / "bob.ipynb").write_text("not json")
+    grades = grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=2, limits=TEST_LIMITS)
+    assert [(g.student, g.status, g.points) for g in grades] == [("amy", "grader_error", 0), ("bob", "unreadable", 0)]
+    assert "kernel did not start" in grades[0].detail
+
+
+def test_guard_adopts_a_library_rewrapping_its_own_function():
+    import torch
+    snap = guard.take_snapshot(["torch"])
+    original = torch.manual_seed
+    try:
+        torch.manual_seed = torch._disable_dynamo(original)  # what `import torch._dynamo` does
+        assert guard.check_and_restore(snap, emit=False) == []
+        torch.manual_seed = lambda seed: None  # what a student might do
+        assert guard.check_and_restore(snap, emit=False) == ["torch.manual_seed"]
+    finally:
+        torch.manual_seed = original

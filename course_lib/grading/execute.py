@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import copy
 import math
 import os
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from course_lib.grading.build import cell_role
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 ROLE_KEY = "course_kit_grader"
+_AST_LOCK = threading.Lock()
 GUARD_CALL = ("import course_lib.grading.guard as _course_kit_guard\n"
               "_course_kit_guard.check_and_restore(_course_kit_guard.SNAPSHOT)")
 
@@ -59,7 +63,8 @@ def test_modules(nb) -> list[str]:
         if cell_role(cell) != "test" or cell.cell_type != "code":
             continue
         try:
-            tree = ast.parse(cell.source)
+            with _AST_LOCK:  # CPython 3.11's parser is not thread-safe (gh-106905)
+                tree = ast.parse(cell.source)
         except SyntaxError:
             continue
         for node in ast.walk(tree):
@@ -121,7 +126,17 @@ async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) 
                            record_timing=False, resources={"metadata": {"path": str(workdir)}})
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
     env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg")
-    async with client.async_setup_kernel(env=env):
+    client.km = client.create_kernel_manager()
+    try:
+        # the kernel process's own stdout/stderr (start-up banners) are not the cells' output
+        await client.async_start_new_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await client.async_start_new_kernel_client()
+    except Exception as err:  # noqa: BLE001 - nothing of the student's has run yet
+        if client.km is not None:
+            with contextlib.suppress(Exception):
+                await client._async_cleanup_kernel()
+        raise KernelStartError(f"the kernel did not start: {type(err).__name__}: {err}") from err
+    async with client.async_setup_kernel():  # the kernel above; shut down on the way out
         deadline = time.monotonic() + notebook_timeout
         for index, cell in enumerate(nb.cells):
             run, left = runs[index], deadline - time.monotonic()
@@ -149,7 +164,12 @@ async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) 
     return runs
 
 
-def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600) -> list[CellRun]:
+class KernelStartError(RuntimeError):
+    """The kernel did not start (before any of the notebook's cells ran)."""
+
+
+def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600,
+                 attempts: int = 2) -> list[CellRun]:
     """Run ``nb`` (not modified) in a fresh kernel started in ``workdir``; one CellRun per cell.
 
     Parameters
@@ -158,5 +178,13 @@ def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: 
     workdir : an empty folder for this submission alone (the kernel's cwd)
     cell_timeout : seconds one cell may run
     notebook_timeout : seconds all cells together may run (kernel start-up excluded)
+    attempts : kernel starts to try; a start that fails (a busy machine) is retried,
+        which is safe because no cell has run yet
     """
-    return asyncio.run(_run(copy.deepcopy(nb), workdir, cell_timeout, notebook_timeout))
+    for attempt in range(1, attempts + 1):
+        try:
+            return asyncio.run(_run(copy.deepcopy(nb), workdir, cell_timeout, notebook_timeout))
+        except KernelStartError:
+            if attempt == attempts:
+                raise
+    raise ValueError(f"attempts must be at least 1, got {attempts}")

@@ -154,11 +154,11 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
             elif run.status == "error":
                 test.status = "failed" if run.ename == "AssertionError" else "error"
                 test.detail = _short(f"{run.ename}: {run.evalue}" if run.evalue else run.ename)
-            elif run.status in ("timeout", "died"):
-                test.status = "timeout" if run.status == "timeout" else "kernel_died"
         if run.status in ("timeout", "died"):
             status = "timeout" if run.status == "timeout" else "kernel_died"
             detail = _stop_detail(run, cell, limits)
+            if test is not None and test.status == "not_run" and role is None:
+                test.status, test.detail = status, detail
             break
     for test in tests:
         if test.status == "not_run":
@@ -166,8 +166,13 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
     return status, detail, flags
 
 
-def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits) -> Grade:
-    """Grade one student; every problem becomes the Grade's status and detail."""
+def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
+                     modules: list[str] | None = None) -> Grade:
+    """Grade one student; every problem becomes the Grade's status and detail.
+
+    ``modules``: what the test cells import (``execute.test_modules(instructor)``,
+    computed once per batch when not given).
+    """
     tests = test_cells(instructor)
     problem, flags = sub.problem, []
     nb = None
@@ -181,7 +186,7 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits)
             test.status, test.detail = "ungraded", "no gradable submission"
         return Grade(sub.student, exercise, tests, kind, _short(why))
     merged = merge(instructor, nb)
-    runnable = instrument(merged.nb, test_modules(instructor))
+    runnable = instrument(merged.nb, test_modules(instructor) if modules is None else modules)
     with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
         runs = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook)
     status, detail, patched = score(runnable, runs, tests, limits)
@@ -191,9 +196,9 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits)
     return Grade(sub.student, exercise, tests, status, detail, flags)
 
 
-def _grade_safely(instructor, sub, exercise, limits) -> Grade:
+def _grade_safely(instructor, sub, exercise, limits, modules) -> Grade:
     try:
-        return grade_submission(instructor, sub, exercise, limits)
+        return grade_submission(instructor, sub, exercise, limits, modules)
     except Exception as err:  # noqa: BLE001 - one broken submission never stops the batch
         tests = test_cells(instructor)
         for test in tests:
@@ -220,9 +225,9 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     limits = limits or Limits()
     instructor = load_instructor(solution)
     subs = find_submissions(submissions, solution.name)
-    exercise = solution.stem
+    exercise, modules = solution.stem, test_modules(instructor)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda s: _grade_safely(instructor, s, exercise, limits), subs))
+        return list(pool.map(lambda s: _grade_safely(instructor, s, exercise, limits, modules), subs))
 
 
 def _points(x: float) -> str:

@@ -22,6 +22,10 @@ Changes found *before* a test are the solution cells' doing (flagged, then
 undone); changes made *during* a test mean the student's code patched the
 checker while being checked, and the grader voids that test.
 
+A replacement whose code lives in the package's own folder is the library's
+doing (importing ``torch._dynamo`` wraps ``torch.manual_seed``): it is
+adopted, not reported.
+
 Limits: this runs in the same process as the student's code, so it stops
 accidents and naive patches, not a determined attacker with full code
 execution (that needs a container per submission, as otter-grader uses).
@@ -34,6 +38,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import json
+import os
 import sys
 import types
 import warnings
@@ -83,7 +88,23 @@ def take_snapshot(modules: list[str]) -> dict:
             if isinstance(module, types.ModuleType) and (name.split(".")[0] in roots or name == __name__):
                 tracked[name] = (module, {k: v for k, v in vars(module).items() if _tracked(v)})
     ipython = {name: (items, list(items)) for name, items in _ipython_lists().items()}
-    return {"modules": tracked, "ipython": ipython}
+    return {"modules": tracked, "ipython": ipython, "homes": {root: _home(root) for root in roots}}
+
+
+def _home(root: str) -> str | None:
+    """The folder a top-level package is installed in (None for built-in modules)."""
+    path = getattr(sys.modules.get(root), "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
+
+
+def _library_own(value, home: str | None) -> bool:
+    """A replacement the library made itself: Python code from the package's own folder.
+
+    (Importing ``torch._dynamo`` re-wraps ``torch.manual_seed``, for example.)
+    A function written in a notebook cell lives in a kernel temp file instead.
+    """
+    code = getattr(value, "__code__", None)
+    return bool(home) and code is not None and os.path.abspath(code.co_filename).startswith(home)
 
 
 def forget_volatile(snapshot: dict) -> list[str]:
@@ -111,11 +132,16 @@ def check_and_restore(snapshot: dict, emit: bool = True) -> list[str]:
         if sys.modules.get(name) is not module:
             sys.modules[name] = module
             changed.append(f"sys.modules[{name!r}]")
-        namespace = vars(module)
+        namespace, home = vars(module), snapshot["homes"].get(name.split(".")[0])
         for attr, value in attrs.items():
-            if namespace.get(attr, MISSING) is not value:
-                namespace[attr] = value
-                changed.append(f"{name}.{attr}")
+            now = namespace.get(attr, MISSING)
+            if now is value:
+                continue
+            if now is not MISSING and _library_own(now, home):
+                attrs[attr] = now  # the library's own doing: the new normal
+                continue
+            namespace[attr] = value
+            changed.append(f"{name}.{attr}")
     for name, (items, saved) in snapshot["ipython"].items():
         if items != saved:
             items[:] = saved

@@ -13,7 +13,8 @@ Reading order
 
    ==========================  ==================================================
    ``edited_test:ID``          the student's copy of test ``ID`` differs from the
-                               released one (the instructor's copy runs)
+                               released one (and from the instructor's: the
+                               instructor's copy runs)
    ``deleted_test:ID``         test ``ID`` is missing (the instructor's copy runs)
    ``edited_locked:ID``        a read-only cell was changed (ditto)
    ``deleted_locked:ID``       a read-only cell is missing (ditto)
@@ -172,7 +173,8 @@ def merge(instructor, student) -> Merged:
             kind = "test" if role == "test" else "locked"
             if key not in theirs:
                 flags.append(f"deleted_{kind}:{key}")
-            elif _normalized(theirs[key].get("source", "")) != _normalized(released.source):
+            elif _normalized(theirs[key].get("source", "")) not in (_normalized(released.source),
+                                                                    _normalized(cell.source)):
                 flags.append(f"edited_{kind}:{key}")
     if dropped:
         flags.append(f"dropped_cells:{dropped}")
