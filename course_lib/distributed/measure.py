@@ -9,8 +9,8 @@ The factor 2(P-1)/P is the ring's (lecture 5: each process sends 2N(P-1)/P),
 so busbw is comparable across P and with the hardware's peak bandwidth.
 
 ``sweep`` runs every method at every size and world size, all in one run
-(ratios between methods are only meaningful within one run), checking each
-output against the float64 sum as it goes.
+(ratios between methods are only meaningful within one run), interleaving
+the methods, and checks each output against the float64 sum as it goes.
 """
 
 from __future__ import annotations
@@ -42,26 +42,41 @@ def run_method(method: str, arrays, repeats: int, timeout: float = 120.0):
     return allreduce(arrays, algorithm=algorithm, transport=transport, repeats=repeats, timeout=timeout)
 
 
-def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, dtype=np.float32) -> list[dict]:
+def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, rounds: int = 3,
+          dtype=np.float32) -> list[dict]:
     """Median time, algbw and busbw of every method, size (bytes) and world size.
+
+    Each (size, P) runs the methods in turn, ``rounds`` times, each time for
+    about ``repeats / rounds`` back-to-back collectives after one warm-up; a
+    method's time is the median over all of them of the slowest rank's time. Interleaving keeps a
+    burst of load on a shared machine from falling on one method only.
 
     Returns a list of dicts with keys method, P, nbytes, time (s), algbw, busbw (bytes/s),
     max_error (vs the float64 sum) and identical (all ranks bit-identical).
     """
-    rng = np.random.default_rng(seed)
+    rng, itemsize = np.random.default_rng(seed), np.dtype(dtype).itemsize
     rows = []
     for P in world_sizes:
         for nbytes in sizes:
-            N = nbytes // np.dtype(dtype).itemsize
+            N = nbytes // itemsize
             arrays = [rng.standard_normal(N, dtype=np.float64).astype(dtype) for _ in range(P)]
             exact = np.sum(np.stack(arrays).astype(np.float64), axis=0)          # (N,)
+            per_round = max(3, -(-(repeats or default_repeats(nbytes)) // rounds))
+            samples = {m: [] for m in methods}
+            errors = {m: 0.0 for m in methods}
+            identical = {m: True for m in methods}
+            for _ in range(rounds):
+                for method in methods:
+                    res = run_method(method, arrays, per_round + 1)     # the first one warms up
+                    samples[method].extend(res.elapsed[1:].max(axis=1))
+                    errors[method] = max(errors[method], *(float(np.abs(o - exact).max(initial=0))
+                                                           for o in res.outputs))
+                    identical[method] &= all(np.array_equal(o, res.outputs[0]) for o in res.outputs)
             for method in methods:
-                res = run_method(method, arrays, repeats or default_repeats(nbytes))
-                algbw, busbw = bus_bandwidth(N * np.dtype(dtype).itemsize, res.time, P)
-                rows.append(dict(method=method, P=P, nbytes=N * np.dtype(dtype).itemsize, time=res.time,
-                                 algbw=algbw, busbw=busbw,
-                                 max_error=float(max(np.abs(o - exact).max(initial=0) for o in res.outputs)),
-                                 identical=all(np.array_equal(o, res.outputs[0]) for o in res.outputs)))
+                seconds = float(np.median(samples[method]))
+                algbw, busbw = bus_bandwidth(N * itemsize, seconds, P)
+                rows.append(dict(method=method, P=P, nbytes=N * itemsize, time=seconds, algbw=algbw,
+                                 busbw=busbw, max_error=errors[method], identical=identical[method]))
     return rows
 
 
