@@ -64,3 +64,17 @@ def test_bad_arguments():
         launch_torch(failing_worker, 0, args=(0,))
     with pytest.raises(ValueError, match="rank 1 has"):
         torch_allreduce([np.zeros(2), np.zeros(3)])
+
+
+def test_sweep_reports_bandwidths_and_checks_results():
+    from course_lib.distributed.measure import bus_bandwidth, default_repeats, format_table, sweep
+    assert bus_bandwidth(1000, 0.5, 4) == (2000.0, 2000.0 * 2 * 3 / 4)       # busbw = algbw * 2(P-1)/P
+    assert bus_bandwidth(1000, 0.5, 1)[1] == 0.0
+    assert 5 <= default_repeats(64 << 20) <= default_repeats(4096) <= 200
+    rows = sweep([4096, 8192], [2], methods=("ring/shm", "ps/pipe", "gloo"), repeats=3, rounds=1)
+    assert [(r["method"], r["nbytes"]) for r in rows] == [(m, n) for n in (4096, 8192)
+                                                         for m in ("ring/shm", "ps/pipe", "gloo")]
+    for r in rows:
+        assert r["identical"] and r["max_error"] < 1e-5 and r["time"] > 0
+        assert r["algbw"] == pytest.approx(r["nbytes"] / r["time"]) and r["busbw"] == pytest.approx(r["algbw"])
+    assert len(format_table(rows).splitlines()) == 1 + len(rows)

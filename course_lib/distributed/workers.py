@@ -15,8 +15,11 @@ from .schedule import chunk_bounds
 
 
 def data_parallel_least_squares(pg, X: np.ndarray, y: np.ndarray, steps: int, lr: float,
-                                algorithm: str = "ring") -> np.ndarray:
+                                algorithm: str = "ring", seed: int = 0) -> np.ndarray:
     """Gradient descent on ``L(w) = ||X w - y||^2 / (2n)`` with the rows split across ranks.
+
+    Every rank draws its own random start (seed + rank), then takes rank 0's
+    (``broadcast_``), as DistributedDataParallel does when it wraps a model.
 
     Parameters
     ----------
@@ -30,7 +33,8 @@ def data_parallel_least_squares(pg, X: np.ndarray, y: np.ndarray, steps: int, lr
     """
     a, b = chunk_bounds(len(X), pg.world_size)[pg.rank]
     X_r, y_r = X[a:b], y[a:b]                         # (n_r, D), (n_r,): this rank's rows
-    w = np.zeros(X.shape[1])                          # (D,)
+    w = np.random.default_rng(seed + pg.rank).standard_normal(X.shape[1])   # (D,) differs per rank
+    pg.broadcast_(w, root=0)                          # now rank 0's start everywhere
     for _ in range(steps):
         grad = X_r.T @ (X_r @ w - y_r)                # (D,) sum over my rows
         pg.allreduce_(grad, algorithm=algorithm)      # (D,) sum over all n rows
@@ -38,9 +42,9 @@ def data_parallel_least_squares(pg, X: np.ndarray, y: np.ndarray, steps: int, lr
     return w
 
 
-def least_squares_reference(X: np.ndarray, y: np.ndarray, steps: int, lr: float) -> np.ndarray:
+def least_squares_reference(X: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0) -> np.ndarray:
     """The same gradient descent in one process, on all rows (what data parallelism must match)."""
-    w = np.zeros(X.shape[1])
+    w = np.random.default_rng(seed).standard_normal(X.shape[1])          # rank 0's start
     for _ in range(steps):
         w -= lr * (X.T @ (X @ w - y)) / len(X)
     return w
