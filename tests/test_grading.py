@@ -333,6 +333,7 @@ def test_exact_points(batch, student):
     ("duplicate", ["duplicate_grade_id:add"]),
     ("edited", ["edited_test:test_add", "deleted_test:test_add_hidden", "dropped_cells:1"]),
     ("patched", ["patched:numpy.allclose"]),
+    ("patch_in_test", ["tampered:test_add", "tampered:test_add_hidden"]),
 ])
 def test_flags(batch, student, flags):
     assert batch[1][student].flags == flags

@@ -23,7 +23,8 @@ statuses: passed, failed (AssertionError), error (another exception),
 timeout, kernel_died, not_run, tampered, ungraded. TOTAL statuses: graded,
 timeout, kernel_died, unreadable, missing, wrong_exercise, duplicate,
 grader_error. Flags are listed in ``course_lib.grading.submission``, plus
-``patched:NAME`` when the answer cells replaced a function the tests use.
+``patched:NAME`` when the answer cells replaced a function the tests use and
+``tampered:TEST`` when the code under test did so while TEST ran (TEST scores 0).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
             elif restored and test is not None:
                 test.status, test.points = "tampered", 0.0
                 test.detail = _short(f"the code under test replaced {', '.join(restored)} while the test ran")
+                flags.append(f"tampered:{test.test_id}")
         elif test is not None and test.status == "not_run":
             if run.status == "ok":
                 test.status, test.points = "passed", test.max_points
@@ -280,6 +282,7 @@ FLAG_NOTES = {
     "dropped_cells": "{id} code cell(s) you added outside the answer cells were not run: "
                      "put everything your answer needs inside the answer cells",
     "patched": "your answer cells replaced {id}, which the tests use; it was put back before each test",
+    "tampered": "while test {id} ran, your code replaced something the test uses, so the test scores 0",
 }
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         return None, f"unreadable: {path.name} is JSON but not a notebook (no 'cells' list)"
     try:
-        nb = nbformat.reads(text, as_version=4)
+        with warnings.catch_warnings():  # e.g. duplicate cell ids, which nbformat repairs
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4)
         for cell in nb.cells:  # the fields merge() reads must have the right types
             if not isinstance(cell.get("source", ""), str) or not isinstance(cell.get("metadata", {}), dict):
                 raise ValueError("a cell has a malformed 'source' or 'metadata'")
