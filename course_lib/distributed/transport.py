@@ -363,6 +363,6 @@ class PipeEndpoint(Endpoint):
     def close(self) -> None:
         if self._sender is not None:
             self._jobs.put(None)
-            self._sender.join(timeout=5)
+            self._sender.join(timeout=1)   # daemon: a send blocked on a hung peer must not hold us
         for conn in list(self._writers.values()) + list(self._readers.values()):
             conn.close()
