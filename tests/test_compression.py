@@ -109,3 +109,21 @@ def test_error_feedback_matters_for_topk(data):
     assert ef.bytes_per_worker_step == 8 * 25 and dense.bytes_per_worker_step == 4 * model.n_params
     assert ef.curve[-1, 1] < no_ef.curve[-1, 1] - 0.1, (ef.curve[-1], no_ef.curve[-1])
     assert ef.curve[-1, 1] < 1.5 * dense.curve[-1, 1]
+
+
+def test_figures_have_titles_and_labels(data):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import compression as viz
+    g = np.linspace(-1, 1, 8).astype(np.float32)
+    runs = {"dense": train_compressed(TinyNet(), data, "dense", steps=10, eval_every=5),
+            "top-1%, no feedback": train_compressed(TinyNet(), data, "topk", steps=10, eval_every=5,
+                                                    error_feedback=False)}
+    figs = [viz.plot_message(g, {"sign": sign_compress(g), "top-2": topk_compress(g, None, 2)}),
+            viz.plot_bytes_vs_workers(1000, {"sign": 129}, workers=(2, 8)),
+            viz.plot_training(runs), viz.plot_bytes_vs_error(runs)]
+    for fig in figs:
+        assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
+        assert fig.axes[0].get_ylabel()
+        plt.close(fig)

@@ -201,3 +201,22 @@ def test_processes_report_a_dead_shard(digits):
     with pytest.raises(ShardFailure, match=r"shard 1 \(parameters \[1205:2410\]\) exited with code -9"):
         run_processes(TinyNet(), *digits, n_replicas=2, kill_shards={1: 50}, **PKW, start_method="fork")
     assert not mp.active_children()
+
+
+def test_robustness_sweep_and_figures(digits):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.distributed.downpour import robustness_sweep
+    from course_lib.viz import downpour as viz
+    arms = {"async": dict(optimizer="sgd", lr=0.1), "sync": dict(synchronous=True, lr=0.1)}
+    sweep = robustness_sweep(TinyNet(), *digits, [1, 4], arms, total_steps=200, eval_every=100)
+    direct = simulate(TinyNet(), *digits, n_replicas=4, n_shards=4, total_steps=200, optimizer="sgd",
+                      lr=0.1, eval_every=100)
+    np.testing.assert_array_equal(sweep["async"][1].params, direct.params)
+    assert [sum(r.steps_per_replica) for r in sweep["sync"]] == [200, 200]
+    figs = [viz.plot_architecture(3, 2, 2410), viz.plot_staleness({"R = 4": direct}),
+            viz.plot_curves({"R = 4": direct}, x="time"), viz.plot_robustness([1, 4], sweep)]
+    for fig in figs:
+        assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
+        plt.close(fig)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from course_lib import scaling
 from course_lib.distributed.cost import ring_time
 from course_lib.scaling import (IMAGENET_AT_SCALE, POWERAI_CAFFE, POWERAI_MODEL, POWERAI_TORCH,
                                 CommModel, check_table, iteration_timeline, modelled_efficiency,
@@ -103,3 +104,45 @@ def test_overlap_never_hurts_and_efficiency_falls_with_nodes(alpha, bandwidth, b
     assert np.all(with_overlap >= without - 1e-12)
     assert np.all(np.diff(without) <= 1e-12) and np.all(with_overlap <= 1 + 1e-12)
     assert with_overlap[0] == without[0] == 1.0
+
+
+# --- the widget's logic and the figures -------------------------------------
+
+def test_what_if_by_hand():
+    free = scaling.what_if(0.0, 64)
+    assert free["overlap"] == pytest.approx(1.0) and free["no_overlap"] == pytest.approx(1.0)
+    w = scaling.what_if(0.2, 64)
+    # without overlap: t = compute + the whole all-reduce, 2N(P-1)/P at a bandwidth that makes 2N take 0.2 compute
+    assert w["no_overlap"] == pytest.approx(1 / (1 + 0.2 * 63 / 64))
+    assert w["t_comm"] == pytest.approx(0.2 * 0.1 * 63 / 64)
+    assert w["no_overlap"] < w["overlap"] < 1.0
+    with pytest.raises(ValueError, match="comm_over_compute"):
+        scaling.what_if(-1.0, 4)
+
+
+def _labelled(fig):
+    for ax in fig.axes:
+        assert ax.get_title() and ax.get_xlabel(), f"axes without title or x label: {ax}"
+    assert any(ax.get_ylabel() for ax in fig.axes) or len(fig.axes) == 1
+
+
+def test_figures_have_titles_and_labels():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import scaling as viz
+    tl = iteration_timeline(resnet50_layers(), 0.1, 8, POWERAI_MODEL["comm"], overlap=True)
+    for fig in (viz.plot_powerai(), viz.plot_timeline({"overlap": tl}),
+                viz.plot_efficiency_curves(nodes=(1, 4), ratios=(0.2,)), viz.plot_imagenet()):
+        _labelled(fig)
+        plt.close(fig)
+
+
+def test_what_if_widget_follows_its_sliders(capsys):
+    from course_lib.viz import scaling as viz
+    box = viz.what_if_explorer(0.2, 64)
+    assert "efficiency 83.6%" in capsys.readouterr().out            # printed once for the stored notebook
+    box.ratio.value = 1.0
+    assert viz.what_if_report(1.0, 64).splitlines()[1] in box.report.value
+    box.nodes.value = 1
+    assert "efficiency 100.0%" in box.report.value

@@ -91,3 +91,23 @@ def test_warmup_rescues_a_large_learning_rate(digits):
     warm = train_digits(256, lr, epochs=20, warmup_epochs=5, start_lr=0.05, data=digits)
     assert warm.warmup_steps == 5 * 6
     assert warm.test_error < 0.06 and cold.test_error > warm.test_error + 0.04, (cold, warm)
+
+
+def test_sweep_runs_each_setting_once_and_figures_are_labelled(digits):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.schedules import batch_size_sweep
+    from course_lib.viz import large_minibatch as viz
+    arms = batch_size_sweep([8, 32], base_lr=0.05, base_batch=8, epochs=1, warmup_epochs=0.5, data=digits)
+    assert list(arms) == ["no scaling", "linear scaling", "linear scaling + warm-up"]
+    none, lin, warm = (arms[a] for a in arms)
+    assert none[0] is lin[0] is warm[0], "at kn = base_batch the three arms are one run"
+    assert [r.lr for r in lin] == pytest.approx([0.05, 0.2]) and none[1].lr == 0.05
+    assert warm[1].warmup_steps == round(0.5 * -(-len(digits.x_train) // 32)) and lin[1].warmup_steps == 0
+    for fig in (viz.plot_schedules(batches=(256, 1024), iters_per_epoch_at_256=4, epochs=10,
+                                   warmup_epochs=2, milestones=(5,)),
+                viz.plot_error_vs_batch(arms, 8, 0.05)):
+        ax = fig.axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        plt.close(fig)
