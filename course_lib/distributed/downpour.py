@@ -195,9 +195,10 @@ def make_shards(w0: np.ndarray, n_shards: int, **shard_kwargs) -> list[Shard]:
 class Replica:
     """A model replica: its data shard, its copy of the parameters, its pending gradient.
 
-    ``step`` fetches when due (every n_fetch steps), computes one minibatch
-    gradient at the fetched parameters, accumulates it, and returns the mean
-    accumulated gradient when a push is due (every n_push steps), else None.
+    One step, as both modes drive it: if ``due_fetch()`` (every n_fetch
+    steps), fetch from every shard and ``set_params``; then ``compute()`` one
+    minibatch gradient at those parameters, accumulate it, and get back the
+    mean accumulated gradient when a push is due (every n_push steps), else None.
     """
 
     def __init__(self, rank: int, model: TinyNet, x: np.ndarray, y: np.ndarray, batch: int,
@@ -237,9 +238,11 @@ def _split_data(x, y, n_replicas):
 class DownpourResult:
     """What a Downpour run leaves behind.
 
-    params : final flat parameters; curve : (steps done, time, training loss)
-    rows; staleness : (shard, staleness) rows, one per update;
-    steps_per_replica : steps each replica completed; failed : replicas that died.
+    params : final flat parameters (n_params,)
+    curve : (n_evals, 3) rows of (steps done, time in s, training loss)
+    staleness : (n_updates, 2) rows of (shard, staleness), one per update
+    steps_per_replica : steps each replica completed; failed : replicas that died
+    final_loss : training loss of ``params`` on the whole training set
     """
     params: np.ndarray
     curve: np.ndarray
@@ -329,6 +332,7 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
             curve.append((done, now, model.loss(w, x, y)))
         if done < total_steps:
             start_step(r, now)
+    failed = set(failed) | {r for r, t in dies.items() if t <= now}     # died, even if between steps
     return _result(model, shards, [rep.steps for rep in replicas], curve, failed, x, y)
 
 
