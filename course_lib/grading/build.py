@@ -9,7 +9,8 @@ that nbgrader can read them too):
 * a **test cell** has ``{grade: true, solution: false, locked: true, grade_id,
   points, schema_version: 3}``; instructor-only checks sit between
   ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
-* the notebook's ``metadata.course_kit.lesson`` names the lesson to read.
+* the notebook's ``metadata.course_kit.lesson`` names the lesson to read (a
+  solution cell's own ``metadata.course_kit.lesson`` overrides it).
 
 The student's copy replaces each solution block by a stub that raises
 ``NotImplementedError`` pointing at the lesson, drops hidden tests, and
@@ -68,6 +69,7 @@ def _replace_blocks(source: str, begin: str, end: str, stub) -> str:
 def student_cell(cell, lesson: str):
     """The student's version of one cell (a new cell; the input is not modified)."""
     cell = copy.deepcopy(cell)
+    lesson = cell.get("metadata", {}).get("course_kit", {}).get("lesson", lesson)  # a cell may name its own
     role, grade_id = cell_role(cell), cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
     if cell.cell_type == "code":
         cell.outputs, cell.execution_count = [], None
