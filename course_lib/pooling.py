@@ -131,6 +131,22 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
     return (out, argmax) if return_indices else out
 
 
+def _winner_flat_index(argmax: np.ndarray, padded_shape: tuple, kernel: tuple, stride: tuple) -> np.ndarray:
+    """Where each window's winner sits in the flattened padded input (N*C*Hp*Wp,).
+
+    Window (n, c, i, j) has its top-left corner at ``((n*C + c)*Hp + i*SH)*Wp + j*SW``;
+    its element (u, v), number ``u*KW + v`` in ``argmax``, is ``u*Wp + v`` further on.
+    """
+    N, C, Hp, Wp = padded_shape
+    (KH, KW), (SH, SW) = kernel, stride
+    H_out, W_out = argmax.shape[2:]
+    corner = (np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (Hp * Wp)   # start of plane (n, c)
+              + (np.arange(H_out) * (SH * Wp))[:, None]                         # + row i*SH
+              + np.arange(W_out) * SW)                                          # + column j*SW
+    step_in_window = (np.arange(KH)[:, None] * Wp + np.arange(KW)).ravel()      # (KH*KW,): u*Wp + v
+    return corner + step_in_window[argmax]                                      # (N, C, H_out, W_out)
+
+
 def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
                         argmax: np.ndarray | None = None) -> np.ndarray:
     """Gradient of max pooling: each output's gradient flows to its window's winner.
@@ -140,6 +156,11 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     Every other input gets zero. When windows overlap (stride < kernel), an
     input that wins several windows receives the sum of their gradients, as
     in autograd. Ties go to the first maximum in row-major window order.
+
+    Like PyTorch's kernel, this is one scatter: the flat position of each
+    winner in the (padded) input, then one assignment when windows do not
+    overlap, or ``np.add.at`` when they do (it adds repeated positions up,
+    where ``dx[target] += dout`` would keep only one of them).
 
     Parameters
     ----------
@@ -164,13 +185,12 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
         _, argmax = max_pool2d(x, (KH, KW), (SH, SW), (PH, PW), return_indices=True)
     elif argmax.shape != dout.shape:
         raise ValueError(f"argmax has shape {argmax.shape}; it must match dout {dout.shape}")
-    dxp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)  # padded gradient
-    for u in range(KH):
-        for v in range(KW):
-            won = argmax == u * KW + v                                   # windows whose winner is (u, v)
-            target = _offset_view(dxp, u, v, SH, SW, H_out, W_out)       # a writable view into dxp
-            if SH >= KH and SW >= KW:                                    # windows do not overlap
-                np.copyto(target, dout, where=won)
-            else:                                                        # overlaps accumulate
-                target += np.where(won, dout, 0)
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    target = _winner_flat_index(argmax, (N, C, Hp, Wp), (KH, KW), (SH, SW))  # (N, C, H_out, W_out)
+    dxp = np.zeros(N * C * Hp * Wp, dtype=dout.dtype)                # the padded gradient, flat
+    if SH >= KH and SW >= KW:                                        # windows do not overlap:
+        dxp[target.ravel()] = dout.ravel()                           # each target appears once
+    else:                                                            # overlapping windows: add.at sums
+        np.add.at(dxp, target.ravel(), dout.ravel())                 # repeated targets (a plain += would not)
+    dxp = dxp.reshape(N, C, Hp, Wp)
     return np.ascontiguousarray(dxp[:, :, PH:PH + H, PW:PW + W])
