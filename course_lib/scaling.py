@@ -164,7 +164,7 @@ class Layer:
     flops: float       # forward multiply-adds x 2, for one 224x224 image
 
 
-def _conv(name, C, K, k, H_out, stride_note=""):
+def _conv(name, C, K, k, H_out):
     return Layer(name, C * K * k * k + 2 * K, 2.0 * C * K * k * k * H_out * H_out)
 
 
