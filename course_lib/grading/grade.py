@@ -115,12 +115,35 @@ def _guard_report(run: CellRun) -> list[str] | None:
 
 
 def _stop_detail(run: CellRun, cell, limits: Limits) -> str:
-    where = cell.metadata.get(ROLE_KEY, {}).get("role") or grade_id(cell) or "a cell"
-    what = f"cell {where!r}"
+    grader = cell.metadata.get(ROLE_KEY)
+    if grader:
+        what = f"the grader's check around test {grader.get('test_id')!r}"
+    else:
+        what = f"cell {grade_id(cell) or 'without a grade id'!r}"
     if run.status == "died":
         return f"the kernel died in {what}; the tests after it score 0"
     seconds = limits.cell if run.limit == "cell" else limits.notebook
     return f"{what} ran past the {seconds:g} s {run.limit} time limit; the tests after it score 0"
+
+
+def _void(test: TestResult, why: str) -> None:
+    test.status, test.points, test.detail = "tampered", 0.0, _short(why)
+
+
+def _apply_guard(role: str, run: CellRun, test: TestResult | None, flags: list[str]) -> None:
+    """A guard cell's report. Before a test: what the answer cells patched (flagged,
+    undone). After it: what the code under test patched while it ran (the test is void)."""
+    if test is None or run.status not in ("ok", "error"):
+        return
+    restored = _guard_report(run)
+    if restored is None:
+        _void(test, f"the grader could not check the test's environment ({run.ename or 'no report'}): "
+                    "did the answer cells remove the grader's guard?")
+    elif role == "before":
+        flags += [f"patched:{name}" for name in restored if f"patched:{name}" not in flags]
+    elif restored:
+        _void(test, f"the code under test replaced {', '.join(restored)} while the test ran")
+        flags.append(f"tampered:{test.test_id}")
 
 
 def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> tuple[str, str, list[str]]:
@@ -130,41 +153,26 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
     for cell, run in zip(nb.cells, runs):
         role = cell.metadata.get(ROLE_KEY, {}).get("role")
         test = by_id.get(grade_id(cell)) if cell_role(cell) == "test" else None
-        if role == "preamble" and run.status not in ("ok", "timeout", "died"):
+        if role == "preamble" and run.status == "error":
             raise RuntimeError(f"the grader's preamble failed before any student code ran: "
                                f"{run.ename}: {run.evalue}")
         if role in ("before", "after"):
-            test = by_id.get(cell.metadata[ROLE_KEY]["test_id"])
-            restored = _guard_report(run)
-            if run.status == "not_run":
-                continue
-            if restored is None and run.status in ("ok", "error"):
-                if test is not None:
-                    test.status, test.points = "tampered", 0.0
-                    test.detail = "the grader could not check the test's environment " \
-                                  f"({run.ename or 'no report'}): did the answer cells remove the grader's guard?"
-                continue
-            if role == "before":
-                flags += [f"patched:{name}" for name in restored or [] if f"patched:{name}" not in flags]
-            elif restored and test is not None:
-                test.status, test.points = "tampered", 0.0
-                test.detail = _short(f"the code under test replaced {', '.join(restored)} while the test ran")
-                flags.append(f"tampered:{test.test_id}")
-        elif test is not None and test.status == "not_run":
+            _apply_guard(role, run, by_id.get(cell.metadata[ROLE_KEY]["test_id"]), flags)
+        elif test is not None and test.status == "not_run" and run.status in ("ok", "error"):
             if run.status == "ok":
                 test.status, test.points = "passed", test.max_points
-            elif run.status == "error":
+            else:
                 test.status = "failed" if run.ename == "AssertionError" else "error"
                 test.detail = _short(f"{run.ename}: {run.evalue}" if run.evalue else run.ename)
         if run.status in ("timeout", "died"):
             status = "timeout" if run.status == "timeout" else "kernel_died"
             detail = _stop_detail(run, cell, limits)
-            if test is not None and test.status == "not_run" and role is None:
+            if test is not None and test.status == "not_run":
                 test.status, test.detail = status, detail
             break
     for test in tests:
         if test.status == "not_run":
-            test.detail = test.detail or "not reached: " + (detail or "the notebook stopped before it")
+            test.detail = "not reached: " + (detail or "the notebook stopped before it")
     return status, detail, flags
 
 
@@ -176,8 +184,7 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
     computed once per batch when not given).
     """
     tests = test_cells(instructor)
-    problem, flags = sub.problem, []
-    nb = None
+    problem, nb = sub.problem, None
     if not problem:
         nb, problem = read_submission(sub.path)
     if not problem:
