@@ -36,6 +36,7 @@ import heapq
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import connection
@@ -426,14 +427,19 @@ def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, ab
 
 
 def replica_worker(rank, model, x, y, settings, shard_conns, bounds, counter, steps, abort,
-                   die_at_step) -> None:
+                   start, die_at_step) -> None:
     """A replica process: claim steps from the shared counter until ``total_steps`` are done.
 
-    ``die_at_step``: SIGKILL ourselves right after that many steps of our own
-    (a crash, for the lesson), or None.
+    ``start``: a barrier, so that all replicas begin together (none is starved
+    by a late start). ``die_at_step``: SIGKILL ourselves right after that many
+    steps of our own (a crash, for the lesson), or None.
     """
     rep = Replica(rank, model, x, y, settings["batch"], settings["n_fetch"], settings["n_push"],
                   settings["seed"])
+    try:
+        start.wait(settings["timeout"])
+    except threading.BrokenBarrierError:          # a sibling never came: go on without it
+        pass
     while not abort.is_set():
         with counter.get_lock():                        # claim one step of the global budget
             if counter.value >= settings["total_steps"]:
@@ -501,13 +507,14 @@ def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: i
     links = [[ctx.Pipe() for _ in range(n_shards)] for _ in range(n_replicas)]   # links[r][s]
     controls = [ctx.Pipe() for _ in range(n_shards)]
     counter, steps, abort = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Event()
+    start_together = ctx.Barrier(n_replicas)
     shards = [ctx.Process(target=shard_worker, name=f"downpour-shard-{s}", daemon=True,
                           args=(s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
                                 controls[s][1], abort, kill_shards.get(s)))
               for s, (lo, hi) in enumerate(bounds)]
     replicas = [ctx.Process(target=replica_worker, name=f"downpour-replica-{r}", daemon=True,
                             args=(r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
-                                  bounds, counter, steps, abort, kill_replicas.get(r)))
+                                  bounds, counter, steps, abort, start_together, kill_replicas.get(r)))
                 for r, (xr, yr) in enumerate(_split_data(x, y, n_replicas))]
     curve, start = [], time.monotonic()
     try:
