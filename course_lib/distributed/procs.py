@@ -55,9 +55,12 @@ def set_parent_death_signal(parent_pid: int) -> None:
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
-        os.kill(parent_pid, 0)           # signal 0: only asks "does it still exist?"
-    except ProcessLookupError:
+    try:                                 # a killed parent stays a zombie ("Z") until reaped
+        with open(f"/proc/{parent_pid}/stat") as f:
+            parent_alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        parent_alive = False
+    if not parent_alive:
         os._exit(1)
 
 
@@ -71,7 +74,7 @@ def _child_main(target, rank: int, parent_pid: int, result_conn, args) -> None:
     try:
         value = target(rank, *args)
     except BaseException as exc:
-        result_conn.send(("raised", (traceback.format_exc(), isinstance(exc, SECONDARY))))
+        result_conn.send(("raised", (traceback.format_exc(), isinstance(exc, SECONDARY), time.time())))
         result_conn.close()
         os._exit(1)
     result_conn.send(("ok", value))
@@ -126,45 +129,49 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
 def _collect(procs, readers, deadline, timeout, diagnose) -> list:
     """Wait for every rank's result, a failure, or the deadline.
 
-    After the first failure, wait up to ``GRACE`` seconds for its cause: a rank
-    that died or raised on its own beats one that only lost its peer.
+    After the first failure keep listening a little (``SETTLE`` seconds, or
+    ``GRACE`` if it only looks like a consequence) and blame the likeliest
+    cause: a rank that died, else the earliest exception that is not a lost
+    connection, else the earliest one.
     """
     P = len(procs)
-    results, done, failures, grace_end = [None] * P, [False] * P, [], None
+    results, done, failures, first = [None] * P, [False] * P, [], None
     while True:
-        primary = [f for f in failures if f[0]]
-        if primary or (failures and time.monotonic() >= grace_end):
-            _, rank, reason, message = (primary or failures)[0]
-            raise CollectiveError(message, rank, reason)
-        if all(done):
+        if failures:
+            waited = time.monotonic() - first
+            if waited >= GRACE or (min(failures)[0] < 2 and waited >= SETTLE):
+                _, _, rank, reason, message = min(failures)
+                raise CollectiveError(message, rank, reason)
+        elif all(done):
             return results
-        remaining = (grace_end if failures else deadline) - time.monotonic()
-        if remaining <= 0:
+        remaining = (first + GRACE if failures else deadline) - time.monotonic()
+        if remaining <= 0 and not failures:
             late = [r for r in range(P) if not done[r]]
             rank, who = diagnose(late) if diagnose is not None else (None, "")
             raise CollectiveError(f"timed out after {timeout:g} s: rank(s) {late} did not finish. {who}".strip(),
                                   rank if rank is not None else (late[0] if len(late) == 1 else None), "timeout")
-        failed = {f[1] for f in failures}
+        failed = {f[2] for f in failures}
         live = [r for r in range(P) if not done[r] and r not in failed]
         ready = set(wait_for_ready([readers[r] for r in live] + [procs[r].sentinel for r in live],
-                                   timeout=remaining))
+                                   timeout=max(0.0, min(remaining, SETTLE))))
         for rank in live:
             if readers[rank] in ready or procs[rank].sentinel in ready:
                 outcome = _outcome(rank, procs[rank], readers[rank])
-                if outcome is None:
-                    continue
-                if outcome[0] == "ok":
+                if outcome is not None and outcome[0] == "ok":
                     results[rank], done[rank] = outcome[1], True
-                else:
+                elif outcome is not None:
                     failures.append(outcome[1])
-                    grace_end = grace_end or time.monotonic() + GRACE
+                    first = first or time.monotonic()
 
 
-GRACE = 1.0  # seconds to look for a failure's cause
+SETTLE, GRACE = 0.1, 1.0  # seconds to listen for a failure's cause after seeing one
 
 
 def _outcome(rank, proc, reader):
-    """("ok", value), ("failed", (primary, rank, reason, message)), or None if nothing happened yet."""
+    """("ok", value) or ("failed", (priority, when, rank, reason, message)), None if nothing yet.
+
+    priority 0: the process died; 1: it raised; 2: it raised a lost-connection error.
+    """
     if reader.poll():
         try:
             status, value = reader.recv()
@@ -173,12 +180,12 @@ def _outcome(rank, proc, reader):
         if status == "ok":
             return "ok", value
         if status == "raised":
-            text, secondary = value
-            return "failed", (not secondary, rank, "raised", f"rank {rank} raised an exception:\n{text}")
+            text, secondary, when = value
+            return "failed", (2 if secondary else 1, when, rank, "raised", f"rank {rank} raised an exception:\n{text}")
     if not proc.is_alive():
         proc.join(timeout=1)
-        return "failed", (True, rank, "died", f"rank {rank} died ({_exit_reason(proc.exitcode)}) before "
-                                              f"finishing; the other ranks were stopped")
+        return "failed", (0, time.time(), rank, "died", f"rank {rank} died ({_exit_reason(proc.exitcode)}) "
+                                                        f"before finishing; the other ranks were stopped")
     return None
 
 

@@ -48,10 +48,9 @@ def _torch_worker(rank, world_size, init_file, backend, timeout, fn, args):
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size, timeout=timedelta(seconds=timeout))
-    try:
-        return fn(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
+    result = fn(rank, world_size, *args)
+    dist.destroy_process_group()   # only on success: after a failure, leaving the group before the
+    return result                  # parent has our report would make the peers fail first
 
 
 def launch_torch(fn, world_size: int, *, args: tuple = (), backend: str | None = None,
