@@ -41,6 +41,7 @@ from course_lib.grading.build import cell_role
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 ROLE_KEY = "course_kit_grader"
+CHECKOUT = Path(__file__).resolve().parents[2]   # the folder holding course_lib/
 _AST_LOCK = threading.Lock()
 GUARD_CALL = ("import course_lib.grading.guard as _course_kit_guard\n"
               "_course_kit_guard.check_and_restore(_course_kit_guard.SNAPSHOT)")
@@ -125,7 +126,10 @@ async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) 
     client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
                            record_timing=False, resources={"metadata": {"path": str(workdir)}})
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
-    env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg")
+    # the kernel imports course_lib (the guard, the tests' references) from this very checkout
+    python_path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg",
+               PYTHONPATH=python_path)
     client.km = client.create_kernel_manager()
     try:
         # the kernel process's own stdout/stderr (start-up banners) are not the cells' output
