@@ -12,8 +12,12 @@ Reading order (each module is one concept, short enough to read in one go)
                    of a backward pass.
 3. ``conv``        output size, padding, im2col/col2im, conv2d (naive, im2col,
                    fast) and its backward pass.
-4. ``pooling``, ``optim``, ``data``, ``lenet``  (lessons 3 to 5).
-5. ``distributed`` the second half of the lecture (lessons 6 to 12).
+4. ``pooling``, ``optim``, ``data``, ``layers``, ``lenet``  (lessons 3 to 5).
+5. ``distributed`` the second half of the lecture: reduction topologies and
+   the ring all-reduce (lessons 6 to 8, with ``ddp``), ``distributed.downpour``
+   (lesson 9) and ``distributed.compression`` (lesson 12).
+6. ``schedules`` (linear scaling rule, warm-up; lesson 10) and ``scaling``
+   (speed-up, efficiency, the lecture's tables, the overlap timeline; lesson 11).
 ``grading`` stands apart: it builds exercises/ from solutions/ and grades
 students' notebooks; it knows nothing of the lessons.
 

@@ -71,6 +71,7 @@ def student_cell(cell, lesson: str):
     cell = copy.deepcopy(cell)
     lesson = cell.get("metadata", {}).get("course_kit", {}).get("lesson", lesson)  # a cell may name its own
     role, grade_id = cell_role(cell), cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    cell.metadata.pop("execution", None)  # nbclient's timestamps: not the student's business
     if cell.cell_type == "code":
         cell.outputs, cell.execution_count = [], None
     if role == "solution":
