@@ -139,10 +139,11 @@ def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr:
     dict with ``losses`` (steps,), the mean loss over each *global* batch
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    losses = []
+    dtype, losses = next(model.parameters()).dtype, []
     for step, idx in enumerate(batches):
         a, b = chunk_bounds(len(idx), world_size)[rank]
-        xb, yb = torch.from_numpy(x[idx[a:b]]), torch.from_numpy(y[idx[a:b]])   # (B/P, 1, 32, 32), (B/P,)
+        xb = torch.from_numpy(x[idx[a:b]]).to(dtype)                  # (B/P, 1, 32, 32)
+        yb = torch.from_numpy(y[idx[a:b]])                             # (B/P,)
         loss = F.cross_entropy(model(xb), yb)         # mean over my B/P images
         opt.zero_grad()
         if log is not None and step == record_step:
@@ -165,18 +166,26 @@ def _global_mean(loss: torch.Tensor, world_size: int) -> float:
     return float(loss)
 
 
-def _new_model(seed: int) -> TorchLeNet5:
+def _new_model(seed: int, dtype=torch.float32) -> TorchLeNet5:
     torch.manual_seed(seed)                           # the same initial weights on every rank and in the twin
-    return TorchLeNet5()
+    return TorchLeNet5().to(dtype)
 
 
 def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int,
                lr: float = 0.05, momentum: float = 0.9, seed: int = 0, bucket_cap_mb: float | None = None,
-               record_step: int | None = None) -> dict:
+               record_step: int | None = None, dtype: str = "float32") -> dict:
     """One rank of data-parallel training (``torch.distributed`` already initialised).
 
     Wraps a ``TorchLeNet5`` in ``DistributedDataParallel`` (DDP also broadcasts rank 0's
     weights at the start) and trains it on this rank's slice of each global batch.
+
+    Parameters
+    ----------
+    x, y : all training images (n, 1, 32, 32) and labels (n,); the rank takes its slices
+    steps, batch_size : number of SGD steps and the *global* batch B (divisible by P)
+    bucket_cap_mb : DDP's bucket size in MiB (None: DDP's default, 25)
+    record_step : log this step's backward pass (a ``BackwardLog``)
+    dtype : "float32" or "float64", the model's (images are converted to it)
 
     Returns
     -------
@@ -186,7 +195,7 @@ def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: 
     from torch.nn.parallel import DistributedDataParallel
     _check_batch(batch_size, world_size)
     torch.set_num_threads(1)                          # P processes share the cores
-    model = _new_model(seed)
+    model = _new_model(seed, getattr(torch, dtype))
     ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     log = BackwardLog()
     if record_step is not None:
@@ -200,13 +209,13 @@ def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: 
 
 
 def train_single(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: float = 0.05,
-                 momentum: float = 0.9, seed: int = 0) -> dict:
+                 momentum: float = 0.9, seed: int = 0, dtype: str = "float32") -> dict:
     """The single-process twin: the same model, batches and optimizer on the whole global batch.
 
     Returns a dict with ``params`` (61706,) and ``losses`` (steps,), as ``ddp_worker``.
     """
     _check_batch(batch_size, 1)
-    model = _new_model(seed)
+    model = _new_model(seed, getattr(torch, dtype))
     out = train_lenet(model, x, y, global_batches(len(x), batch_size, steps, seed), lr=lr, momentum=momentum)
     out["params"] = flat_parameters(model)
     return out
@@ -214,7 +223,8 @@ def train_single(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: 
 
 def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_size: int = 2, *,
               lr: float = 0.05, momentum: float = 0.9, seed: int = 0, bucket_cap_mb: float | None = None,
-              record_step: int | None = None, backend: str = "gloo", timeout: float = 120.0) -> list[dict]:
+              record_step: int | None = None, dtype: str = "float32", backend: str = "gloo",
+              timeout: float = 120.0) -> list[dict]:
     """Train LeNet-5 with DDP on ``world_size`` local processes; return every rank's ``ddp_worker`` dict.
 
     Starting the ranks (a process each, importing torch, joining the group) takes a few seconds.
@@ -222,7 +232,7 @@ def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_s
     from course_lib.distributed.torch_dist import launch_torch
     _check_batch(batch_size, world_size)
     return launch_torch(ddp_worker, world_size, args=(x, y, steps, batch_size, lr, momentum, seed,
-                                                      bucket_cap_mb, record_step),
+                                                      bucket_cap_mb, record_step, dtype),
                         backend=backend, timeout=timeout)
 
 

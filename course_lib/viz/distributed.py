@@ -120,12 +120,12 @@ def plot_cost_vs_P(N: int = 25_557_032, P_max: int = 64, itemsize: int = 4,
     ps = np.array([ps_bytes_at_server(N, p, itemsize) for p in P]) / 2 ** 20
     ring = np.array([ring_bytes_per_rank(N, p, itemsize).mean() for p in P]) / 2 ** 20
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(P, ps, "o-", ms=3, label="parameter server: 2N(P-1) at the server")
-    left.plot(P, ring, "s-", ms=3, label="ring: 2N(P-1)/P per rank")
+    left.plot(P, ps, "o-", ms=3, label="parameter server: 2N(P-1), in + out at the server")
+    left.plot(P, ring, "s-", ms=3, label="ring: 2N(P-1)/P sent per rank (as much received)")
     left.axhline(2 * N * itemsize / 2 ** 20, color="0.5", ls=":", lw=1, label="2N (the ring's limit)")
     left.set_yscale("log")
     left.set_xlabel("processes P")
-    left.set_ylabel("bytes sent + received (MiB, log scale)")
+    left.set_ylabel("communication cost (MiB, log scale)")
     left.set_title(f"Communication per reduction, N = {N:,} ({_bytes(N * itemsize)})")
     left.legend(fontsize=8)
     for n, style in ((N, "o-"), (small_N, "s--")):
@@ -203,7 +203,8 @@ def ring_state_text(trace, t: int) -> str:
 
 def plot_ring_step(trace, t: int, ax=None, values: bool | None = None):
     """Every rank's array at state ``t``: one row per rank, chunks coloured by how many
-    ranks' contributions they hold (1 .. P), arrows for what moved into this state."""
+    ranks' contributions they hold (1 .. P), arrows for what moved into this state
+    (dashed: from rank P-1 round to rank 0)."""
     T, P, _ = trace.contributions.shape
     N = trace.buffers.shape[2]
     if not 0 <= t < T:
@@ -223,10 +224,11 @@ def plot_ring_step(trace, t: int, ax=None, values: bool | None = None):
             for i in range(N):
                 ax.text(i + 0.5, r, f"{trace.buffers[t, r, i]:g}", ha="center", va="center", fontsize=8,
                         color="white" if counts[r, i] < (P + 1) / 2 else "black")
-    for src, dst, c in trace.transfers[t]:
+    for src, dst, c in trace.transfers[t]:                        # dashed: rank P-1 -> rank 0, around the ring
         a, b = trace.bounds[c]
         ax.annotate("", xy=((a + b) / 2 + 0.15, dst), xytext=((a + b) / 2 - 0.15, src),
-                    arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5, alpha=0.8))
+                    arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5, alpha=0.8,
+                                    ls="--" if dst < src else "-"))
     ax.set_yticks(range(P))
     ax.set_yticklabels([f"rank {r}" for r in range(P)])
     ax.set_xlabel("element index (white lines: chunk boundaries)")
@@ -243,9 +245,12 @@ def plot_ring_steps(trace):
     """All 2(P-1) + 1 states of a ring all-reduce, one panel each (scatter-reduce, then allgather)."""
     T, P, _ = trace.contributions.shape
     N = trace.buffers.shape[2]
-    fig, axes = plt.subplots(T, 1, figsize=(max(6, 0.5 * N + 2), (0.45 * P + 0.9) * T), squeeze=False)
+    fig, axes = plt.subplots(T, 1, figsize=(max(6, 0.5 * N + 2.5), (0.45 * P + 1.1) * T), squeeze=False,
+                             sharex=True, layout="constrained")
     for t, ax in enumerate(axes[:, 0]):
         image = plot_ring_step(trace, t, ax=ax)
+        if t < T - 1:
+            ax.set_xlabel("")
     fig.colorbar(image, ax=axes[:, 0].tolist(), ticks=range(1, P + 1), label="ranks summed into the chunk",
                  shrink=0.5)
     fig.suptitle(f"Ring all-reduce of N = {N} elements on P = {P} ranks: every step")
@@ -382,11 +387,12 @@ def bucket_rows(events: list, sizes: dict[str, int]) -> list[dict]:
     return sorted(rows, key=lambda r: r["bucket"])
 
 
-def format_buckets(rows: list[dict]) -> str:
-    """``bucket_rows`` as text, with the bytes of float32 gradients."""
-    lines = [f"{'bucket':>6} {'elements':>9} {'float32':>10}  parameters (in the order DDP fills the bucket)"]
+def format_buckets(rows: list[dict], itemsize: int = 4) -> str:
+    """``bucket_rows`` as text, with the gradients' bytes (``itemsize`` bytes per element)."""
+    lines = [f"{'bucket':>6} {'elements':>9} {'bytes':>10}  parameters (in the order DDP fills the bucket)"]
     for r in rows:
-        lines.append(f"{r['bucket']:>6} {r['elements']:>9,} {_bytes(4 * r['elements']):>10}  {', '.join(r['params'])}")
+        lines.append(f"{r['bucket']:>6} {r['elements']:>9,} {_bytes(itemsize * r['elements']):>10}  "
+                     f"{', '.join(r['params'])}")
     return "\n".join(lines)
 
 
