@@ -443,6 +443,10 @@ def _nbgrader_generate(solution: Path, course: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     released = (course / "release" / "ps1" / solution.name).read_text()
     assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
+    ours = student_notebook(nbformat.read(solution, as_version=4))
+    theirs = nbformat.reads(released, as_version=4)
+    assert [submission.grade_id(c) for c in theirs.cells] == [submission.grade_id(c) for c in ours.cells], \
+        "nbgrader and course_lib.grading.build release different graded cells"
 
 
 def test_a_kernel_that_cannot_start_is_reported_not_fatal(tmp_path, monkeypatch):
