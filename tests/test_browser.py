@@ -341,6 +341,14 @@ def test_the_harness_sees_an_error(lab_runs):
 
 
 @_browser
+def test_the_fixture_slider_drives_its_printed_output(lab_runs):
+    slider = lab_runs[SLIDER_FIXTURE].slider
+    assert slider is not None, lab_runs[SLIDER_FIXTURE].problems
+    assert (slider["before"]["readout"], slider["after"]["readout"]) == ("3", "4")
+    assert "n squared is 9" in slider["before"]["shown"] and "n squared is 16" in slider["after"]["shown"]
+
+
+@_browser
 @pytest.mark.parametrize("name", LESSONS)
 def test_sliders_render_and_respond(lab_runs, name):
     run, expected = lab_runs[name], expects_slider(next(p for p in NOTEBOOKS if p.name == name))
