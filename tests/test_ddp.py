@@ -74,13 +74,14 @@ def test_single_process_twin_is_plain_sgd(digits):
 def test_ddp_on_two_processes_equals_single_process_and_overlaps(digits):
     x, y = digits.x_train, digits.y_train
     ranks = ddp.train_ddp(x, y, steps=6, batch_size=32, world_size=2, lr=0.1,
-                          bucket_cap_mb=0.01, record_step=2)
-    single = ddp.train_single(x, y, steps=6, batch_size=32, lr=0.1)
+                          bucket_cap_mb=0.01, record_step=2, dtype="float64")
+    single = ddp.train_single(x, y, steps=6, batch_size=32, lr=0.1, dtype="float64")
     assert np.array_equal(ranks[0]["params"], ranks[1]["params"]), "the replicas drifted apart"
     gap = np.abs(ranks[0]["params"] - single["params"]).max()
-    assert gap < 1e-5, f"DDP differs from single-process training by {gap:.2e}"
-    np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-5)
-    assert not np.allclose(single["params"], ddp.flat_parameters(ddp._new_model(0)))   # it trained
+    assert gap < 1e-12, f"DDP differs from single-process training by {gap:.2e}"
+    np.testing.assert_allclose(ranks[0]["losses"], single["losses"], rtol=1e-12)
+    initial = ddp.flat_parameters(ddp._new_model(0, torch.float64))
+    assert np.abs(single["params"] - initial).max() > 1e-3                     # it trained
     summary = overlap_summary(ranks[0]["events"])
     assert summary["grad_order"][:2] == ["out.bias", "out.weight"] and "c1.weight" in summary["grad_order"][-2:]
     assert summary["buckets"] >= 3 and 0 in summary["launched_before_last_grad"], summary
@@ -89,8 +90,11 @@ def test_ddp_on_two_processes_equals_single_process_and_overlaps(digits):
 
 
 @pytest.mark.slow
-def test_default_buckets_hold_all_of_lenet_so_nothing_overlaps(digits):
-    ranks = ddp.train_ddp(digits.x_train, digits.y_train, steps=2, batch_size=8, world_size=2, record_step=1)
+def test_default_buckets_hold_all_of_lenet_so_nothing_overlaps_float32_close(digits):
+    x, y = digits.x_train, digits.y_train
+    ranks = ddp.train_ddp(x, y, steps=3, batch_size=8, world_size=2, record_step=1)
+    single = ddp.train_single(x, y, steps=3, batch_size=8)
+    np.testing.assert_allclose(ranks[0]["params"], single["params"], rtol=0, atol=1e-5)       # float32
     summary = overlap_summary(ranks[1]["events"])
     assert summary["buckets"] == 1 and summary["launched_before_last_grad"] == [], summary
 
