@@ -11,7 +11,8 @@ for each notebook: open it, Run All Cells, wait, save, then assert
   shows (text or figure), not only the slider's own readout.
 
 A screenshot of each notebook goes to ``screenshots/`` (gitignored).
-Notebooks run two at a time. Without /usr/bin/chromium the tests skip and
+Notebooks run two at a time; BROWSER_NOTEBOOKS="01_*,05_*" picks some lessons
+(the fixtures always run). Without /usr/bin/chromium the tests skip and
 say how to install it, except under ``CI=true``, where they fail.
 """
 
@@ -39,7 +40,10 @@ BROWSER = [pytest.mark.browser, pytest.mark.timeout(900)]   # the whole run, ser
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 INSTALL_HINT = "install it with: sudo apt-get update && sudo apt-get install -y chromium"
 FIXTURES = sorted((ROOT / "tests" / "fixtures_browser").glob("*.ipynb"))
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + FIXTURES
+# BROWSER_NOTEBOOKS="01_*,05_*" runs only those lessons (the fixtures always run)
+PATTERNS = [p for p in os.environ.get("BROWSER_NOTEBOOKS", "*").split(",") if p]
+NOTEBOOKS = sorted({p for pattern in PATTERNS for p in (ROOT / "notebooks").glob(pattern + ".ipynb"
+                    if not pattern.endswith(".ipynb") else pattern)}) + FIXTURES
 ERROR_FIXTURE = "browser_fixture_error.ipynb"
 SLIDER_FIXTURE = "browser_fixture_slider.ipynb"
 AT_ONCE = 2                  # notebooks running together
