@@ -471,3 +471,41 @@ def test_guard_adopts_a_library_rewrapping_its_own_function():
         assert guard.check_and_restore(snap, emit=False) == ["torch.manual_seed"]
     finally:
         torch.manual_seed = original
+
+
+def _synthetic_runs(nb, **by_role_and_test):
+    """A CellRun per cell: every cell ok, guards reporting nothing, except the ones named
+    ``ROLE__TEST`` (role 'before'/'after'/'test') which get the given CellRun."""
+    runs = []
+    for cell in nb.cells:
+        grader = cell.metadata.get(execute.ROLE_KEY, {})
+        key = f"{grader['role']}__{grader['test_id']}" if grader else f"test__{submission.grade_id(cell)}"
+        clean = '{"course_kit_guard": []}\n' if grader.get("role") in ("before", "after") else ""
+        runs.append(by_role_and_test.get(key, execute.CellRun("ok", stdout=clean)))
+    return runs
+
+
+def test_score_voids_a_test_whose_guard_was_removed_and_stops_at_a_dead_kernel():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    runs = _synthetic_runs(nb, before__test_add=execute.CellRun("error", "NameError", "name '_course_kit_guard'"),
+                           test__test_add_hidden=execute.CellRun("died"))
+    after = False
+    for i, cell in enumerate(nb.cells):  # everything after the dead kernel never ran
+        after = after or runs[i].status == "died"
+        if after and runs[i].status != "died":
+            runs[i] = execute.CellRun()
+    tests = grade.test_cells(solution_notebook())
+    status, detail, flags = grade.score(nb, runs, tests, TEST_LIMITS)
+    got = [(t.test_id, t.points, t.status) for t in tests]
+    assert got == [("test_add", 0, "tampered"), ("test_add_hidden", 0, "kernel_died"), ("test_mul", 0, "not_run")]
+    assert status == "kernel_died" and "test_add_hidden" in detail and flags == []
+
+
+def test_score_flags_what_the_answers_patched_and_passes_clean_tests():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    patched = execute.CellRun("ok", stdout='{"course_kit_guard": ["numpy.allclose"]}\n')
+    runs = _synthetic_runs(nb, before__test_add=patched, before__test_mul=patched)
+    tests = grade.test_cells(solution_notebook())
+    status, _, flags = grade.score(nb, runs, tests, TEST_LIMITS)
+    assert [t.points for t in tests] == [1, 2, 3] and status == "graded"
+    assert flags == ["patched:numpy.allclose"]
