@@ -269,8 +269,9 @@ def test_workers_die_with_a_killed_parent(transport, tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    workers = set()
     try:
-        names, workers, deadline = [], set(), time.monotonic() + 30
+        names, deadline = [], time.monotonic() + 30
         while len(workers) < 3 and time.monotonic() < deadline:     # wait for the 3 workers
             time.sleep(0.1)
             workers = {int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid
@@ -291,6 +292,9 @@ def test_workers_die_with_a_killed_parent(transport, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        for pid in workers:              # a failed test must not leave its workers behind either
+            if _alive(pid) and _ppid(pid) in (proc.pid, 1):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _ppid(pid: int) -> int:
