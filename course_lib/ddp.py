@@ -78,7 +78,7 @@ def global_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.nda
 
 def flat_parameters(model: torch.nn.Module) -> np.ndarray:
     """Every parameter, in ``model.parameters()`` order, as one float64 vector (61,706 for LeNet-5)."""
-    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).numpy()
+    return torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()]).numpy()
 
 
 class BackwardLog:
@@ -139,11 +139,12 @@ def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr:
     dict with ``losses`` (steps,), the mean loss over each *global* batch
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    dtype, losses = next(model.parameters()).dtype, []
+    first = next(model.parameters())
+    device, dtype, losses = first.device, first.dtype, []
     for step, idx in enumerate(batches):
         a, b = chunk_bounds(len(idx), world_size)[rank]
-        xb = torch.from_numpy(x[idx[a:b]]).to(dtype)                  # (B/P, 1, 32, 32)
-        yb = torch.from_numpy(y[idx[a:b]])                             # (B/P,)
+        xb = torch.from_numpy(x[idx[a:b]]).to(device, dtype)          # (B/P, 1, 32, 32)
+        yb = torch.from_numpy(y[idx[a:b]]).to(device)                  # (B/P,)
         loss = F.cross_entropy(model(xb), yb)         # mean over my B/P images
         opt.zero_grad()
         if log is not None and step == record_step:
@@ -192,11 +193,14 @@ def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: 
     dict: ``params`` (61706,) float64, ``losses`` (steps,), ``events`` (the recorded step's
     ``BackwardLog``), ``buckets`` (parameter names per bucket, from the log)
     """
+    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     _check_batch(batch_size, world_size)
     torch.set_num_threads(1)                          # P processes share the cores
-    model = _new_model(seed, getattr(torch, dtype))
-    ddp = DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    on_gpu = dist.get_backend() == "nccl"             # NCCL: one GPU per rank, already selected
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    model = _new_model(seed, getattr(torch, dtype)).to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device] if on_gpu else None, bucket_cap_mb=bucket_cap_mb)
     log = BackwardLog()
     if record_step is not None:
         log.attach(ddp)
@@ -261,7 +265,10 @@ def main(argv=None) -> int:
         import torch.distributed as dist
         from course_lib.distributed.torch_dist import default_backend
         world_size = int(os.environ["WORLD_SIZE"])
-        dist.init_process_group(args.backend or default_backend(world_size))   # reads MASTER_ADDR/PORT
+        backend = args.backend or default_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))        # one GPU per local rank
+        dist.init_process_group(backend)              # reads MASTER_ADDR / MASTER_PORT from torchrun
         try:
             out = ddp_worker(dist.get_rank(), world_size, data.x_train, data.y_train, args.steps,
                              args.batch_size, args.lr)

@@ -219,7 +219,9 @@ def plot_ring_step(trace, t: int, ax=None, values: bool | None = None):
     image = ax.imshow(counts, cmap=cmap, norm=norm, aspect="auto", extent=(0, N, P - 0.5, -0.5))
     for a, _ in trace.bounds[1:]:
         ax.axvline(a, color="white", lw=3)
-    if values if values is not None else N <= 16:
+    if values is None:                                              # write the numbers when they fit
+        values = N <= 16
+    if values:
         for r in range(P):
             for i in range(N):
                 ax.text(i + 0.5, r, f"{trace.buffers[t, r, i]:g}", ha="center", va="center", fontsize=8,
