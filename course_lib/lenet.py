@@ -27,7 +27,8 @@ Reading order
    ``course_lib.pooling`` and ``course_lib.layers`` only.
 3. ``TorchLeNet5``: the same network as a ``torch.nn.Module``;
    ``copy_weights`` moves weights either way, so the two can be compared.
-4. ``train``: minibatch training of either, with a tqdm bar; ``History``.
+4. ``train_step`` and ``train``: minibatch training of either, with a tqdm
+   bar; ``History``.
 """
 
 from __future__ import annotations
@@ -254,6 +255,26 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray, device) -> float:
     return float((logits.argmax(1).cpu().numpy() == y).mean())
 
 
+def train_step(model, opt, xb: np.ndarray, yb: np.ndarray, device=None) -> tuple[float, int]:
+    """One minibatch: forward, loss, backward, optimizer step. Returns (mean loss, correct predictions).
+
+    model : LeNet5 with a ``course_lib.optim`` optimizer, or TorchLeNet5 (on
+    ``device``) with a ``torch.optim`` one; xb (B, 1, 32, 32), yb (B,).
+    """
+    if isinstance(model, LeNet5):
+        loss, grads, logits = model.loss_and_grads(xb, yb)
+        opt.step(grads)
+        return loss, int((logits.argmax(1) == yb).sum())
+    dtype = next(model.parameters()).dtype
+    xt, yt = torch.from_numpy(xb).to(device, dtype=dtype), torch.from_numpy(yb).to(device)
+    logits = model(xt)
+    loss = F.cross_entropy(logits, yt)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item(), int((logits.argmax(1) == yt).sum())
+
+
 def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: float = 0.9,
           batch_size: int = 32, optimizer: str = "sgd", lr_decay: float = 1.0, seed: int = 0,
           device=None, progress: bool = True, desc: str | None = None) -> History:
@@ -277,11 +298,12 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
     -------
     History, one entry per epoch
     """
-    is_numpy = isinstance(model, LeNet5)
-    if not is_numpy:
+    if not isinstance(model, (LeNet5, TorchLeNet5)):
+        raise TypeError(f"train: model must be a LeNet5 or a TorchLeNet5, got {type(model).__name__}")
+    if isinstance(model, TorchLeNet5):
         device = torch.device(device or "cpu")
         model.to(device).train()
-    params = model.params if is_numpy else list(model.parameters())
+    params = model.params if isinstance(model, LeNet5) else list(model.parameters())
     opt = _make_optimizer(params, optimizer, lr, momentum)
     rng, history, elapsed = np.random.default_rng(seed), History(), 0.0
     n_batches = -(-len(data.x_train) // batch_size)
@@ -289,21 +311,8 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
     for _ in range(epochs):
         start, losses, correct = time.perf_counter(), [], 0
         for idx in minibatches(len(data.x_train), batch_size, rng):
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            if is_numpy:
-                loss, grads, logits = model.loss_and_grads(xb, yb)
-                opt.step(grads)
-                correct += int((logits.argmax(1) == yb).sum())
-            else:
-                xt = torch.from_numpy(xb).to(device, dtype=params[0].dtype)
-                yt = torch.from_numpy(yb).to(device)
-                logits = model(xt)
-                loss_t = F.cross_entropy(logits, yt)
-                opt.zero_grad()
-                loss_t.backward()
-                opt.step()
-                loss = loss_t.item()
-                correct += int((logits.argmax(1) == yt).sum())
+            loss, n_correct = train_step(model, opt, data.x_train[idx], data.y_train[idx], device)
+            correct += n_correct
             losses.append(loss * len(idx))
             bar.update()
         elapsed += time.perf_counter() - start

@@ -129,6 +129,8 @@ def test_minibatches_cover_every_example_once():
 def test_train_rejects_unknown_optimizer(digits):
     with pytest.raises(ValueError, match="'sgd' or 'adagrad'"):
         train(LeNet5(), digits, optimizer="adam", progress=False)
+    with pytest.raises(TypeError, match="LeNet5 or a TorchLeNet5"):
+        train(torch.nn.Linear(2, 2), digits, progress=False)
 
 
 # --------------------------------------------------------------------------
