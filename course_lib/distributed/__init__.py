@@ -17,6 +17,9 @@ Reading order
 9. ``torch_dist``   the same collective through ``torch.distributed`` (gloo/NCCL),
                     ``launch_torch`` and a DistributedDataParallel worker.
 10. ``measure``     algbw/busbw as nccl-tests reports them; a sweep over sizes and P.
+11. ``downpour``    Downpour SGD: sharded PS with per-shard Adagrad, asynchronous
+                    replicas, staleness; a seeded simulation and real processes.
+12. ``compression`` sign / threshold / top-k with error feedback; bytes through ring and PS.
 
 Symbols: ``world_size`` is the lecture's P, ``rank`` is 0 .. P-1, N is the
 number of elements (model parameters) being summed.
