@@ -4,7 +4,8 @@ Targets (issue 3): forward <= 1.5x ``F.max_pool2d`` on (64,16,28,28) k2 s2 and
 (16,64,112,112) k3 s2; backward <= 2x autograd's kernel
 (``max_pool2d_with_indices_backward``, which, like ours given ``argmax``,
 reuses the winners found by the forward pass). One training epoch of the
-numpy LeNet-5 against the PyTorch twin on the CPU is reported, no target.
+numpy LeNet-5 against the PyTorch twin on the CPU is reported (no target),
+with all cores and with one thread each.
 """
 
 from __future__ import annotations
@@ -70,13 +71,23 @@ def _epoch_seconds(model, data, repeats: int = 3) -> float:
 
 
 def _lenet() -> list[Result]:
-    data = load_digits()
-    ours, theirs = LeNet5(seed=0), TorchLeNet5()
-    copy_weights(ours, theirs)
-    t_torch = _epoch_seconds(theirs, data)
-    t_ours = _epoch_seconds(ours, data)
-    return [Result("LeNet-5 epoch", f"numpy / PyTorch CPU, {len(data.x_train)} digits, batch 32",
-                   t_ours / t_torch, note=f"torch {t_torch:.2f} s, numpy {t_ours:.2f} s")]
+    """One epoch with all cores, then with one thread each (BLAS and torch): on a busy
+    machine, idle pool threads that spin for a core can make the first slower."""
+    from threadpoolctl import threadpool_limits
+
+    data, results = load_digits(), []
+    for label, threads in (("all cores", None), ("1 thread each", 1)):
+        ours, theirs = LeNet5(seed=0), TorchLeNet5()
+        copy_weights(ours, theirs)
+        before = torch.get_num_threads()
+        with threadpool_limits(limits=threads):
+            torch.set_num_threads(threads or before)
+            t_torch = _epoch_seconds(theirs, data)
+            t_ours = _epoch_seconds(ours, data)
+        torch.set_num_threads(before)
+        results.append(Result("LeNet-5 epoch", f"numpy / PyTorch CPU, {label}, {len(data.x_train)} digits, "
+                              f"batch 32", t_ours / t_torch, note=f"torch {t_torch:.2f} s, numpy {t_ours:.2f} s"))
+    return results
 
 
 def run() -> list[Result]:
