@@ -228,16 +228,17 @@ def train_single(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: 
 def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_size: int = 2, *,
               lr: float = 0.05, momentum: float = 0.9, seed: int = 0, bucket_cap_mb: float | None = None,
               record_step: int | None = None, dtype: str = "float32", backend: str = "gloo",
-              timeout: float = 120.0) -> list[dict]:
+              timeout: float = 120.0, start_method: str | None = None) -> list[dict]:
     """Train LeNet-5 with DDP on ``world_size`` local processes; return every rank's ``ddp_worker`` dict.
 
-    Starting the ranks (a process each, importing torch, joining the group) takes a few seconds.
+    Starting the ranks (a process each, joining the group) takes a few seconds; under the
+    "spawn" start method each rank also imports torch itself (fork inherits it).
     """
     from course_lib.distributed.torch_dist import launch_torch
     _check_batch(batch_size, world_size)
     return launch_torch(ddp_worker, world_size, args=(x, y, steps, batch_size, lr, momentum, seed,
                                                       bucket_cap_mb, record_step, dtype),
-                        backend=backend, timeout=timeout)
+                        backend=backend, timeout=timeout, start_method=start_method)
 
 
 # --------------------------------------------------------------------------

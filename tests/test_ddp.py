@@ -100,6 +100,15 @@ def test_default_buckets_hold_all_of_lenet_so_nothing_overlaps_float32_close(dig
 
 
 @pytest.mark.slow
+def test_ddp_works_under_spawn(digits):
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    ranks = ddp.train_ddp(x, y, steps=2, batch_size=16, world_size=2, dtype="float64", start_method="spawn")
+    single = ddp.train_single(x, y, steps=2, batch_size=16, dtype="float64")
+    for out in ranks:
+        np.testing.assert_allclose(out["params"], single["params"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_the_same_script_runs_under_torchrun(digits, capsys):
     env = dict(os.environ, OMP_NUM_THREADS="1")

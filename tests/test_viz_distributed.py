@@ -38,6 +38,20 @@ def _labelled(fig):
 
 # ---------------------------------------------------------------- lesson 06
 
+@pytest.mark.parametrize("P", [2, 4, 7])
+def test_topologies_draw_every_rank_and_the_formulas(P):
+    fig = viz.plot_topologies(P)
+    _labelled(fig)
+    left, right = fig.axes
+    assert sum(1 for t in left.texts if "rank" in t.get_text()) == P        # the PS reads "PS\nrank 0"
+    assert sum(1 for t in right.texts if t.get_text().startswith("rank")) == P
+    assert f"{2 * (P - 1)}N elements through rank 0" in left.get_title()
+    assert f"{2 * (P - 1)}N/{P} elements sent per rank" in right.get_title()
+    assert sum(1 for t in right.texts if t.get_text() == f"{2 * (P - 1)} x N/{P}") == P   # one label per link
+    with pytest.raises(ValueError):
+        viz.plot_topologies(1)
+
+
 @SETTINGS
 @given(N=st.integers(1, 10_000), P=st.integers(2, 64), itemsize=st.sampled_from([1, 4, 8]))
 def test_cost_rows_follow_the_lecture(N, P, itemsize):

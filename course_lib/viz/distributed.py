@@ -6,7 +6,7 @@ Every widget drives a plain function defined here and tested in
 with units. Symbols are those of ``course_lib``: N elements (the model's
 parameters), P = ``world_size`` ranks.
 
-lesson 06  ``cost_rows`` / ``format_cost_rows``, ``cost_report`` / ``cost_explorer``
+lesson 06  ``plot_topologies``, ``cost_rows`` / ``format_cost_rows``, ``cost_report`` / ``cost_explorer``
            (sliders for N and P), ``plot_cost_vs_P``, ``measured_bytes`` /
            ``format_measured_bytes`` (real runs against the formulas)
 lesson 07  ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
@@ -137,6 +137,53 @@ def plot_cost_vs_P(N: int = 25_557_032, P_max: int = 64, itemsize: int = 4,
     right.set_title(f"alpha-beta model: alpha = {alpha * 1e6:.0f} us, {1 / beta / 1e9:.0f} GB/s")
     right.legend(fontsize=8)
     fig.suptitle("Parameter server vs ring all-reduce as P grows")
+    fig.tight_layout()
+    return fig
+
+
+def plot_topologies(world_size: int = 4):
+    """The lecture's two "reduction topologies" side by side, each arrow labelled with the
+    elements it carries in one reduction of N elements.
+
+    Left: a parameter server (rank 0) and P - 1 learners, N up and N down each.
+    Right: a ring, each rank sending to its right neighbour 2(P-1) times N/P.
+    """
+    P = world_size
+    if isinstance(P, bool) or not isinstance(P, int) or P < 2:
+        raise ValueError(f"world_size must be an int >= 2, got {P!r}")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+    angles = np.pi / 2 - 2 * np.pi * np.arange(P) / P                 # rank 0 at the top, clockwise
+    ring_xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)      # (P, 2)
+    spokes = np.pi / 2 - 2 * np.pi * np.arange(P - 1) / (P - 1)       # the P - 1 learners around the PS
+    learner_xy = np.stack([np.cos(spokes), np.sin(spokes)], axis=1)   # (P-1, 2)
+    left.scatter([0], [0], s=1600, color="tab:red", zorder=3)
+    left.text(0, 0, "PS\nrank 0", ha="center", va="center", color="white", fontsize=9, zorder=4)
+    for i, (x, y) in enumerate(learner_xy, start=1):
+        left.scatter([x], [y], s=900, color="tab:blue", zorder=3)
+        left.text(x, y, f"rank {i}", ha="center", va="center", color="white", fontsize=8, zorder=4)
+        left.annotate("", xy=(0.25 * x, 0.25 * y), xytext=(0.8 * x, 0.8 * y),
+                      arrowprops=dict(arrowstyle="->", color="0.3", lw=1.5, connectionstyle="arc3,rad=0.15"))
+        left.annotate("", xy=(0.8 * x, 0.8 * y), xytext=(0.25 * x, 0.25 * y),
+                      arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5, connectionstyle="arc3,rad=0.15"))
+        left.text(0.55 * x + 0.12, 0.55 * y + 0.05, "N", fontsize=9)
+    left.set_title(f"Parameter server: single reducer\n2N(P-1) = {2 * (P - 1)}N elements through rank 0")
+    for r, (x, y) in enumerate(ring_xy):
+        right.scatter([x], [y], s=900, color="tab:green", zorder=3)
+        right.text(x, y, f"rank {r}", ha="center", va="center", color="white", fontsize=8, zorder=4)
+        nx, ny = ring_xy[(r + 1) % P]
+        right.annotate("", xy=(x + 0.8 * (nx - x), y + 0.8 * (ny - y)), xytext=(x + 0.2 * (nx - x), y + 0.2 * (ny - y)),
+                       arrowprops=dict(arrowstyle="->", color="0.3", lw=1.5))
+        right.text((x + nx) / 2 * 1.15, (y + ny) / 2 * 1.15, f"{2 * (P - 1)} x N/{P}", ha="center", fontsize=8)
+    right.set_title(f"Ring: all are reducers\n2N(P-1)/P = {2 * (P - 1)}N/{P} elements sent per rank")
+    for ax in (left, right):
+        ax.set_xlim(-1.5, 1.5)
+        ax.set_ylim(-1.5, 1.5)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("arrows: messages of one reduction, labelled in elements")
+        ax.set_ylabel(f"P = {P} processes")
+    fig.suptitle("Reduction topologies (lecture 5, after Gibiansky 2017)")
     fig.tight_layout()
     return fig
 
