@@ -69,6 +69,7 @@ def launch_torch(fn, world_size: int, *, args: tuple = (), backend: str | None =
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    import torch.distributed  # noqa: F401  imported once here, forked children need not import it
     backend = backend or default_backend(world_size)
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
