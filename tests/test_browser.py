@@ -149,6 +149,8 @@ STATE_JS = """() => {
   const indicator = panel.querySelector('.jp-Notebook-ExecutionIndicator');
   return {prompts: prompts, status: indicator ? indicator.getAttribute('data-status') : null};
 }"""
+KERNEL_IDLE_JS = """() => Array.from(document.querySelectorAll('.jp-StatusBar-TextItem'))
+                     .some(e => /\\|\\s*Idle$/.test(e.textContent.trim()))"""
 # What the notebook shows, minus each slider's own readout (which always changes).
 SHOWN_JS = """() => Array.from(document.querySelectorAll(
     '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')).map(el => {
@@ -180,35 +182,45 @@ def _accept_kernel_dialog(page) -> None:
         page.click(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
 
 
+def _run_all(page) -> None:
+    _accept_kernel_dialog(page)
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+
+
 def open_and_run_all(context, url: str, token: str, name: str):
-    """Open ``name`` in a new tab, wait for its kernel, then Run > Run All Cells.
+    """Open ``name`` in a new tab, wait until its kernel is idle, then Run > Run All Cells.
 
     Each tab gets a fresh workspace of its own, so it shows this notebook only.
+    The toolbar's indicator says 'idle' before a kernel exists; the status
+    bar's "KERNEL | Idle" is the sign that cells will really run.
     """
     page = context.new_page()
     workspace = re.sub(r"\W", "-", Path(name).stem)
     page.goto(f"{url}/lab/workspaces/{workspace}/tree/{name}?reset&token={token}")
     page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator", timeout=90_000)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not page.evaluate(KERNEL_IDLE_JS):
         _accept_kernel_dialog(page)
-        if page.evaluate(STATE_JS)["status"] == "idle":
-            break
         time.sleep(0.5)
-    time.sleep(1.0)
-    _accept_kernel_dialog(page)
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    _run_all(page)
     return page
 
 
-def wait_until_done(page, timeout: float = RUN_TIMEOUT_S) -> None:
-    """Until no cell is queued or running and the kernel has been idle for 2 s."""
-    deadline, idle_since = time.monotonic() + timeout, None
+def wait_until_done(page, timeout: float = RUN_TIMEOUT_S, retry_after: float | None = 30) -> None:
+    """Until no cell is queued or running and the kernel has been idle for 2 s.
+
+    If no cell has started ``retry_after`` seconds in, Run All is asked for once more.
+    """
+    start = time.monotonic()
+    deadline, idle_since = start + timeout, None
     while time.monotonic() < deadline:
         _accept_kernel_dialog(page)
         state = page.evaluate(STATE_JS)
-        started = not state["prompts"] or any(re.fullmatch(r"\[\d+\]:", p) for p in state["prompts"])
+        started = not state["prompts"] or any(re.fullmatch(r"\[(\d+|\*)\]:", p) for p in state["prompts"])
+        if not started and retry_after is not None and time.monotonic() - start > retry_after:
+            _run_all(page)
+            retry_after = None
         busy = any("*" in p for p in state["prompts"]) or state["status"] != "idle"
         if started and not busy:
             idle_since = idle_since or time.monotonic()
@@ -264,7 +276,7 @@ def move_first_slider(page, timeout: float = 30) -> dict | None:
     deadline = time.monotonic() + timeout
     while page.evaluate(SHOWN_JS) == before["shown"] and time.monotonic() < deadline:
         time.sleep(0.25)
-    wait_until_done(page, timeout)
+    wait_until_done(page, timeout, retry_after=None)
     return {"before": before, "after": {"readout": readout.text_content(), "shown": page.evaluate(SHOWN_JS)}}
 
 
