@@ -199,6 +199,9 @@ def test_the_released_exercise_itself_raises_no_flags():
     ('{"cells": [{"cell_type": "code", "source": 3}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
      "not a valid notebook"),
     ("", "is not JSON"),
+    ('{"cells": [{"cell_type": "code", "source": "", "metadata": {"nbgrader": {"grade_id": [1]}}, '
+     '"outputs": [], "execution_count": null}], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}',
+     "nbgrader metadata"),
 ])
 def test_read_submission_turns_bad_files_into_reasons(tmp_path, text, reason):
     path = tmp_path / "x.ipynb"

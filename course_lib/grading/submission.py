@@ -109,9 +109,11 @@ def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
         with warnings.catch_warnings():  # e.g. duplicate cell ids, which nbformat repairs
             warnings.simplefilter("ignore")
             nb = nbformat.reads(text, as_version=4)
-        for cell in nb.cells:  # the fields merge() reads must have the right types
-            if not isinstance(cell.get("source", ""), str) or not isinstance(cell.get("metadata", {}), dict):
-                raise ValueError("a cell has a malformed 'source' or 'metadata'")
+        for number, cell in enumerate(nb.cells):  # the fields merge() reads must have the right types
+            nbgrader = cell.get("metadata", {}).get("nbgrader", {})
+            if not (isinstance(cell.get("source", ""), str) and isinstance(nbgrader, dict)
+                    and isinstance(nbgrader.get("grade_id", ""), str)):
+                raise ValueError(f"cell {number} has a malformed 'source' or nbgrader metadata")
     except Exception as err:  # noqa: BLE001 - nbformat raises many kinds
         return None, f"unreadable: {path.name} is not a valid notebook ({type(err).__name__}: {err})"
     return nb, ""
