@@ -32,6 +32,18 @@ from numpy.lib.stride_tricks import as_strided
 
 
 
+# The 7x7 input of the lecture's "Padding example" slide (P = 2 makes it 11x11).
+LECTURE_PADDING_EXAMPLE = np.array([
+    [6, 3, 4, 4, 5, 0, 3],
+    [4, 7, 4, 0, 4, 0, 4],
+    [7, 0, 2, 3, 4, 5, 2],
+    [3, 7, 5, 0, 3, 0, 7],
+    [5, 8, 1, 2, 5, 4, 2],
+    [8, 0, 1, 0, 6, 0, 0],
+    [6, 4, 1, 3, 0, 4, 5]], dtype=np.float64)
+LECTURE_PADDING_EXAMPLE.flags.writeable = False
+
+
 # --------------------------------------------------------------------------
 # 1. Sizes and parameter counts (the "Convolution Summary" slide)
 # --------------------------------------------------------------------------

@@ -8,21 +8,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from course_lib.conv import (ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
+from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
                              conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d)
 from course_lib.gradcheck import check_gradient
 
 FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
 
-# The 7x7 input of the lecture's "Padding example" slide.
-LECTURE_7x7 = np.array([
-    [6, 3, 4, 4, 5, 0, 3],
-    [4, 7, 4, 0, 4, 0, 4],
-    [7, 0, 2, 3, 4, 5, 2],
-    [3, 7, 5, 0, 3, 0, 7],
-    [5, 8, 1, 2, 5, 4, 2],
-    [8, 0, 1, 0, 6, 0, 0],
-    [6, 4, 1, 3, 0, 4, 5]], dtype=np.float64)
+LECTURE_7x7 = LECTURE_PADDING_EXAMPLE  # the slide's 7x7 input
 
 
 # ---------------------------------------------------------------- sizes, by hand

@@ -8,17 +8,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from course_lib.conv import LECTURE_PADDING_EXAMPLE
 from course_lib.gradcheck import check_gradient
 from course_lib.pooling import max_pool2d, max_pool2d_backward, max_pool2d_naive, pool_output_shape
 
-# The lecture's 7x7 activation map (the "Padding example" slide)
-LECTURE_MAP = np.array([[6, 3, 4, 4, 5, 0, 3],
-                        [4, 7, 4, 0, 4, 0, 4],
-                        [7, 0, 2, 3, 4, 5, 2],
-                        [3, 7, 5, 0, 3, 0, 7],
-                        [5, 8, 1, 2, 5, 4, 2],
-                        [8, 0, 1, 0, 6, 0, 0],
-                        [6, 4, 1, 3, 0, 4, 5]], dtype=np.float64)
+LECTURE_MAP = LECTURE_PADDING_EXAMPLE  # the lecture's 7x7 activation map ("Padding example" slide)
 
 
 def torch_pool(x, k, s, p, dout=None):
