@@ -47,5 +47,14 @@ notebooks: setup
 exercises: setup
 	$(PY) -m course_lib.grading.build solutions exercises
 
+# make grade EXERCISE=01_convolution_exercise SUBMISSIONS=path/to/submitted [J=2]
+J ?= 2
+grade: setup
+	@if [ -z "$(EXERCISE)" ] || [ -z "$(SUBMISSIONS)" ]; then \
+	    echo "usage: make grade EXERCISE=01_convolution_exercise SUBMISSIONS=folder/ [J=2]"; \
+	    echo "  (SUBMISSIONS holds one STUDENT.ipynb or one STUDENT/ folder per student)"; exit 2; fi
+	$(PY) -m course_lib.grade solutions/$(basename $(notdir $(EXERCISE))).ipynb $(SUBMISSIONS) \
+	    --out grades/$(basename $(notdir $(EXERCISE))) -j $(J)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
