@@ -361,33 +361,17 @@ def _weights_as_matrix(w: np.ndarray) -> np.ndarray:
     return w.transpose(2, 3, 1, 0).reshape(-1, K)  # (KH, KW, C, K) -> (KH*KW*C, K)
 
 
-BLOCK_BYTES = 1 << 20  # measured here: 1 to 4 MiB blocks are 10-30% faster than one big copy
-
-
-def _image_blocks(N: int, bytes_per_image: int) -> list[slice]:
-    """Split the batch into runs of images whose im2col rows take about BLOCK_BYTES.
-
-    A block this size stays in the CPU's cache between its copy and its GEMM,
-    and one reused buffer spares the operating system from handing out fresh
-    pages (a ResNet layer's whole im2col matrix would be 115 MB).
-    """
-    step = max(1, min(N, BLOCK_BYTES // max(1, bytes_per_image)))
-    return [slice(n, min(n + step, N)) for n in range(0, N, step)]
-
-
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
            stride=1, padding=0) -> np.ndarray:
-    """Fast convolution: a channels-last im2col copy feeding a matrix multiply.
+    """Fast convolution: a channels-last im2col copy and ONE matrix multiply.
 
     Steps (each one pass over memory):
       1. pad and transpose x to channels-last, (N, Hp, Wp, C);
       2. copy every window into a row: cols (N*H_out*W_out, KH*KW*C);
-      3. GEMM with the weights as a (KH*KW*C, K) matrix;
+      3. one GEMM with the weights as a (KH*KW*C, K) matrix;
       4. reshape (N, H_out, W_out, K) and transpose back to NCHW.
-    Each row of ``cols`` is read from KH contiguous runs of KW*C numbers.
-    Steps 2 and 3 run on blocks of images (``_image_blocks``) so that a block
-    of ``cols`` is still in cache when the GEMM reads it; the result is the
-    same as one big GEMM. Equal to ``F.conv2d``.
+    Each row of ``cols`` is read from KH contiguous runs of KW*C numbers, and
+    the GEMM is one large call instead of N small ones; equal to ``F.conv2d``.
 
     Parameters
     ----------
@@ -401,21 +385,15 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     out : ndarray, shape (N, K, H_out, W_out), C-contiguous
     """
     x, w, b = _check_conv(x, w, b)
-    (N, C, _, _), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
-    W_mat, L = _weights_as_matrix(w), H_out * W_out                             # (KH*KW*C, K)
-    blocks = _image_blocks(N, win[0].size * x.itemsize)
-    cols = np.empty((blocks[0].stop,) + win.shape[1:], dtype=x.dtype)          # one reused buffer
-    out = np.empty((N, H_out, W_out, K), dtype=np.result_type(x, w))           # channels-last
-    for blk in blocks:
-        m = blk.stop - blk.start
-        np.copyto(cols[:m], win[blk])                                          # the im2col copy
-        np.matmul(cols[:m].reshape(m * L, -1), W_mat,                          # (m*L, KH*KW*C) @ (KH*KW*C, K)
-                  out=out[blk].reshape(m * L, K))
+    cols = win.reshape(N * H_out * W_out, -1)                # (N*L, KH*KW*C), the copy
+    out = cols @ _weights_as_matrix(w)                       # (N*L, K), the one GEMM
     if b is not None:
         out += b
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))                     # (N, K, H_out, W_out)
+    out = out.reshape(N, H_out, W_out, K)                    # channels-last
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))   # (N, K, H_out, W_out)
 
 
 # --------------------------------------------------------------------------
@@ -431,9 +409,6 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
 
         dW_mat = cols.T @ dout_mat      db = dout summed over N, H_out, W_out
         dcols  = dout_mat @ W_mat.T     dx = col2im(dcols)   (overlaps summed)
-
-    computed block by block of images as in ``conv2d`` (dW_mat accumulates
-    over the blocks).
 
     Parameters
     ----------
@@ -453,21 +428,12 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
     if dout.shape != (N, K, H_out, W_out):
         raise ValueError(f"dout has shape {dout.shape}, but the forward output of x {x.shape} "
                          f"and w {w.shape} has shape {(N, K, H_out, W_out)}")
-    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
-    W_mat, L = _weights_as_matrix(w), H_out * W_out                             # (KH*KW*C, K)
-    dout_nhwc = dout.transpose(0, 2, 3, 1)                                      # (N, H_out, W_out, K), a view
-    blocks = _image_blocks(N, win[0].size * x.itemsize)
-    cols = np.empty((blocks[0].stop,) + win.shape[1:], dtype=x.dtype)          # reused buffers
-    dcols = np.empty((blocks[0].stop,) + win.shape[1:], dtype=np.result_type(dout, w))
-    dW_mat = np.zeros(W_mat.shape, dtype=np.result_type(x, dout))              # (KH*KW*C, K)
-    dx = np.empty((N, C, H, W), dtype=dcols.dtype)
-    for blk in blocks:
-        m = blk.stop - blk.start
-        np.copyto(cols[:m], win[blk])
-        dout_mat = dout_nhwc[blk].reshape(m * L, K)                            # (m*L, K), a copy
-        dW_mat += cols[:m].reshape(m * L, -1).T @ dout_mat                     # sum over the block's rows
-        np.matmul(dout_mat, W_mat.T, out=dcols[:m].reshape(m * L, -1))          # (m*L, KH*KW*C)
-        dx[blk] = _col2im_nhwc(dcols[:m], H, W, SH, SW, PH, PW)                # overlaps summed
-    dw = dW_mat.reshape(KH, KW, C, K).transpose(3, 2, 0, 1)                    # (K, C, KH, KW)
-    db = dout.sum(axis=(0, 2, 3))                                              # (K,)
-    return dx, np.ascontiguousarray(dw), db
+    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)
+    cols = win.reshape(N * H_out * W_out, -1)                          # (N*L, KH*KW*C)
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, K)               # (N*L, K)
+    db = dout.sum(axis=(0, 2, 3))                                      # (K,)
+    dw = (cols.T @ dout_mat).reshape(KH, KW, C, K).transpose(3, 2, 0, 1)  # (K, C, KH, KW)
+    dcols = dout_mat @ _weights_as_matrix(w).T                         # (N*L, KH*KW*C)
+    dwin = dcols.reshape(N, H_out, W_out, KH, KW, C)
+    dx = _col2im_nhwc(dwin, H, W, SH, SW, PH, PW)                      # (N, C, H, W)
+    return np.ascontiguousarray(dx), np.ascontiguousarray(dw), db

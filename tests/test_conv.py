@@ -192,17 +192,6 @@ def test_im2col_col2im_equal_unfold_fold(case):
     np.testing.assert_allclose(back, expected_back, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 30])   # one image per block, uneven blocks, one block
-def test_blocked_gemm_equals_torch_for_any_block_size(rng, monkeypatch, block_bytes):
-    import course_lib.conv
-    monkeypatch.setattr(course_lib.conv, "BLOCK_BYTES", block_bytes)
-    x, w, b = rng.standard_normal((5, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
-    dout = rng.standard_normal((5, 4, 4, 4))    # H_out = (7 - 3 + 2)//2 + 1, W_out = (6 - 2 + 2)//2 + 1
-    np.testing.assert_allclose(conv2d(x, w, b, 2, 1), _torch_conv(x, w, b, 2, 1), rtol=1e-10, atol=1e-10)
-    for got, exp in zip(conv2d_backward(dout, x, w, 2, 1), _torch_conv(x, w, b, 2, 1, dout)):
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10)
-
-
 def test_float32_forward_matches_torch_at_float32_precision(rng):
     x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)   # LeNet C3's input
     w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
