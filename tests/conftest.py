@@ -20,3 +20,6 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+# Notebooks the tests open themselves (the browser test's fixtures): not lessons for nbval to run.
+collect_ignore_glob = ["fixtures_*/*.ipynb"]

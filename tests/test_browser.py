@@ -370,7 +370,7 @@ def test_sliders_render_and_respond(lab_runs, name):
     run, expected = lab_runs[name], expects_slider(next(p for p in NOTEBOOKS if p.name == name))
     if run.slider is None:
         assert not expected, f"{name} makes a slider, but none rendered in JupyterLab ({run.problems})"
-        pytest.skip(f"{name} shows no slider")
+        return  # no slider made, none rendered: that is the check for this lesson
     before, after = run.slider["before"], run.slider["after"]
     assert after["readout"] != before["readout"], f"{name}: the slider did not move ({before['readout']})"
     assert after["shown"] != before["shown"], (
