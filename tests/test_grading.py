@@ -504,6 +504,22 @@ def test_score_voids_a_test_whose_guard_was_removed_and_stops_at_a_dead_kernel()
     assert status == "kernel_died" and "test_add_hidden" in detail and flags == []
 
 
+def test_score_voids_a_pass_whose_after_check_never_finished():
+    """Patch, pass, then kill the kernel during the grader's check: the pass cannot be vouched for."""
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    runs = _synthetic_runs(nb, after__test_add=execute.CellRun("died"))
+    stopped = False
+    for i, cell in enumerate(nb.cells):
+        stopped = stopped or runs[i].status == "died"
+        if stopped and runs[i].status != "died":
+            runs[i] = execute.CellRun()
+    tests = grade.test_cells(solution_notebook())
+    status, _, flags = grade.score(nb, runs, tests, TEST_LIMITS)
+    assert [(t.test_id, t.points, t.status) for t in tests] == [
+        ("test_add", 0, "tampered"), ("test_add_hidden", 0, "not_run"), ("test_mul", 0, "not_run")]
+    assert status == "kernel_died" and flags == ["unverified:test_add"]
+
+
 def test_score_flags_what_the_answers_patched_and_passes_clean_tests():
     nb = execute.instrument(solution_notebook(), ["numpy"])
     patched = execute.CellRun("ok", stdout='{"course_kit_guard": ["numpy.allclose"]}\n')

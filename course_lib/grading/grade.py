@@ -169,6 +169,10 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
             detail = _stop_detail(run, cell, limits)
             if test is not None and test.status == "not_run":
                 test.status, test.detail = status, detail
+            guarded = by_id.get(cell.metadata.get(ROLE_KEY, {}).get("test_id")) if role == "after" else None
+            if guarded is not None and guarded.status == "passed":   # its check never finished:
+                _void(guarded, f"the grader's check after this test did not finish ({detail})")
+                flags.append(f"unverified:{guarded.test_id}")        # a pass we cannot vouch for
             break
     for test in tests:
         if test.status == "not_run":
