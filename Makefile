@@ -27,9 +27,16 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 lab: setup
-	$(PY) -m jupyterlab --ServerApp.root_dir=notebooks --ServerApp.port=$(PORT) $(ROOT_FLAG)
+	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	    --ServerApp.port=$(PORT) $(ROOT_FLAG)
 
-test: setup
+# nbgrader is an optional extra (grading does not need it); `make test` installs it so that the
+# check that nbgrader accepts solutions/ as source notebooks runs instead of skipping.
+$(VENV)/.nbgrader: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[nbgrader]'
+	@touch $@
+
+test: setup $(VENV)/.nbgrader
 	$(PY) -m pytest -q tests notebooks solutions $(NBVAL)
 
 test-unit: setup

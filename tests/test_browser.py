@@ -38,7 +38,9 @@ from conftest import ROOT
 BROWSER = [pytest.mark.browser, pytest.mark.timeout(900)]   # the whole run, server start-up included
 
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
-INSTALL_HINT = "install it with: sudo apt-get update && sudo apt-get install -y chromium"
+INSTALL_HINT = ("install it with: sudo apt-get update && sudo apt-get install -y chromium (Debian/Ubuntu), "
+                "or point COURSE_CHROMIUM at any Chromium or Chrome binary, e.g. on macOS "
+                "COURSE_CHROMIUM='/Applications/Google Chrome.app/Contents/MacOS/Google Chrome'")
 FIXTURES = sorted((ROOT / "tests" / "fixtures_browser").glob("*.ipynb"))
 # BROWSER_NOTEBOOKS="01_*,05_*" runs only those lessons (the fixtures always run)
 PATTERNS = [p for p in os.environ.get("BROWSER_NOTEBOOKS", "*").split(",") if p]
@@ -63,7 +65,7 @@ LAB_SETTINGS = {
 def _require_chromium() -> None:
     if CHROMIUM.exists():
         return
-    message = f"{CHROMIUM} not found: the JupyterLab browser test needs Debian's chromium; {INSTALL_HINT}"
+    message = f"{CHROMIUM} not found: the JupyterLab browser test needs a Chromium; {INSTALL_HINT}"
     if os.environ.get("CI") == "true":
         pytest.fail("CI=true: " + message + " (.ci/run installs it)", pytrace=False)
     pytest.skip(message)

@@ -40,7 +40,7 @@ def run_both(make_ours, make_torch, steps=100, seed=0, dtype=np.float64):
 def test_adagrad_equals_torch_over_100_steps():
     ours, theirs, opt, topt = run_both(
         lambda p: Adagrad(p, lr=0.5), lambda p: torch.optim.Adagrad(p, lr=0.5))
-    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-12, rtol=0)  # float64: far inside the 1e-6 the issue asks
     assert opt.steps == 100
     for s, p in zip(opt.state_sum, topt.param_groups[0]["params"]):
         np.testing.assert_allclose(s, topt.state[p]["sum"].numpy(), rtol=1e-10)
@@ -54,7 +54,7 @@ def test_adagrad_property_matches_torch(lr, eps, init, seed):
         lambda p: Adagrad(p, lr=lr, eps=eps, initial_accumulator_value=init),
         lambda p: torch.optim.Adagrad(p, lr=lr, eps=eps, initial_accumulator_value=init),
         steps=20, seed=seed)
-    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-12, rtol=0)
 
 
 def test_adagrad_float32_matches_torch_float32():
