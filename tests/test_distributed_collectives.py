@@ -243,6 +243,17 @@ def test_worker_exception_is_reported_with_traceback():
     assert "injected fault on rank 0 at step 1" in str(info.value) and info.value.reason == "raised"
 
 
+def _returns_a_lambda(rank):
+    return lambda: rank              # cannot be pickled back to the parent
+
+
+def test_an_unpicklable_result_is_reported_as_raised_not_died():
+    from course_lib.distributed.procs import run_processes
+    with pytest.raises(CollectiveError, match="rank 0 raised") as info:
+        run_processes(_returns_a_lambda, [()], timeout=20, start_method="fork")
+    assert info.value.reason == "raised" and "pickle" in str(info.value).lower()
+
+
 def test_process_group_misuse_is_reported(rng):
     X, y = rng.standard_normal((10, 5)), rng.standard_normal(10)
     with pytest.raises(CollectiveError, match="capacity"):      # 5 parameters, capacity 3

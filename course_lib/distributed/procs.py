@@ -73,11 +73,11 @@ def _child_main(target, rank: int, parent_pid: int, result_conn, args) -> None:
     set_parent_death_signal(parent_pid)
     try:
         value = target(rank, *args)
+        result_conn.send(("ok", value))   # inside the try: a result that cannot be pickled "raised"
     except BaseException as exc:
         result_conn.send(("raised", (traceback.format_exc(), isinstance(exc, SECONDARY), time.time())))
         result_conn.close()
         os._exit(1)
-    result_conn.send(("ok", value))
     result_conn.close()
 
 
@@ -107,14 +107,17 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
     try:
         for rank, args in enumerate(args_per_rank):
             reader, writer = ctx.Pipe(duplex=False)
+            readers.append(reader)            # closed in the finally below, even if start() fails
             proc = ctx.Process(target=_child_main, args=(target, rank, os.getpid(), writer, args),
                                name=f"course_lib-rank{rank}", daemon=True)
-            with warnings.catch_warnings():   # Python >= 3.12 warns when a process with threads (a
-                # Jupyter kernel always has some) forks; our children touch none of those threads' locks
-                warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
-                proc.start()
-            writer.close()
-            procs.append(proc); readers.append(reader)
+            try:
+                with warnings.catch_warnings():   # Python >= 3.12 warns when a process with threads (a
+                    # Jupyter kernel always has some) forks; our children touch none of those threads' locks
+                    warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+                    proc.start()
+            finally:
+                writer.close()                # the child has its own copy
+            procs.append(proc)
         if after_start is not None:
             after_start()
         results = _collect(procs, readers, deadline, timeout, diagnose)
@@ -175,8 +178,9 @@ def _outcome(rank, proc, reader):
     if reader.poll():
         try:
             status, value = reader.recv()
-        except EOFError:
+        except EOFError:             # the child closed its end without a result: it is exiting
             status = None
+            proc.join(timeout=1.0)
         if status == "ok":
             return "ok", value
         if status == "raised":
