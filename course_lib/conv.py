@@ -48,7 +48,8 @@ LECTURE_PADDING_EXAMPLE.flags.writeable = False
 # 1. Sizes and parameter counts (the "Convolution Summary" slide)
 # --------------------------------------------------------------------------
 
-def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = False) -> int:
+def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = False,
+                     window: str = "filter") -> int:
     """Output width of a convolution: ``W2 = (W1 - F + 2P)/S + 1`` (lecture 5).
 
     Parameters
@@ -59,6 +60,7 @@ def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = Fa
     S : stride
     floor : if False (the lecture's rule) a non-integer result is an error;
         if True, round down as PyTorch does (windows that do not fit are dropped).
+    window : what slides, for the error messages ("filter"; pooling says "pooling window")
 
     Returns
     -------
@@ -78,13 +80,14 @@ def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = Fa
     formula = f"(W - F + 2P)/S + 1 = ({W} - {F} + 2*{P})/{S} + 1"
     padded = W + 2 * P
     if F > padded:
-        raise ValueError(f"filter size F = {F} is larger than the padded input W + 2P = "
+        advice = f"a smaller {window}" + (" or more padding" if window == "filter" else "")
+        raise ValueError(f"{window} size F = {F} is larger than the padded input W + 2P = "
                          f"{W} + 2*{P} = {padded}: {formula} = {(W - F + 2 * P) / S + 1:g} "
-                         f"windows; use a smaller filter or more padding")
+                         f"windows; use {advice}")
     steps, remainder = divmod(W - F + 2 * P, S)
     if remainder and not floor:
         raise ValueError(f"output width {formula} = {(W - F + 2 * P) / S + 1:.2f} is not an "
-                         f"integer; the filter does not tile the input evenly. Change padding "
+                         f"integer; the {window} does not tile the input evenly. Change padding "
                          f"or stride (PyTorch would silently drop the last {remainder} column(s))")
     return int(steps + 1)
 

@@ -51,8 +51,8 @@ def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
                          f"could then hold only padding (-inf) and no input; use padding <= "
                          f"kernel_size // 2 = {(KH // 2, KW // 2)}")
     H, W = x_shape[-2:]
-    H_out = conv_output_size(H, KH, PH, SH, floor=True)
-    W_out = conv_output_size(W, KW, PW, SW, floor=True)
+    H_out = conv_output_size(H, KH, PH, SH, floor=True, window="pooling window")
+    W_out = conv_output_size(W, KW, PW, SW, floor=True, window="pooling window")
     return (KH, KW), (SH, SW), (PH, PW), (H_out, W_out)
 
 
