@@ -55,6 +55,7 @@ def plot_timeline(timelines: dict[str, Timeline]):
         ax.text(1e3 * tl.total, y + 0.5, f"  {1e3 * tl.total:.1f} ms", va="center", fontsize=8)
     ax.set_yticks([2 * r + 0.5 for r in range(len(timelines))], list(timelines))
     ax.set_xlabel("time within one iteration (ms)")
+    ax.set_ylabel("configuration (compute above, all-reduce below)")
     ax.set_title("One iteration: forward (grey), backward layer by layer (blue), all-reduce buckets (red)")
     fig.tight_layout()
     return fig
