@@ -86,6 +86,10 @@ def test_build_writes_then_reports_up_to_date(tmp_path):
     assert build(tmp_path / "solutions", tmp_path / "exercises", check=True) == []
     (tmp_path / "exercises" / "toy.ipynb").write_text("{}")
     assert build(tmp_path / "solutions", tmp_path / "exercises", check=True) != []
+    orphan = tmp_path / "exercises" / "retired.ipynb"          # its solution was deleted
+    orphan.write_text("{}")
+    assert orphan in build(tmp_path / "solutions", tmp_path / "exercises", check=True) and orphan.exists()
+    assert orphan in build(tmp_path / "solutions", tmp_path / "exercises") and not orphan.exists()
 
 
 def test_exercises_folder_is_up_to_date():

@@ -108,7 +108,10 @@ def render(nb) -> str:
 
 
 def build(solutions: Path, exercises: Path, check: bool = False) -> list[Path]:
-    """Write (or with ``check``, compare) every exercise; return the stale paths."""
+    """Write (or with ``check``, compare) every exercise; return the stale paths.
+
+    An exercise whose solution no longer exists is stale too, and is removed.
+    """
     stale = []
     sources = sorted(solutions.glob("*.ipynb"))
     if not sources:
@@ -125,7 +128,11 @@ def build(solutions: Path, exercises: Path, check: bool = False) -> list[Path]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
     expected = {s.name for s in sources}
-    stale += [p for p in sorted(exercises.glob("*.ipynb")) if p.name not in expected]
+    for orphan in sorted(exercises.glob("*.ipynb")):   # its solution is gone: so must it be
+        if orphan.name not in expected:
+            stale.append(orphan)
+            if not check:
+                orphan.unlink()
     return stale
 
 
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stale = build(args.solutions, args.exercises, check=args.check)
     for path in stale:
-        print(("out of date: " if args.check else "wrote: ") + str(path))
+        print(("out of date: " if args.check else "wrote: " if path.exists() else "removed: ") + str(path))
     if args.check and stale:
         print("run `make exercises` to regenerate them", file=sys.stderr)
         return 1
