@@ -7,6 +7,10 @@ KERNEL  := dlsys-perf
 PORT    ?= 8888
 # JupyterLab refuses to start as root (CI runs as root) unless told.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
+# After each call, OpenBLAS's worker threads busy-wait for about 0.1 s (2^28 cycles) for the next
+# one. On a 2-core laptop that spinning takes a core from the numpy copy that follows the GEMM
+# (im2col, col2im): 4 (2^4 cycles) makes them sleep at once. Measured in shared/NOTES.md.
+export OPENBLAS_THREAD_TIMEOUT ?= 4
 NBVAL   := --nbval --nbval-current-env --nbval-cell-timeout=300 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 
@@ -21,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) \
-	    --display-name "Python (DL Systems Performance)"
+	    --display-name "Python (DL Systems Performance)" --env OPENBLAS_THREAD_TIMEOUT 4
 	@touch $(STAMP)
 
 setup: $(STAMP)

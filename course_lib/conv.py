@@ -25,10 +25,13 @@ Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, 
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from course_lib.threads import for_each_slice
 
 
 
@@ -358,23 +361,124 @@ def conv2d_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     return out.reshape(N, K, H_out, W_out)
 
 
-def _weights_as_matrix(w: np.ndarray) -> np.ndarray:
-    """(K, C, KH, KW) -> (KH*KW*C, K), rows ordered like a channels-last window."""
-    K = w.shape[0]
-    return w.transpose(2, 3, 1, 0).reshape(-1, K)  # (KH, KW, C, K) -> (KH*KW*C, K)
+_scratch_arrays = threading.local()   # per thread: {role: 1-D uint8 buffer}
+
+
+def _scratch(role: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array for a temporary, reused from call to call (per thread).
+
+    Fresh memory is not free: the operating system hands it out one page
+    fault (and one zeroed 4 KiB page) at a time. For LeNet C1's 5 MB of
+    columns that is about 1,300 faults, as long as the copy itself. So the
+    big temporaries (columns, their gradient, the GEMM's output) live in a
+    buffer per role that grows to the largest size seen, like cuDNN's
+    "workspace". Nothing that is returned to the caller lives here.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffers = _scratch_arrays.__dict__
+    if role not in buffers or buffers[role].nbytes < nbytes:
+        buffers[role] = np.empty(nbytes, dtype=np.uint8)
+    return buffers[role][:nbytes].view(dtype).reshape(shape)
+
+
+def _unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, PW: int,
+                    H_out: int, W_out: int) -> np.ndarray:
+    """im2col of the whole batch as ONE matrix: ``F.unfold``'s rows, with the batch in the columns.
+
+    x : (N, C, H, W)
+    returns : cols (C*KH*KW, N*L), L = H_out*W_out, a scratch array (see ``_scratch``).
+              Row (c, u, v), column (n, i, j) holds xp[n, c, i*SH + u, j*SW + v],
+              where xp is x zero-padded. Rows are ordered like ``w.reshape(K, C*KH*KW)``.
+
+    Row (c, u, v) is the input plane c shifted by (u, v) and subsampled by
+    the stride, so (at stride 1) it is gathered in contiguous runs of W_out
+    numbers. The images are split between the cores (``for_each_slice``).
+    """
+    N, C, H, W = x.shape
+    xp = x
+    if PH or PW:
+        xp = _scratch("padded", (N, C, H + 2 * PH, W + 2 * PW), x.dtype)
+
+        def pad(s: slice) -> None:               # zero the border, copy the inside
+            xp[s, :, :PH] = 0
+            xp[s, :, PH + H:] = 0
+            xp[s, :, PH:PH + H, :PW] = 0
+            xp[s, :, PH:PH + H, PW + W:] = 0
+            xp[s, :, PH:PH + H, PW:PW + W] = x[s]
+        for_each_slice(pad, N, 2 * xp.nbytes)
+    sN, sC, sH, sW = xp.strides
+    windows = as_strided(xp, shape=(C, KH, KW, N, H_out, W_out),   # a view, no copy:
+                         strides=(sC, sH, sW, sN, sH * SH, sW * SW),  # [c, u, v, n, i, j]
+                         writeable=False)                            #   = xp[n, c, i*SH + u, j*SW + v]
+    cols = _scratch("cols", windows.shape, x.dtype)
+
+    def copy(s: slice) -> None:
+        cols[:, :, :, s] = windows[:, :, :, s]
+    for_each_slice(copy, N, 2 * cols.nbytes)
+    return cols.reshape(C * KH * KW, N * H_out * W_out)
+
+
+def _fold_batched(dcols: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, PW: int) -> np.ndarray:
+    """The adjoint of ``_unfold_batched`` (``col2im``): add every window element back to its pixel.
+
+    dcols : (C, KH, KW, N, H_out, W_out)
+    returns : new (N, C, H, W), C-contiguous; a pixel covered by several windows gets their sum
+    """
+    C, KH, KW, N, H_out, W_out = dcols.shape
+    padded = (N, C, H + 2 * PH, W + 2 * PW)
+    dxp = _scratch("padded", padded, dcols.dtype) if PH or PW else np.empty(padded, dtype=dcols.dtype)
+
+    def add(s: slice) -> None:   # KH*KW slice additions for this thread's images
+        dxp[s] = 0
+        for u in range(KH):
+            for v in range(KW):
+                dxp[s, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW] += \
+                    dcols[:, u, v, s].transpose(1, 0, 2, 3)
+    for_each_slice(add, N, 2 * dcols.nbytes)
+    if not (PH or PW):
+        return dxp
+    dx = np.empty((N, C, H, W), dtype=dxp.dtype)
+
+    def crop(s: slice) -> None:
+        dx[s] = dxp[s, :, PH:PH + H, PW:PW + W]
+    for_each_slice(crop, N, 2 * dx.nbytes)
+    return dx
+
+
+def _swap_batch_and_channels(a: np.ndarray, bias: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """(A, B, L) -> C-contiguous (B, A, L), plus ``bias[a]`` if given; the B rows split between cores.
+
+    Moves between the GEMM's (K, N*L) output and NCHW's (N, K, L), in both
+    directions. ``out``: where to write, a new array when None.
+    """
+    A, B, L = a.shape
+    if out is None:
+        out = np.empty((B, A, L), dtype=a.dtype if bias is None else np.result_type(a, bias))
+
+    def swap(s: slice) -> None:
+        if bias is None:
+            out[s] = a[:, s].transpose(1, 0, 2)
+        else:
+            np.add(a[:, s].transpose(1, 0, 2), bias[:, None], out=out[s])
+    for_each_slice(swap, B, 2 * out.nbytes)
+    return out
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
            stride=1, padding=0) -> np.ndarray:
-    """Fast convolution: a channels-last im2col copy and ONE matrix multiply.
+    """Fast convolution: im2col of the whole batch, then ONE matrix multiply.
 
-    Steps (each one pass over memory):
-      1. pad and transpose x to channels-last, (N, Hp, Wp, C);
-      2. copy every window into a row: cols (N*H_out*W_out, KH*KW*C);
-      3. one GEMM with the weights as a (KH*KW*C, K) matrix;
-      4. reshape (N, H_out, W_out, K) and transpose back to NCHW.
-    Each row of ``cols`` is read from KH contiguous runs of KW*C numbers, and
-    the GEMM is one large call instead of N small ones; equal to ``F.conv2d``.
+        out[:, n] = W_row @ cols[:, n-th block] + b,    W_row = w.reshape(K, C*KH*KW)
+
+    ``conv2d_im2col`` multiplies N small matrices, one per image. Here the
+    batch moves into the columns of one matrix, so a single GEMM covers it:
+      1. cols = (C*KH*KW, N*L): ``F.unfold``'s rows, the N images side by side;
+      2. one GEMM, W_row (K, C*KH*KW) @ cols -> (K, N*L);
+      3. swap the K and N axes back to NCHW, adding the bias on the way.
+    Steps 1 and 3 are copies that numpy would do on one core while the GEMM
+    uses them all; they are split between the cores (``course_lib.threads``).
+    Equal to ``F.conv2d`` (float32: to rounding).
 
     Parameters
     ----------
@@ -390,13 +494,12 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     x, w, b = _check_conv(x, w, b)
     N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
-    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
-    cols = win.reshape(N * H_out * W_out, -1)                # (N*L, KH*KW*C), the copy
-    out = cols @ _weights_as_matrix(w)                       # (N*L, K), the one GEMM
-    if b is not None:
-        out += b
-    out = out.reshape(N, H_out, W_out, K)                    # channels-last
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))   # (N, K, H_out, W_out)
+    cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)   # (C*KH*KW, N*L), the copy
+    w_row = w.reshape(K, -1)                                          # (K, C*KH*KW)
+    out_mat = _scratch("out", (K, cols.shape[1]), np.result_type(w, cols))
+    np.matmul(w_row, cols, out=out_mat)                               # (K, N*L), the one GEMM
+    out = _swap_batch_and_channels(out_mat.reshape(K, N, -1), b)      # new (N, K, L), + b
+    return out.reshape(N, K, H_out, W_out)
 
 
 # --------------------------------------------------------------------------
@@ -407,11 +510,14 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
                     stride=1, padding=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a convolution, given the upstream gradient ``dout``.
 
-    With ``cols`` and ``W_mat`` as in ``conv2d`` (forward: out = cols @ W_mat + b),
-    the matrix-multiply rule gives
+    With ``cols`` and ``W_row`` as in ``conv2d`` (forward: out = W_row @ cols + b,
+    out as a (K, N*L) matrix), the matrix-multiply rule (for Y = A @ B:
+    dA = dY @ B.T and dB = A.T @ dY) gives
 
-        dW_mat = cols.T @ dout_mat      db = dout summed over N, H_out, W_out
-        dcols  = dout_mat @ W_mat.T     dx = col2im(dcols)   (overlaps summed)
+        dW_row = dout_mat @ cols.T      db = dout summed over N, H_out, W_out
+        dcols  = W_row.T @ dout_mat     dx = col2im(dcols)   (overlaps summed)
+
+    with ``dout_mat`` = dout as a (K, N*L) matrix.
 
     Parameters
     ----------
@@ -431,12 +537,13 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
     if dout.shape != (N, K, H_out, W_out):
         raise ValueError(f"dout has shape {dout.shape}, but the forward output of x {x.shape} "
                          f"and w {w.shape} has shape {(N, K, H_out, W_out)}")
-    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)
-    cols = win.reshape(N * H_out * W_out, -1)                          # (N*L, KH*KW*C)
-    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, K)               # (N*L, K)
-    db = dout.sum(axis=(0, 2, 3))                                      # (K,)
-    dw = (cols.T @ dout_mat).reshape(KH, KW, C, K).transpose(3, 2, 0, 1)  # (K, C, KH, KW)
-    dcols = dout_mat @ _weights_as_matrix(w).T                         # (N*L, KH*KW*C)
-    dwin = dcols.reshape(N, H_out, W_out, KH, KW, C)
-    dx = _col2im_nhwc(dwin, H, W, SH, SW, PH, PW)                      # (N, C, H, W)
-    return np.ascontiguousarray(dx), np.ascontiguousarray(dw), db
+    cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)       # (C*KH*KW, N*L)
+    dout_mat = _swap_batch_and_channels(dout.reshape(N, K, -1),           # (K, N*L)
+                                        out=_scratch("dout", (K, N, H_out * W_out), dout.dtype)).reshape(K, -1)
+    db = dout_mat.sum(axis=1)                                             # (K,)
+    dw = (cols @ dout_mat.T).T.reshape(K, C, KH, KW)                      # dW_row.T = cols @ dout_mat.T
+    w_row = w.reshape(K, -1)                                              # (K, C*KH*KW)
+    dcols = _scratch("dcols", cols.shape, np.result_type(w, dout))
+    np.matmul(w_row.T, dout_mat, out=dcols)                               # (C*KH*KW, N*L)
+    dx = _fold_batched(dcols.reshape(C, KH, KW, N, H_out, W_out), H, W, SH, SW, PH, PW)
+    return dx, dw, db

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from course_lib import threads
 from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
-                             conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d)
+                             conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d,
+                             _conv_geometry, _unfold_batched)
 from course_lib.gradcheck import check_gradient
 
 FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
@@ -219,3 +224,66 @@ def test_gradient_check_catches_a_wrong_gradient(rng):
     _, dw, _ = conv2d_backward(dout, x, w)
     with pytest.raises(AssertionError, match=r"dw: relative error .* expected \(numerical\)"):
         check_gradient(lambda v: float(conv2d(x, v).sum()), w, dw * 1.01, "dw")
+
+
+# ---------------------------------------------------------------- the fast path's layout and its threads
+
+@contextlib.contextmanager
+def _forced_threads(n: int):
+    """Split every pass, however small, over n threads (the tests' arrays are far below 1 MiB)."""
+    saved_env, saved_min = os.environ.get("COURSE_LIB_THREADS"), threads.MIN_BYTES_PER_THREAD
+    os.environ["COURSE_LIB_THREADS"], threads.MIN_BYTES_PER_THREAD = str(n), 1
+    try:
+        yield
+    finally:
+        threads.MIN_BYTES_PER_THREAD = saved_min
+        if saved_env is None:
+            del os.environ["COURSE_LIB_THREADS"]
+        else:
+            os.environ["COURSE_LIB_THREADS"] = saved_env
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_cases())
+def test_batched_unfold_is_f_unfold_with_the_batch_in_the_columns(case):
+    x, w, _, stride, padding = case
+    (N, C, H, W), (KH, KW) = x.shape, w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    for n_threads in (1, 3):
+        with _forced_threads(n_threads):
+            cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)
+        unfold = F.unfold(torch.tensor(x), (KH, KW), stride=stride, padding=padding).numpy()  # (N, C*KH*KW, L)
+        np.testing.assert_array_equal(cols, unfold.transpose(1, 0, 2).reshape(C * KH * KW, -1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_cases())
+def test_splitting_over_threads_changes_no_bit(case):
+    x, w, b, stride, padding = case
+    out = conv2d(x, w, b, stride, padding)
+    dout = np.random.default_rng(2).standard_normal(out.shape)
+    grads = conv2d_backward(dout, x, w, stride, padding)
+    with _forced_threads(3):
+        np.testing.assert_array_equal(conv2d(x, w, b, stride, padding), out)
+        for got, expected in zip(conv2d_backward(dout, x, w, stride, padding), grads):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, monkeypatch):
+    """A real-sized layer: large enough that its copies are split between threads unforced."""
+    x = rng.standard_normal((64, 1, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    dout = rng.standard_normal((64, 6, 28, 28)).astype(np.float32)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    out_t = F.conv2d(xt, wt, bt)
+    out_t.backward(torch.tensor(dout))
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    pools = []
+    monkeypatch.setattr(threads, "_executor", lambda n, real=threads._executor: pools.append(n) or real(n))
+    out = conv2d(x, w, b)
+    dx, dw, db = conv2d_backward(dout, x, w)
+    assert pools and set(pools) == {1}, "the copies were not split between two threads"
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-4)
+    for name, got, expected in (("dx", dx, xt.grad), ("dw", dw, wt.grad), ("db", db, bt.grad)):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3, err_msg=name)

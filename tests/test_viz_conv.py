@@ -219,12 +219,13 @@ def test_conv_timings_refuses_to_time_a_wrong_implementation(monkeypatch):
         viz.conv_timings([("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1)], repeats=1, warmup=0)
 
 
-def test_time_layouts_reports_both_copies_and_both_products():
+def test_time_layouts_reports_every_copy_and_every_product():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
     w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
     steps = viz.time_layouts(x, w, stride=1, padding=1, repeats=1)
     assert set(steps) == {"F.unfold layout: im2col copy", "F.unfold layout: N matmuls",
+                          "batched: im2col copy", "batched: one GEMM",
                           "channels-last: window copy", "channels-last: one GEMM"}
     assert all(s > 0 for s in steps.values())
 

@@ -25,7 +25,7 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.conv import (_conv_geometry, _padded_nhwc, _weights_as_matrix, _windows_nhwc,
+from course_lib.conv import (_conv_geometry, _padded_nhwc, _unfold_batched, _windows_nhwc,
                              conv2d, conv2d_im2col, conv2d_naive, conv_output_size,
                              conv_param_count, im2col)
 
@@ -350,22 +350,33 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
 
 
 def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
-    """Split both im2col convolutions into their copy and their matrix multiply.
+    """Split three im2col convolutions into their copy and their matrix multiply.
 
-    ``F.unfold`` layout (``conv2d_im2col``): cols (N, C*KH*KW, L), then N
-    matmuls (K, C*KH*KW) @ (C*KH*KW, L). Channels-last (``conv2d``): cols
-    (N*L, KH*KW*C), then one GEMM with (KH*KW*C, K). Returns seconds per step.
+    - ``F.unfold`` layout (``conv2d_im2col``): cols (N, C*KH*KW, L), then N
+      matmuls (K, C*KH*KW) @ (C*KH*KW, L);
+    - batched (``conv2d``): cols (C*KH*KW, N*L), F.unfold's rows with the
+      images side by side, then ONE GEMM (K, C*KH*KW) @ (C*KH*KW, N*L);
+    - channels-last: cols (N*L, KH*KW*C), each row one window read from
+      KH runs of KW*C numbers of an (N, H, W, C) copy of x, then ONE GEMM
+      with the weights as a (KH*KW*C, K) matrix.
+
+    Each GEMM's output still has to be put back into NCHW order (not timed).
+    Returns seconds per step.
     """
     (K, C, KH, KW), N = w.shape, x.shape[0]
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
-    unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                 # (N, C*KH*KW, L)
+    unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                        # (N, C*KH*KW, L)
+    batched_copy = lambda: _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)   # (C*KH*KW, N*L)
     cl_copy = lambda: _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out
-                                    ).reshape(N * H_out * W_out, KH * KW * C)  # (N*L, KH*KW*C)
-    cols_unfold, cols_cl = unfold_copy(), cl_copy()
-    w_row, w_mat = w.reshape(K, -1), _weights_as_matrix(w)                     # (K, CKK), (KKC, K)
+                                    ).reshape(N * H_out * W_out, KH * KW * C)         # (N*L, KH*KW*C)
+    cols_unfold, cols_batched, cols_cl = unfold_copy(), batched_copy(), cl_copy()
+    w_row = w.reshape(K, -1)                                                          # (K, C*KH*KW)
+    w_mat = w.transpose(2, 3, 1, 0).reshape(-1, K)                                    # (KH*KW*C, K)
     return {
         "F.unfold layout: im2col copy": median_seconds(unfold_copy, repeats),
         "F.unfold layout: N matmuls": median_seconds(lambda: w_row @ cols_unfold, repeats),
+        "batched: im2col copy": median_seconds(batched_copy, repeats),
+        "batched: one GEMM": median_seconds(lambda: w_row @ cols_batched, repeats),
         "channels-last: window copy": median_seconds(cl_copy, repeats),
         "channels-last: one GEMM": median_seconds(lambda: cols_cl @ w_mat, repeats),
     }
