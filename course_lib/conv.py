@@ -9,8 +9,10 @@ Reading order
 4. ``im2col`` / ``col2im``: "Convolution as a Matrix Operation"; exactly
    ``torch.nn.functional.unfold`` / ``fold``'s layout (N, C*KH*KW, L).
 5. ``conv2d_im2col``: convolution = im2col + one matrix multiply, in that layout.
-6. ``conv2d``: the same idea with a channels-last window copy, which feeds one
-   large contiguous GEMM and is what the benchmark measures.
+6. ``conv2d``: the same rows with the whole batch side by side in the columns,
+   so ONE large GEMM covers every image; what the benchmark measures. Its
+   copies are split over the cores (``course_lib.threads``) and its big
+   temporaries reuse scratch memory (``_scratch``).
 7. ``conv2d_backward``: dx, dw, db by the same matrix multiplies, transposed.
 
 Conventions follow PyTorch (NCHW input, (K, C, KH, KW) weights, padding P on
@@ -347,9 +349,9 @@ def conv2d_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
 
         out[n] = W_row @ cols[n] + b,   W_row = w.reshape(K, C*KH*KW)
 
-    Parameters and result as ``conv2d_naive``. Correct and readable; the
-    per-image matmuls over a (C*KH*KW, L) matrix whose rows are strided
-    gathers are why ``conv2d`` uses a channels-last copy instead.
+    Parameters and result as ``conv2d_naive``. Correct and readable; its N
+    small per-image matmuls are why ``conv2d`` puts the whole batch in the
+    columns of one matrix and makes a single large GEMM instead.
     """
     x, w, b = _check_conv(x, w, b)
     N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
