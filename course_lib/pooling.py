@@ -16,7 +16,8 @@ Reading order
 3. ``max_pool2d``: no loop over the output; a running ``np.maximum`` over the
    KH*KW strided views "the element at offset (u, v) of every window".
 4. ``max_pool2d_backward``: each output's gradient goes back to the one input
-   that won its window (summed where overlapping windows share a winner).
+   that won its window (summed where overlapping windows share a winner):
+   KH*KW masked writes when windows do not overlap, a scatter when they do.
 
 Tie rule (the same as PyTorch's CPU and CUDA kernels): when several elements
 of a window hold the maximum, the FIRST one in row-major window order (top
@@ -157,10 +158,17 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     input that wins several windows receives the sum of their gradients, as
     in autograd. Ties go to the first maximum in row-major window order.
 
-    Like PyTorch's kernel, this is one scatter: the flat position of each
-    winner in the (padded) input, then one assignment when windows do not
-    overlap, or ``np.add.at`` when they do (it adds repeated positions up,
-    where ``dx[target] += dout`` would keep only one of them).
+    Two ways, both without a loop over the output:
+
+    * windows that do not overlap (stride >= kernel, the lecture's
+      subsampling): the mirror image of the forward pass. Element (u, v) of
+      every window is one strided view of dx, and no two windows share it,
+      so it is *written* once: ``dout`` where (u, v) won, 0 elsewhere. KH*KW
+      masked multiplies, and no index arithmetic at all.
+    * overlapping windows: one scatter, like PyTorch's kernel: the flat
+      position of each winner in the (padded) input, then ``np.add.at``,
+      which adds repeated positions up (``dx[target] += dout`` would keep
+      only one of them).
 
     Parameters
     ----------
@@ -186,11 +194,15 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     elif argmax.shape != dout.shape:
         raise ValueError(f"argmax has shape {argmax.shape}; it must match dout {dout.shape}")
     Hp, Wp = H + 2 * PH, W + 2 * PW
-    target = _winner_flat_index(argmax, (N, C, Hp, Wp), (KH, KW), (SH, SW))  # (N, C, H_out, W_out)
-    dxp = np.zeros(N * C * Hp * Wp, dtype=dout.dtype)                # the padded gradient, flat
-    if SH >= KH and SW >= KW:                                        # windows do not overlap:
-        dxp[target.ravel()] = dout.ravel()                           # each target appears once
+    if SH >= KH and SW >= KW:                                        # windows do not overlap
+        tiled = (SH, SW) == (KH, KW) and (Hp, Wp) == (H_out * SH, W_out * SW)
+        dxp = (np.empty if tiled else np.zeros)((N, C, Hp, Wp), dtype=dout.dtype)  # zeros: pixels in no window
+        for u in range(KH):
+            for v in range(KW):                                      # each window's element (u, v), once
+                np.multiply(dout, argmax == u * KW + v, out=_offset_view(dxp, u, v, SH, SW, H_out, W_out))
     else:                                                            # overlapping windows: add.at sums
+        target = _winner_flat_index(argmax, (N, C, Hp, Wp), (KH, KW), (SH, SW))  # (N, C, H_out, W_out)
+        dxp = np.zeros(N * C * Hp * Wp, dtype=dout.dtype)            # the padded gradient, flat
         np.add.at(dxp, target.ravel(), dout.ravel())                 # repeated targets (a plain += would not)
-    dxp = dxp.reshape(N, C, Hp, Wp)
+        dxp = dxp.reshape(N, C, Hp, Wp)
     return np.ascontiguousarray(dxp[:, :, PH:PH + H, PW:PW + W])

@@ -72,6 +72,23 @@ def test_float32_and_rectangular_equal_torch(rng, shape, k, s, p):
     np.testing.assert_array_equal(dx, max_pool2d_backward(dout, x, k, s, p))
 
 
+@pytest.mark.parametrize("shape,k,s,p", [((64, 16, 28, 28), 2, 2, 0),    # windows tile the input exactly
+                                         ((3, 4, 29, 31), 2, 2, 0),      # last row and column in no window
+                                         ((2, 3, 11, 10), 2, 3, 1),      # gaps between windows, padding
+                                         ((2, 2, 9, 12), (3, 2), (3, 4), (1, 1))])
+def test_non_overlapping_backward_is_exactly_torchs(rng, shape, k, s, p):
+    """No window shares an input, so no sums: every element equals autograd's bit for bit,
+    and every pixel in no window (or under a loser) is exactly 0."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    out, argmax = max_pool2d(x, k, s, p, return_indices=True)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    _, dx_ref = torch_pool(x, k, s, p, dout)
+    dx = max_pool2d_backward(dout, x, k, s, p, argmax=argmax)
+    np.testing.assert_array_equal(dx, dx_ref)
+    assert dx.flags.c_contiguous and dx.dtype == np.float32
+    assert np.count_nonzero(dx) == np.count_nonzero(dout)      # one winner per window, the rest 0
+
+
 def test_tie_rule_first_in_row_major_order():
     x = np.ones((1, 1, 2, 2))
     dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
