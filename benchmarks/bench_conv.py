@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import Result, median_time, same_threads
-from course_lib.conv import conv2d, conv2d_backward, conv2d_naive
+from course_lib.conv import _conv_geometry, _unfold_batched, conv2d, conv2d_backward, conv2d_naive
 
 # name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding, forward target
 LAYERS = [
@@ -32,6 +32,16 @@ def _torch_backward(dout, x, w, stride, padding):
         [True, True, True])
 
 
+def _gemm_alone(x, w, stride, padding) -> float:
+    """Seconds for conv2d's one GEMM by itself, its columns already built: the floor under
+    ``conv2d`` (reported beside the forward ratio: what the copies around it may cost)."""
+    K, _, KH, KW = w.shape
+    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
+    cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out).copy()   # (C*KH*KW, N*L)
+    w_row, out = w.reshape(K, -1), np.empty((K, cols.shape[1]), dtype=np.float32)
+    return median_time(lambda: np.matmul(w_row, cols, out=out), min_time=0.05)
+
+
 def run() -> list[Result]:
     threads = same_threads()
     rng = np.random.default_rng(0)
@@ -49,8 +59,11 @@ def run() -> list[Result]:
             t_ours = median_time(lambda: conv2d(x, w, b, stride, padding), min_time=0.05)
             tb_torch = median_time(lambda: _torch_backward(doutt, xt, wt, stride, padding), min_time=0.05)
             tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding), min_time=0.05)
+        t_gemm = _gemm_alone(x, w, stride, padding)
         note = f"torch {t_torch * 1e3:.2f} ms, ours {t_ours * 1e3:.2f} ms, {threads} threads"
         results.append(Result("conv forward", name, t_ours / t_torch, target, note=note))
+        results.append(Result("conv forward", name + ": numpy's GEMM alone", t_gemm / t_torch,
+                              note=f"GEMM {t_gemm * 1e3:.2f} ms of ours {t_ours * 1e3:.2f} ms; the rest is copies"))
         note = f"torch {tb_torch * 1e3:.2f} ms, ours {tb_ours * 1e3:.2f} ms"
         results.append(Result("conv backward", name, tb_ours / tb_torch, BACKWARD_TARGET, note=note))
 
