@@ -164,7 +164,7 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
       subsampling): the mirror image of the forward pass. Element (u, v) of
       every window is one strided view of dx, and no two windows share it,
       so it is *written* once: ``dout`` where (u, v) won, 0 elsewhere. KH*KW
-      masked multiplies, and no index arithmetic at all.
+      masked writes, and no index arithmetic at all.
     * overlapping windows: one scatter, like PyTorch's kernel: the flat
       position of each winner in the (padded) input, then ``np.add.at``,
       which adds repeated positions up (``dx[target] += dout`` would keep
@@ -197,9 +197,11 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     if SH >= KH and SW >= KW:                                        # windows do not overlap
         tiled = (SH, SW) == (KH, KW) and (Hp, Wp) == (H_out * SH, W_out * SW)
         dxp = (np.empty if tiled else np.zeros)((N, C, Hp, Wp), dtype=dout.dtype)  # zeros: pixels in no window
-        for u in range(KH):
+        bits = np.dtype(f"u{dout.dtype.itemsize}")                   # select by multiplying the bit patterns
+        g, dxp_bits = dout.view(bits), dxp.view(bits)                # by 0 or 1: exact, where a float multiply
+        for u in range(KH):                                          # makes inf*0 = NaN and -g*0 = -0.0
             for v in range(KW):                                      # each window's element (u, v), once
-                np.multiply(dout, argmax == u * KW + v, out=_offset_view(dxp, u, v, SH, SW, H_out, W_out))
+                np.multiply(g, argmax == u * KW + v, out=_offset_view(dxp_bits, u, v, SH, SW, H_out, W_out))
     else:                                                            # overlapping windows: add.at sums
         target = _winner_flat_index(argmax, (N, C, Hp, Wp), (KH, KW), (SH, SW))  # (N, C, H_out, W_out)
         dxp = np.zeros(N * C * Hp * Wp, dtype=dout.dtype)            # the padded gradient, flat

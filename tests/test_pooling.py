@@ -89,6 +89,19 @@ def test_non_overlapping_backward_is_exactly_torchs(rng, shape, k, s, p):
     assert np.count_nonzero(dx) == np.count_nonzero(dout)      # one winner per window, the rest 0
 
 
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2)])
+def test_non_finite_gradients_reach_only_the_winners(k, s):
+    """An inf or NaN in dout goes to its window's winner; every loser still gets exactly +0."""
+    x = np.arange(2 * 1 * 6 * 6, dtype=np.float64).reshape(2, 1, 6, 6)   # winners: bottom-right of each window
+    out = max_pool2d(x, k, s)
+    dout = -np.ones(out.shape)
+    dout.flat[0], dout.flat[1] = np.inf, np.nan
+    _, dx_ref = torch_pool(x, k, s, 0, dout)
+    dx = max_pool2d_backward(dout, x, k, s)
+    np.testing.assert_array_equal(dx, dx_ref)                             # NaN == NaN here
+    assert not np.signbit(dx[dx == 0]).any(), "a loser got -0.0"
+
+
 def test_tie_rule_first_in_row_major_order():
     x = np.ones((1, 1, 2, 2))
     dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
