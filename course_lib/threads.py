@@ -7,7 +7,7 @@ GEMM (BLAS) already uses every core; a numpy copy or ufunc uses one. On a
 numpy releases the GIL inside a copy or a ufunc loop over a large array, so
 plain Python threads that each take one slice of the work run at the same
 time. ``for_each_slice`` does exactly that, and nothing when the work is too
-small to pay for waking a thread (about 10 microseconds).
+small to pay for handing it to another thread (tens of microseconds).
 
 Set ``COURSE_LIB_THREADS=1`` to turn it off (for example beside
 ``threadpoolctl.threadpool_limits(1)``); by default it uses the cores this
@@ -18,15 +18,26 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
 MIN_BYTES_PER_THREAD = 1 << 20   # below ~1 MiB a slice is copied faster than a thread wakes up
 MAX_THREADS = 8
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] | None = None   # (pid, workers): a forked child must not reuse its parent's pool
+_pool: ThreadPoolExecutor | None = None    # this process's helper threads: num_threads() - 1 of them
+_pool_workers = 0
+_state = threading.local()                 # .inside: this thread is running a slice
+
+
+def _forget_pool_after_fork() -> None:
+    """In a forked child the parent's threads do not exist (and the lock may be held): start afresh."""
+    global _lock, _pool, _pool_workers
+    _lock, _pool, _pool_workers = threading.Lock(), None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def num_threads() -> int:
@@ -44,13 +55,24 @@ def num_threads() -> int:
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """This process's pool of ``workers`` threads, made on first use (and again after a fork)."""
-    global _pool, _pool_key
+    """The process's pool of ``workers`` helper threads, made on first use (again if the count changed)."""
+    global _pool, _pool_workers
     with _lock:
-        if _pool_key != (os.getpid(), workers):
+        if _pool is None or _pool_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)   # its idle threads exit
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="course_lib")
-            _pool_key = (os.getpid(), workers)
+            _pool_workers = workers
         return _pool
+
+
+def _run_slice(fn: Callable[[slice], object], s: slice) -> None:
+    """Run one slice, marking this thread as inside one (a nested ``for_each_slice`` then runs inline)."""
+    outer, _state.inside = getattr(_state, "inside", False), True
+    try:
+        fn(s)
+    finally:
+        _state.inside = outer
 
 
 def for_each_slice(fn: Callable[[slice], object], n: int, nbytes: int) -> None:
@@ -63,22 +85,33 @@ def for_each_slice(fn: Callable[[slice], object], n: int, nbytes: int) -> None:
         per ``MIN_BYTES_PER_THREAD`` is used, so small passes run inline
 
     The calling thread does the first slice itself. Every slice has finished
-    when this returns; the first exception raised by any slice is re-raised.
+    when this returns, also when one raised: then the calling thread's own
+    exception is re-raised if it had one, else the first slice's in order.
+    Runs inline (one slice) when called from inside a slice, or once the
+    interpreter is shutting down and no new thread may start.
     """
-    parts = min(num_threads(), n, max(1, nbytes // MIN_BYTES_PER_THREAD))
-    if parts <= 1:
-        fn(slice(0, n))
+    threads = num_threads()
+    parts = min(threads, n, max(1, nbytes // MIN_BYTES_PER_THREAD))
+    if parts <= 1 or getattr(_state, "inside", False):
+        _run_slice(fn, slice(0, n))
         return
     bounds = [n * i // parts for i in range(parts + 1)]
     slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-    futures = [_executor(parts - 1).submit(fn, s) for s in slices[1:]]
-    error = None
+    futures = []
     try:
-        fn(slices[0])
-    except BaseException as exc:     # wait for the others before raising: they write into shared arrays
-        error = exc
-    for future in futures:
-        exc = future.exception()
-        error = error or exc
-    if error is not None:
-        raise error
+        pool = _executor(threads - 1)
+        for s in slices[1:]:
+            futures.append(pool.submit(_run_slice, fn, s))
+    except RuntimeError:             # interpreter shutdown: the slices not submitted run here
+        pass
+    errors = []
+    try:
+        for s in [slices[0]] + slices[1 + len(futures):]:
+            _run_slice(fn, s)
+    except BaseException as exc:     # (even Ctrl-C) first wait: the others write into shared arrays
+        errors.append(exc)
+    finally:
+        wait(futures)
+    errors += [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -83,6 +86,97 @@ def test_a_forked_child_makes_its_own_pool(monkeypatch):
     queue = ctx.Queue()
     child = ctx.Process(target=_split_in_child, args=(queue,))
     child.start()
+    try:
+        assert queue.get(timeout=20) == list(range(8))
+    finally:
+        child.join(timeout=20)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=5)
+    assert child.exitcode == 0
+
+
+def test_one_pool_serves_every_split(monkeypatch):
+    """Passes of different sizes (2 parts, then 8) share the process's pool of num_threads() - 1 threads."""
+    monkeypatch.setenv("COURSE_LIB_THREADS", "8")
+    _record(64, 2 * threads.MIN_BYTES_PER_THREAD)
+    pool = threads._pool
+    _record(64, 1 << 40)
+    _record(64, 3 * threads.MIN_BYTES_PER_THREAD)
+    assert threads._pool is pool and threads._pool_workers == 7
+    names = {t.name for t in threading.enumerate() if t.name.startswith("course_lib")}
+    assert len(names) <= 7
+
+
+def _in_a_thread(target, timeout: float = 20.0) -> None:
+    """Run target in a daemon thread; fail (instead of hanging the suite) if it does not finish."""
+    errors = []
+
+    def run():
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout} s: deadlock"
+    if errors:
+        raise errors[0]
+
+
+def test_a_slice_that_splits_again_runs_inline_instead_of_deadlocking(monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    out = np.zeros((4, 4))
+
+    def inner_rows(s: slice) -> None:
+        def cells(t: slice, rows=s) -> None:
+            out[rows, t] += 1
+        for_each_slice(cells, 4, 1 << 40)            # called from inside a slice
+    _in_a_thread(lambda: for_each_slice(inner_rows, 4, 1 << 40))
+    np.testing.assert_array_equal(out, 1)
+
+
+def test_the_callers_exception_waits_for_the_other_slices(monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    finished = threading.Event()
+
+    def fn(s: slice) -> None:
+        if s.start == 0:
+            raise KeyError("caller's slice")
+        time.sleep(0.2)
+        finished.set()
+    with pytest.raises(KeyError, match="caller's slice"):
+        for_each_slice(fn, 2, 1 << 40)
+    assert finished.is_set(), "returned while a helper thread was still writing"
+
+
+def test_works_while_the_interpreter_shuts_down():
+    """From an atexit handler no new thread may start: every slice then runs on the caller."""
+    code = ("import atexit, os\n"
+            "os.environ['COURSE_LIB_THREADS'] = '2'\n"
+            "from course_lib.threads import for_each_slice\n"
+            "seen = []\n"
+            "for_each_slice(seen.append, 4, 1 << 40)\n"
+            "def late():\n"
+            "    done = []\n"
+            "    for_each_slice(done.append, 4, 1 << 40)\n"
+            "    print('late', sorted(s.start for s in done))\n"
+            "atexit.register(late)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "late [0, 2]" in result.stdout
+
+
+def test_a_child_forked_while_the_lock_is_held_still_works(monkeypatch):
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("this platform cannot fork")
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    with threads._lock:                       # as if another thread were inside _executor at fork time
+        child = ctx.Process(target=_split_in_child, args=(queue,))
+        child.start()
     try:
         assert queue.get(timeout=20) == list(range(8))
     finally:
