@@ -33,8 +33,9 @@ def _torch_backward(dout, x, w, stride, padding):
 
 
 def _gemm_alone(x, w, stride, padding) -> float:
-    """Seconds for conv2d's one GEMM by itself, its columns already built: the floor under
-    ``conv2d`` (reported beside the forward ratio: what the copies around it may cost)."""
+    """Seconds for conv2d's one batched GEMM by itself, its columns already built: the floor
+    under ``conv2d`` as it is built (reported beside the forward ratio: what is left for the
+    copies around it). Per-image products (``conv2d_im2col``'s) can be faster on small layers."""
     K, _, KH, KW = w.shape
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out).copy()   # (C*KH*KW, N*L)

@@ -387,6 +387,13 @@ def _scratch(role: str, shape: tuple, dtype) -> np.ndarray:
     return buffers[role][:nbytes].view(dtype).reshape(shape)
 
 
+def release_scratch() -> int:
+    """Free this thread's scratch buffers (see ``_scratch``); returns how many bytes they held."""
+    held = sum(buf.nbytes for buf in _scratch_arrays.__dict__.values())
+    _scratch_arrays.__dict__.clear()
+    return held
+
+
 def _unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, PW: int,
                     H_out: int, W_out: int) -> np.ndarray:
     """im2col of the whole batch as ONE matrix: ``F.unfold``'s rows, with the batch in the columns.
@@ -431,8 +438,9 @@ def _fold_batched(dcols: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, 
     returns : new (N, C, H, W), C-contiguous; a pixel covered by several windows gets their sum
     """
     C, KH, KW, N, H_out, W_out = dcols.shape
-    padded = (N, C, H + 2 * PH, W + 2 * PW)
+    padded = (N, C, H + 2 * PH, W + 2 * PW)    # (the "padded" buffer may be the one _unfold_batched
     dxp = _scratch("padded", padded, dcols.dtype) if PH or PW else np.empty(padded, dtype=dcols.dtype)
+    #                                             filled: cols was copied out of it long before)
 
     def add(s: slice) -> None:   # KH*KW slice additions for this thread's images
         dxp[s] = 0
@@ -459,7 +467,7 @@ def _swap_batch_and_channels(a: np.ndarray, bias: np.ndarray | None = None, out:
     """
     A, B, L = a.shape
     if out is None:
-        out = np.empty((B, A, L), dtype=a.dtype if bias is None else np.result_type(a, bias))
+        out = np.empty((B, A, L), dtype=a.dtype)   # a float64 bias does not promote a float32 output
 
     def swap(s: slice) -> None:
         if bias is None:
@@ -482,7 +490,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
       2. one GEMM, W_row (K, C*KH*KW) @ cols -> (K, N*L);
       3. swap the K and N axes back to NCHW, adding the bias on the way.
     Steps 1 and 3 are copies that numpy would do on one core while the GEMM
-    uses them all; they are split between the cores (``course_lib.threads``).
+    uses them all; they are split between the cores, the images shared out
+    among them (``course_lib.threads``).
     Equal to ``F.conv2d`` (float32: to rounding).
 
     Parameters
@@ -546,7 +555,8 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
     dout_mat = _swap_batch_and_channels(dout.reshape(N, K, -1),           # (K, N*L)
                                         out=_scratch("dout", (K, N, H_out * W_out), dout.dtype)).reshape(K, -1)
     db = dout_mat.sum(axis=1)                                             # (K,)
-    dw = (cols @ dout_mat.T).T.reshape(K, C, KH, KW)                      # dW_row.T = cols @ dout_mat.T
+    dw = np.ascontiguousarray((cols @ dout_mat.T).T).reshape(K, C, KH, KW)  # dW_row, as (dW_row.T).T:
+                                                                          # OpenBLAS is faster at cols @ dout_mat.T
     w_row = w.reshape(K, -1)                                              # (K, C*KH*KW)
     dcols = _scratch("dcols", cols.shape, np.result_type(w, dout))
     np.matmul(w_row.T, dout_mat, out=dcols)                               # (C*KH*KW, N*L)

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from course_lib import threads
 from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
                              conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d,
-                             _conv_geometry, _unfold_batched)
+                             _conv_geometry, _scratch_arrays, _unfold_batched, release_scratch)
 from course_lib.gradcheck import check_gradient
 
 FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
@@ -103,8 +103,17 @@ def test_inputs_are_not_modified(rng):
 def test_dtype_follows_the_input(rng):
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    assert conv2d(x, w).dtype == np.float32 and conv2d_im2col(x, w).dtype == np.float32
+    b64 = rng.standard_normal(3)                                  # a float64 bias does not promote
+    for f in FORWARDS:
+        assert f(x, w).dtype == np.float32 and f(x, w, b64).dtype == np.float32, f.__name__
     assert all(g.dtype == np.float32 for g in conv2d_backward(np.ones((1, 3, 3, 3), np.float32), x, w))
+
+
+def test_results_are_c_contiguous(rng):
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))
+    out = conv2d(x, w, rng.standard_normal(4), stride=2, padding=1)
+    assert out.flags.c_contiguous
+    assert all(g.flags.c_contiguous for g in conv2d_backward(np.ones(out.shape), x, w, stride=2, padding=1))
 
 
 # ---------------------------------------------------------------- errors that teach
@@ -287,3 +296,50 @@ def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, m
     np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-4)
     for name, got, expected in (("dx", dx, xt.grad), ("dw", dw, wt.grad), ("db", db, bt.grad)):
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3, err_msg=name)
+
+
+def test_results_never_share_memory_with_the_scratch_buffers(rng):
+    """Results a caller keeps must survive later calls that reuse the scratch memory."""
+    x, w, b = rng.standard_normal((3, 2, 9, 9)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    big = rng.standard_normal((5, 2, 12, 12))
+    conv2d_backward(conv2d(big, w, b, 1, 2), big, w, 1, 2)     # grow every buffer first: later calls reuse them
+    kept = [conv2d(x, w, b, 1, 1), *conv2d_backward(np.ones((3, 4, 9, 9)), x, w, 1, 1)]
+    saved = [a.copy() for a in kept]
+    for shape, P in (((5, 2, 12, 12), 2), ((3, 2, 9, 9), 0), ((1, 2, 4, 4), 1)):
+        xs = rng.standard_normal(shape)
+        out = conv2d(xs, w, b, 1, P)
+        conv2d_backward(out, xs, w, 1, P)
+    buffers = list(_scratch_arrays.__dict__.values())
+    assert buffers, "no scratch buffer was used"
+    for a, before in zip(kept, saved):
+        np.testing.assert_array_equal(a, before)
+        assert not any(np.shares_memory(a, buf) for buf in buffers)
+
+
+def test_user_threads_calling_conv_at_once_get_their_own_results():
+    """Scratch memory is per thread: four threads with different shapes must not mix their data."""
+    import concurrent.futures
+
+    def job(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(15):
+            N, C, H = 1 + (seed + i) % 3, 1 + seed % 3, 5 + (seed * 7 + i) % 6
+            x, w, b = rng.standard_normal((N, C, H, H)), rng.standard_normal((3, C, 3, 3)), rng.standard_normal(3)
+            out = conv2d(x, w, b, 1, 1)
+            np.testing.assert_allclose(out, conv2d_im2col(x, w, b, 1, 1), rtol=1e-12, atol=1e-12)
+            dx, dw, db = conv2d_backward(out, x, w, 1, 1)
+            dx_ref, dw_ref, _ = _torch_conv(x, w, b, 1, 1, out)
+            np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(job, seed) for seed in range(4)]:
+            future.result(timeout=120)
+
+
+def test_release_scratch_frees_what_the_thread_held(rng):
+    x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3))
+    conv2d_backward(conv2d(x, w, None, 1, 1), x, w, 1, 1)
+    held = sum(buf.nbytes for buf in _scratch_arrays.__dict__.values())
+    assert held > 0 and release_scratch() == held
+    assert not _scratch_arrays.__dict__ and release_scratch() == 0
+    np.testing.assert_allclose(conv2d(x, w, None, 1, 1), conv2d_im2col(x, w, None, 1, 1), rtol=1e-12)

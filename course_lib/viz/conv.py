@@ -360,7 +360,8 @@ def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int
       KH runs of KW*C numbers of an (N, H, W, C) copy of x, then ONE GEMM
       with the weights as a (KH*KW*C, K) matrix.
 
-    Each GEMM's output still has to be put back into NCHW order (not timed).
+    The batched and channels-last outputs still have to be put back into NCHW
+    order (not timed); the F.unfold layout's output already is NCHW.
     Returns seconds per step.
     """
     (K, C, KH, KW), N = w.shape, x.shape[0]
