@@ -244,31 +244,19 @@ def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
 # 4. im2col / col2im: convolution as a matrix operation
 # --------------------------------------------------------------------------
 
-def _windows_nhwc(xp_nhwc: np.ndarray, KH: int, KW: int, SH: int, SW: int,
-                  H_out: int, W_out: int) -> np.ndarray:
-    """A read-only *view* of every window of a padded channels-last input.
+def _windows(xp: np.ndarray, KH: int, KW: int, SH: int, SW: int, H_out: int, W_out: int) -> np.ndarray:
+    """A read-only *view* of every window of a padded input: no data is copied.
 
-    xp_nhwc : (N, Hp, Wp, C), C-contiguous
-    returns : (N, H_out, W_out, KH, KW, C); element [n, i, j, u, v, c] is
-              xp_nhwc[n, i*SH + u, j*SW + v, c]. No data is copied.
+    xp : (N, C, Hp, Wp), any strides
+    returns : (N, C, KH, KW, H_out, W_out); element [n, c, u, v, i, j] is
+              xp[n, c, i*SH + u, j*SW + v], pixel (u, v) of the window of output (i, j)
     """
-    sN, sH, sW, sC = xp_nhwc.strides
-    shape = (xp_nhwc.shape[0], H_out, W_out, KH, KW, xp_nhwc.shape[3])
-    strides = (sN,        # next image
-               sH * SH,   # next output row: move the window down by SH rows
-               sW * SW,   # next output column: move right by SW columns
-               sH,        # next row inside the window
-               sW,        # next column inside the window
-               sC)        # next channel
-    return as_strided(xp_nhwc, shape=shape, strides=strides, writeable=False)
-
-
-def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
-    """(N, C, H, W) -> zero-padded, contiguous (N, H + 2PH, W + 2PW, C)."""
-    N, C, H, W = x.shape
-    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=x.dtype)
-    xp[:, PH:PH + H, PW:PW + W, :] = x.transpose(0, 2, 3, 1)  # one pass: NCHW -> NHWC
-    return xp
+    sN, sC, sH, sW = xp.strides
+    return as_strided(xp, shape=(*xp.shape[:2], KH, KW, H_out, W_out),
+                      strides=(sN, sC,
+                               sH, sW,              # inside the window: the next row, the next column
+                               sH * SH, sW * SW),   # the next window: SH rows down, SW columns right
+                      writeable=False)
 
 
 def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
@@ -291,23 +279,8 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     KH, KW = _pair(kernel_size, "kernel_size", 1)
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     N, C = x.shape[:2]
-    win = _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out)  # (N, H_out, W_out, KH, KW, C)
-    win = win.transpose(0, 5, 3, 4, 1, 2)                   # (N, C, KH, KW, H_out, W_out)
-    return win.reshape(N, C * KH * KW, H_out * W_out)        # (N, C*KH*KW, L), a copy
-
-
-def _col2im_nhwc(dwin: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, PW: int) -> np.ndarray:
-    """Scatter-add windows back to the image they came from (the adjoint of im2col).
-
-    dwin : (N, H_out, W_out, KH, KW, C), one value per window element
-    returns : (N, C, H, W); a pixel covered by several windows gets their sum
-    """
-    N, H_out, W_out, KH, KW, C = dwin.shape
-    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=dwin.dtype)  # padded, channels-last
-    for u in range(KH):          # KH*KW slice additions, each over all windows at once
-        for v in range(KW):
-            xp[:, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW, :] += dwin[:, :, :, u, v, :]
-    return xp[:, PH:PH + H, PW:PW + W, :].transpose(0, 3, 1, 2)  # crop padding; (N, C, H, W)
+    windows = _windows(pad2d(x, (PH, PW)), KH, KW, SH, SW, H_out, W_out)  # (N, C, KH, KW, H_out, W_out), a view
+    return windows.reshape(N, C * KH * KW, H_out * W_out)                  # (N, C*KH*KW, L), the copy
 
 
 def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> np.ndarray:
@@ -334,9 +307,8 @@ def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> n
         raise ValueError(f"cols has shape {cols.shape}, but a {KH}x{KW} kernel over {H}x{W} with "
                          f"stride {(SH, SW)} and padding {(PH, PW)} gives (N, C*{KH * KW}, "
                          f"{H_out}*{W_out} = {H_out * W_out})")
-    C = CKK // (KH * KW)
-    dwin = cols.reshape(N, C, KH, KW, H_out, W_out).transpose(0, 4, 5, 2, 3, 1)  # (N, H_out, W_out, KH, KW, C)
-    return np.ascontiguousarray(_col2im_nhwc(dwin, H, W, SH, SW, PH, PW))
+    dcols = cols.reshape(N, CKK // (KH * KW), KH, KW, H_out, W_out)     # [n, c, u, v, i, j]
+    return _fold_batched(dcols.transpose(1, 2, 3, 0, 4, 5), H, W, SH, SW, PH, PW)
 
 
 # --------------------------------------------------------------------------
@@ -419,10 +391,7 @@ def _unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, 
             xp[s, :, PH:PH + H, PW + W:] = 0
             xp[s, :, PH:PH + H, PW:PW + W] = x[s]
         for_each_slice(pad, N, 2 * xp.nbytes)
-    sN, sC, sH, sW = xp.strides
-    windows = as_strided(xp, shape=(C, KH, KW, N, H_out, W_out),   # a view, no copy:
-                         strides=(sC, sH, sW, sN, sH * SH, sW * SW),  # [c, u, v, n, i, j]
-                         writeable=False)                            #   = xp[n, c, i*SH + u, j*SW + v]
+    windows = _windows(xp, KH, KW, SH, SW, H_out, W_out).transpose(1, 2, 3, 0, 4, 5)  # a view [c, u, v, n, i, j]
     cols = _scratch("cols", windows.shape, x.dtype)
 
     def copy(s: slice) -> None:
@@ -432,9 +401,9 @@ def _unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, 
 
 
 def _fold_batched(dcols: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, PW: int) -> np.ndarray:
-    """The adjoint of ``_unfold_batched`` (``col2im``): add every window element back to its pixel.
+    """The adjoint of im2col (``col2im``'s core): add every window element back to its pixel.
 
-    dcols : (C, KH, KW, N, H_out, W_out)
+    dcols : (C, KH, KW, N, H_out, W_out), any strides (``col2im`` passes a transposed view)
     returns : new (N, C, H, W), C-contiguous; a pixel covered by several windows gets their sum
     """
     C, KH, KW, N, H_out, W_out = dcols.shape

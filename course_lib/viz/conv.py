@@ -25,9 +25,10 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.conv import (_conv_geometry, _padded_nhwc, _unfold_batched, _windows_nhwc,
-                             conv2d, conv2d_im2col, conv2d_naive, conv_output_size,
-                             conv_param_count, im2col)
+from numpy.lib.stride_tricks import as_strided
+
+from course_lib.conv import (_conv_geometry, _unfold_batched, conv2d, conv2d_im2col, conv2d_naive,
+                             conv_output_size, conv_param_count, im2col)
 
 
 # --------------------------------------------------------------------------
@@ -347,6 +348,27 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
         sync()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
+    """(N, C, H, W) -> zero-padded, contiguous channels-last (N, H + 2PH, W + 2PW, C)."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=x.dtype)
+    xp[:, PH:PH + H, PW:PW + W, :] = x.transpose(0, 2, 3, 1)  # one pass: NCHW -> NHWC
+    return xp
+
+
+def _windows_nhwc(xp_nhwc: np.ndarray, KH: int, KW: int, SH: int, SW: int,
+                  H_out: int, W_out: int) -> np.ndarray:
+    """A read-only view of every window of a padded channels-last input, for the layout comparison.
+
+    xp_nhwc : (N, Hp, Wp, C)
+    returns : (N, H_out, W_out, KH, KW, C); element [n, i, j, u, v, c] is
+              xp_nhwc[n, i*SH + u, j*SW + v, c]. Each window is KH runs of KW*C numbers.
+    """
+    sN, sH, sW, sC = xp_nhwc.strides
+    return as_strided(xp_nhwc, shape=(xp_nhwc.shape[0], H_out, W_out, KH, KW, xp_nhwc.shape[3]),
+                      strides=(sN, sH * SH, sW * SW, sH, sW, sC), writeable=False)
 
 
 def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
