@@ -87,8 +87,9 @@ def for_each_slice(fn: Callable[[slice], object], n: int, nbytes: int) -> None:
     The calling thread does the first slice itself. Every slice has finished
     when this returns, also when one raised: then the calling thread's own
     exception is re-raised if it had one, else the first slice's in order.
-    Runs inline (one slice) when called from inside a slice, or once the
-    interpreter is shutting down and no new thread may start.
+    Everything runs on the calling thread when called from inside a slice
+    (no deadlock), or once the interpreter is shutting down and no new
+    thread may start.
     """
     threads = num_threads()
     parts = min(threads, n, max(1, nbytes // MIN_BYTES_PER_THREAD))
