@@ -102,6 +102,16 @@ def test_non_finite_gradients_reach_only_the_winners(k, s):
     assert not np.signbit(dx[dx == 0]).any(), "a loser got -0.0"
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble, np.dtype(">f4")])
+def test_backward_for_other_float_dtypes(rng, dtype):
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    dout = rng.standard_normal((2, 3, 3, 3)).astype(dtype)
+    dx = max_pool2d_backward(dout, x, 2)
+    _, dx_ref = torch_pool(x.astype(np.float64), 2, None, 0, dout.astype(np.float64))
+    assert dx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(dx.astype(np.float64), dx_ref)
+
+
 def test_tie_rule_first_in_row_major_order():
     x = np.ones((1, 1, 2, 2))
     dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
