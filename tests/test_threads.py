@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import subprocess
 import sys
@@ -76,16 +77,13 @@ def _split_in_child(queue) -> None:
     queue.put(out.tolist())
 
 
-def test_a_forked_child_makes_its_own_pool(monkeypatch):
-    """A child forked after the parent's pool exists must not wait on the parent's (absent) threads."""
-    if "fork" not in mp.get_all_start_methods():
-        pytest.skip("this platform cannot fork")
-    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
-    _record(4, 1 << 40)                                   # the parent's pool now exists
+def _assert_a_forked_child_splits(held_while_forking) -> None:
+    """Fork a child (inside the context manager given) that splits a pass; it must finish and be right."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_split_in_child, args=(queue,))
-    child.start()
+    with held_while_forking:
+        child = ctx.Process(target=_split_in_child, args=(queue,))
+        child.start()
     try:
         assert queue.get(timeout=20) == list(range(8))
     finally:
@@ -94,6 +92,15 @@ def test_a_forked_child_makes_its_own_pool(monkeypatch):
             child.kill()
             child.join(timeout=5)
     assert child.exitcode == 0
+
+
+def test_a_forked_child_makes_its_own_pool(monkeypatch):
+    """A child forked after the parent's pool exists must not wait on the parent's (absent) threads."""
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("this platform cannot fork")
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    _record(4, 1 << 40)                                   # the parent's pool now exists
+    _assert_a_forked_child_splits(contextlib.nullcontext())
 
 
 def test_one_pool_serves_every_split(monkeypatch):
@@ -172,16 +179,4 @@ def test_a_child_forked_while_the_lock_is_held_still_works(monkeypatch):
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("this platform cannot fork")
     monkeypatch.setenv("COURSE_LIB_THREADS", "2")
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    with threads._lock:                       # as if another thread were inside _executor at fork time
-        child = ctx.Process(target=_split_in_child, args=(queue,))
-        child.start()
-    try:
-        assert queue.get(timeout=20) == list(range(8))
-    finally:
-        child.join(timeout=20)
-        if child.is_alive():
-            child.kill()
-            child.join(timeout=5)
-    assert child.exitcode == 0
+    _assert_a_forked_child_splits(threads._lock)   # as if another thread were inside _executor at fork time
