@@ -25,10 +25,8 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 
-from numpy.lib.stride_tricks import as_strided
-
-from course_lib.conv import (_conv_geometry, _unfold_batched, conv2d, conv2d_im2col, conv2d_naive,
-                             conv_output_size, conv_param_count, im2col)
+from course_lib.conv import (_conv_geometry, _unfold_batched, _windows, conv2d, conv2d_im2col,
+                             conv2d_naive, conv_output_size, conv_param_count, im2col)
 
 
 # --------------------------------------------------------------------------
@@ -358,19 +356,6 @@ def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
     return xp
 
 
-def _windows_nhwc(xp_nhwc: np.ndarray, KH: int, KW: int, SH: int, SW: int,
-                  H_out: int, W_out: int) -> np.ndarray:
-    """A read-only view of every window of a padded channels-last input, for the layout comparison.
-
-    xp_nhwc : (N, Hp, Wp, C)
-    returns : (N, H_out, W_out, KH, KW, C); element [n, i, j, u, v, c] is
-              xp_nhwc[n, i*SH + u, j*SW + v, c]. Each window is KH runs of KW*C numbers.
-    """
-    sN, sH, sW, sC = xp_nhwc.strides
-    return as_strided(xp_nhwc, shape=(xp_nhwc.shape[0], H_out, W_out, KH, KW, xp_nhwc.shape[3]),
-                      strides=(sN, sH * SH, sW * SW, sH, sW, sC), writeable=False)
-
-
 def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
     """Split three im2col convolutions into their copy and their matrix multiply.
 
@@ -390,8 +375,9 @@ def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                        # (N, C*KH*KW, L)
     batched_copy = lambda: _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)   # (C*KH*KW, N*L)
-    cl_copy = lambda: _windows_nhwc(_padded_nhwc(x, PH, PW), KH, KW, SH, SW, H_out, W_out
-                                    ).reshape(N * H_out * W_out, KH * KW * C)         # (N*L, KH*KW*C)
+    cl_copy = lambda: _windows(_padded_nhwc(x, PH, PW).transpose(0, 3, 1, 2),        # NHWC memory, NCHW view
+                               KH, KW, SH, SW, H_out, W_out                           # [n, c, u, v, i, j]
+                               ).transpose(0, 4, 5, 2, 3, 1).reshape(N * H_out * W_out, KH * KW * C)  # (N*L, KH*KW*C)
     cols_unfold, cols_batched, cols_cl = unfold_copy(), batched_copy(), cl_copy()
     w_row = w.reshape(K, -1)                                                          # (K, C*KH*KW)
     w_mat = w.transpose(2, 3, 1, 0).reshape(-1, K)                                    # (KH*KW*C, K)
