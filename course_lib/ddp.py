@@ -289,4 +289,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:    # a torchrun rank: skip the
+        from course_lib.distributed.procs import exit_now       # interpreter's shutdown,
+        exit_now(code)                                         # see exit_now
+    raise SystemExit(code)

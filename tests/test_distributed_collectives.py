@@ -382,3 +382,20 @@ def test_launch_refuses_a_main_module_function_under_spawn(monkeypatch):
         launch(data_parallel_least_squares, 0)
     with pytest.raises(ValueError, match="transport"):
         launch(data_parallel_least_squares, 2, transport="udp")
+
+
+def test_exit_now_flushes_and_skips_the_interpreters_shutdown(tmp_path):
+    """exit_now ends a rank the way a forked child ends: buffered output is written, the exit
+    code kept, and no shutdown code runs (the code that aborts a gloo rank, see exit_now)."""
+    script = textwrap.dedent("""
+        import atexit, sys
+        from course_lib.distributed.procs import exit_now
+        atexit.register(lambda: print("SHUTDOWN RAN"))
+        print("work done", end="")              # no newline: still in the buffer
+        sys.stderr.write("a warning")
+        exit_now(3)
+        print("after exit_now")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert (done.returncode, done.stdout, done.stderr) == (3, "work done", "a warning")
