@@ -15,7 +15,7 @@ Reading order (each module is one concept, short enough to read in one go)
 4. ``pooling``, ``optim``, ``data``, ``layers``, ``lenet``  (lessons 3 to 5).
 5. ``distributed`` the second half of the lecture: reduction topologies and
    the ring all-reduce (lessons 6 and 7); ``ddp``: LeNet-5 under
-   DistributedDataParallel and its single-process twin (lesson 8);, ``distributed.downpour``
+   DistributedDataParallel and its single-process twin (lesson 8); ``distributed.downpour``
    (lesson 9) and ``distributed.compression`` (lesson 12).
 6. ``schedules`` (linear scaling rule, warm-up; lesson 10) and ``scaling``
    (speed-up, efficiency, the lecture's tables, the overlap timeline; lesson 11).

@@ -36,7 +36,6 @@ from numpy.lib.stride_tricks import as_strided
 from course_lib.threads import for_each_slice
 
 
-
 # The 7x7 input of the lecture's "Padding example" slide (P = 2 makes it 11x11).
 LECTURE_PADDING_EXAMPLE = np.array([
     [6, 3, 4, 4, 5, 0, 3],

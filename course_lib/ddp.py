@@ -258,11 +258,16 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
+def _under_torchrun() -> bool:
+    """True in a process that torchrun started as one rank (it sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def main(argv=None) -> int:
     from course_lib.data import load_digits
     args = _parse(argv)
     data = load_digits()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:     # started by torchrun
+    if _under_torchrun():
         import torch.distributed as dist
         from course_lib.distributed.torch_dist import default_backend
         world_size = int(os.environ["WORLD_SIZE"])
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:    # a torchrun rank: skip the
-        from course_lib.distributed.procs import exit_now       # interpreter's shutdown,
-        exit_now(code)                                         # see exit_now
+    if _under_torchrun():                                      # a rank: skip the interpreter's
+        from course_lib.distributed.procs import exit_now       # shutdown, see exit_now
+        exit_now(code)
     raise SystemExit(code)
