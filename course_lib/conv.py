@@ -53,7 +53,7 @@ LECTURE_PADDING_EXAMPLE.flags.writeable = False
 # --------------------------------------------------------------------------
 
 def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = False,
-                     window: str = "filter") -> int:
+                     window: str = "filter", axis: str = "width") -> int:
     """Output width of a convolution: ``W2 = (W1 - F + 2P)/S + 1`` (lecture 5).
 
     Parameters
@@ -65,6 +65,8 @@ def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = Fa
     floor : if False (the lecture's rule) a non-integer result is an error;
         if True, round down as PyTorch does (windows that do not fit are dropped).
     window : what slides, for the error messages ("filter"; pooling says "pooling window")
+    axis : "width" or "height", the axis the error messages name (the input
+        size is then called W or H)
 
     Returns
     -------
@@ -74,25 +76,29 @@ def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = Fa
     ------
     ValueError, showing the arithmetic, if the result is not a positive integer.
     """
-    for name, value, low in (("W", W, 1), ("F", F, 1), ("P", P, 0), ("S", S, 1)):
+    if axis not in ("width", "height"):
+        raise ValueError(f"conv_output_size: axis must be 'width' or 'height', got {axis!r}")
+    X, size = ("W", "size") if axis == "width" else ("H", "height")   # for the messages
+    for name, value, low in ((X, W, 1), ("F", F, 1), ("P", P, 0), ("S", S, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"conv_output_size: {name} must be an int, got {value!r} "
                             f"({type(value).__name__})")
         if value < low:
-            what = {"W": "input size", "F": "filter size", "P": "padding", "S": "stride"}[name]
+            what = {X: f"input {size}", "F": f"{window} {size}", "P": "padding", "S": "stride"}[name]
             raise ValueError(f"conv_output_size: {what} {name} = {value} must be >= {low}")
-    formula = f"(W - F + 2P)/S + 1 = ({W} - {F} + 2*{P})/{S} + 1"
+    formula = f"({X} - F + 2P)/S + 1 = ({W} - {F} + 2*{P})/{S} + 1"
     padded = W + 2 * P
     if F > padded:
         advice = f"a smaller {window}" + (" or more padding" if window == "filter" else "")
-        raise ValueError(f"{window} size F = {F} is larger than the padded input W + 2P = "
+        raise ValueError(f"{window} {size} F = {F} is larger than the padded input {X} + 2P = "
                          f"{W} + 2*{P} = {padded}: {formula} = {(W - F + 2 * P) / S + 1:g} "
                          f"windows; use {advice}")
     steps, remainder = divmod(W - F + 2 * P, S)
     if remainder and not floor:
-        raise ValueError(f"output width {formula} = {(W - F + 2 * P) / S + 1:.2f} is not an "
+        lost = "column(s)" if axis == "width" else "row(s)"
+        raise ValueError(f"output {axis} {formula} = {(W - F + 2 * P) / S + 1:.2f} is not an "
                          f"integer; the {window} does not tile the input evenly. Change padding "
-                         f"or stride (PyTorch would silently drop the last {remainder} column(s))")
+                         f"or stride (PyTorch would silently drop the last {remainder} {lost})")
     return int(steps + 1)
 
 
@@ -158,8 +164,8 @@ def _conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
     """Check stride/padding and return ``(SH, SW), (PH, PW), (H_out, W_out)``, PyTorch's floor rule."""
     (SH, SW), (PH, PW) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
     H, W = x.shape[2:]
-    H_out = conv_output_size(H, KH, PH, SH, floor=True)
-    W_out = conv_output_size(W, KW, PW, SW, floor=True)
+    W_out = conv_output_size(W, KW, PW, SW, floor=True)      # the width first: the lecture's W
+    H_out = conv_output_size(H, KH, PH, SH, floor=True, axis="height")
     return (SH, SW), (PH, PW), (H_out, W_out)
 
 
@@ -279,7 +285,9 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     N, C = x.shape[:2]
     windows = _windows(pad2d(x, (PH, PW)), KH, KW, SH, SW, H_out, W_out)  # (N, C, KH, KW, H_out, W_out), a view
-    return windows.reshape(N, C * KH * KW, H_out * W_out)                  # (N, C*KH*KW, L), the copy
+    cols = np.empty((N, C * KH * KW, H_out * W_out), dtype=x.dtype)       # (N, C*KH*KW, L)
+    cols.reshape(N, C, KH, KW, H_out, W_out)[...] = windows               # the copy (always: never a view)
+    return cols
 
 
 def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> np.ndarray:
@@ -480,7 +488,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     w_row = w.reshape(K, -1)                                          # (K, C*KH*KW)
     out_mat = _scratch("out", (K, cols.shape[1]), np.result_type(w, cols))
     np.matmul(w_row, cols, out=out_mat)                               # (K, N*L), the one GEMM
-    out = _swap_batch_and_channels(out_mat.reshape(K, N, -1), b)      # new (N, K, L), + b
+    out = _swap_batch_and_channels(out_mat.reshape(K, N, H_out * W_out), b)   # new (N, K, L), + b
     return out.reshape(N, K, H_out, W_out)
 
 
@@ -510,7 +518,7 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
 
     Returns
     -------
-    dx : (N, C, H, W);  dw : (K, C, KH, KW);  db : (K,)
+    dx : (N, C, H, W), x's dtype;  dw : (K, C, KH, KW), w's dtype;  db : (K,), dout's dtype
     """
     x, w, _ = _check_conv(x, w)
     dout = _check_array(dout, "dout", 4, "(N, K, H_out, W_out)")
@@ -520,13 +528,14 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
         raise ValueError(f"dout has shape {dout.shape}, but the forward output of x {x.shape} "
                          f"and w {w.shape} has shape {(N, K, H_out, W_out)}")
     cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)       # (C*KH*KW, N*L)
-    dout_mat = _swap_batch_and_channels(dout.reshape(N, K, -1),           # (K, N*L)
-                                        out=_scratch("dout", (K, N, H_out * W_out), dout.dtype)).reshape(K, -1)
+    L = H_out * W_out
+    dout_mat = _swap_batch_and_channels(dout.reshape(N, K, L),            # (K, N*L)
+                                        out=_scratch("dout", (K, N, L), dout.dtype)).reshape(K, N * L)
     db = dout_mat.sum(axis=1)                                             # (K,)
-    dw = np.ascontiguousarray((cols @ dout_mat.T).T).reshape(K, C, KH, KW)  # dW_row, as (dW_row.T).T:
-                                                                          # OpenBLAS is faster at cols @ dout_mat.T
+    dw = np.asarray((cols @ dout_mat.T).T, dtype=w.dtype, order="C")      # dW_row, as (dW_row.T).T:
+    dw = dw.reshape(K, C, KH, KW)                                         # OpenBLAS is faster at cols @ dout_mat.T
     w_row = w.reshape(K, -1)                                              # (K, C*KH*KW)
-    dcols = _scratch("dcols", cols.shape, np.result_type(w, dout))
+    dcols = _scratch("dcols", cols.shape, x.dtype)                        # each gradient in its variable's dtype
     np.matmul(w_row.T, dout_mat, out=dcols)                               # (C*KH*KW, N*L)
     dx = _fold_batched(dcols.reshape(C, KH, KW, N, H_out, W_out), H, W, SH, SW, PH, PW)
     return dx, dw, db

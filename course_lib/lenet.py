@@ -162,9 +162,16 @@ class LeNet5:
         return loss, self.backward(dlogits), logits
 
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """Class labels (N,) for images (N, 1, 32, 32), in batches."""
-        return np.concatenate([self.forward(x[i:i + batch_size]).argmax(axis=1)
-                               for i in range(0, len(x), batch_size)])
+        """Class labels (N,) for images (N, 1, 32, 32), in batches.
+
+        A query: what the last ``forward`` saved for ``backward`` is kept.
+        """
+        saved = self._cache
+        try:
+            return np.concatenate([self.forward(x[i:i + batch_size]).argmax(axis=1)
+                                   for i in range(0, len(x), batch_size)])
+        finally:
+            self._cache = saved
 
 
 # --------------------------------------------------------------------------

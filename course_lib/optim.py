@@ -108,6 +108,9 @@ class SGD:
         _check_hyper("SGD", lr=lr, momentum=momentum, weight_decay=weight_decay)
         if lr == 0:
             raise ValueError("SGD: lr = 0 would never move the parameters")
+        if momentum >= 1:
+            raise ValueError(f"SGD: momentum = {momentum!r} must be < 1: v <- momentum*v + g then never "
+                             f"forgets an old gradient and the velocity grows without bound (0.9 is usual)")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0 (Nesterov is a kind of momentum)")
         self.lr, self.momentum, self.nesterov = float(lr), float(momentum), bool(nesterov)

@@ -22,8 +22,10 @@ Reading order
 Tie rule (the same as PyTorch's CPU and CUDA kernels): when several elements
 of a window hold the maximum, the FIRST one in row-major window order (top
 row first, left to right) wins and receives the whole gradient. Padding is
--inf, so a padded element never wins unless a whole window is padding, which
-the ``P <= KH/2`` rule (PyTorch's) rules out. NaN inputs are not supported.
+-inf and never wins: when every input in a window is -inf too, the window's
+first input element (not padding) wins, as in PyTorch. The ``P <= KH/2``
+rule (PyTorch's) guarantees every window holds some input. NaN inputs are
+not supported.
 
 Equal to ``torch.nn.functional.max_pool2d(x, kernel_size, stride, padding)``
 and its autograd gradient. Symbols as in ``course_lib`` (N, C, H, W, KH, KW,
@@ -52,8 +54,8 @@ def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
                          f"could then hold only padding (-inf) and no input; use padding <= "
                          f"kernel_size // 2 = {(KH // 2, KW // 2)}")
     H, W = x_shape[-2:]
-    H_out = conv_output_size(H, KH, PH, SH, floor=True, window="pooling window")
     W_out = conv_output_size(W, KW, PW, SW, floor=True, window="pooling window")
+    H_out = conv_output_size(H, KH, PH, SH, floor=True, window="pooling window", axis="height")
     return (KH, KW), (SH, SW), (PH, PW), (H_out, W_out)
 
 
@@ -71,6 +73,21 @@ def _offset_view(xp: np.ndarray, u: int, v: int, SH: int, SW: int, H_out: int, W
     its element (u, v) is xp[:, :, i*SH + u, j*SW + v].
     """
     return xp[:, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW]
+
+
+def _first_input_index(out_shape: tuple, kernel: tuple, stride: tuple, padding: tuple) -> np.ndarray:
+    """(N, C, H_out, W_out): ``u*KW + v`` of each window's first element that is input, not padding.
+
+    It wins when every input in the window is -inf (no element is strictly
+    greater than the padding), as in PyTorch's kernel. Window (i, j) starts
+    at padded row i*SH, so its first input row is u0 = max(0, PH - i*SH).
+    """
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    H_out, W_out = out_shape[2:]
+    u0 = np.maximum(0, PH - SH * np.arange(H_out))                  # (H_out,)
+    v0 = np.maximum(0, PW - SW * np.arange(W_out))                  # (W_out,)
+    first = (u0[:, None] * KW + v0).astype(np.min_scalar_type(-KH * KW))   # (H_out, W_out)
+    return np.broadcast_to(first, out_shape).copy()
 
 
 def max_pool2d_naive(x: np.ndarray, kernel_size, stride=None, padding=0) -> np.ndarray:
@@ -120,7 +137,7 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
     out = _offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()           # (N, C, H_out, W_out)
-    argmax = np.zeros(out.shape, dtype=np.min_scalar_type(-KH * KW)) if return_indices else None
+    argmax = _first_input_index(out.shape, (KH, KW), (SH, SW), (PH, PW)) if return_indices else None
     for u in range(KH):
         for v in range(KW):
             if u == v == 0:

@@ -171,7 +171,11 @@ def _conv(name, C, K, k, H_out):
 def resnet50_layers() -> list[Layer]:
     """ResNet-50 in forward order: conv1, 16 bottleneck blocks, fc (He et al. 2016).
 
-    About 25.6 million parameters and 8.2 GFLOPs (4.1 G multiply-adds) per image.
+    About 25.6 million parameters and 7.7 GFLOPs (3.9 G multiply-adds) per
+    image, convolutions and fc only: the paper's "3.8 x 10^9 FLOPs", which
+    counts multiply-adds. A stage's first block strides in its first 1x1
+    convolution, as in the paper (torchvision's "v1.5" strides in the 3x3,
+    which costs 4.1 G multiply-adds).
     """
     layers = [_conv("conv1", 3, 64, 7, 112)]
     C, H = 64, 56                                   # after the 3x3 max pool

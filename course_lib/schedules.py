@@ -90,8 +90,10 @@ def torch_warmup_scheduler(optimizer, target_lr: float, warmup_steps: int, start
     import torch
     _check_torch_lr(optimizer, target_lr)
     warmup_lr(0, target_lr, warmup_steps, start_lr)               # the same checks
+    if warmup_steps == 0:                                          # no warm-up: target_lr from step 0
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
     return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=start_lr / target_lr,
-                                             end_factor=1.0, total_iters=max(warmup_steps, 1))
+                                             end_factor=1.0, total_iters=warmup_steps)
 
 
 def torch_goyal_scheduler(optimizer, target_lr: float, warmup_steps: int, start_lr: float,
@@ -99,11 +101,13 @@ def torch_goyal_scheduler(optimizer, target_lr: float, warmup_steps: int, start_
     """``goyal_lr`` as ``SequentialLR(LinearLR, MultiStepLR)``."""
     import torch
     goyal_lr(0, target_lr, warmup_steps, start_lr, milestones, gamma)  # the same checks
+    if warmup_steps == 0:                                               # no warm-up: the decay alone
+        _check_torch_lr(optimizer, target_lr)
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     warm = torch_warmup_scheduler(optimizer, target_lr, warmup_steps, start_lr)
     decay = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[m - warmup_steps for m in milestones], gamma=gamma)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay],
-                                                 milestones=[max(warmup_steps, 1)])
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], milestones=[warmup_steps])
 
 
 def _check_torch_lr(optimizer, target_lr: float) -> None:

@@ -57,6 +57,20 @@ def test_conv_output_size_rejects_bad_arguments(kwargs, error, pattern):
         conv_output_size(**kwargs)
 
 
+def test_errors_name_the_axis_that_is_wrong():
+    x_tall_enough_wide_enough = np.ones((1, 1, 3, 10))              # height 3, width 10
+    with pytest.raises(ValueError, match=r"filter height F = 5 is larger than the padded input H \+ 2P = 3 \+ 2\*0"):
+        conv2d(x_tall_enough_wide_enough, np.ones((1, 1, 5, 3)))
+    with pytest.raises(ValueError, match=r"filter size F = 11 is larger than the padded input W \+ 2P = 10 \+ 2\*0"):
+        conv2d(x_tall_enough_wide_enough, np.ones((1, 1, 3, 11)))
+    with pytest.raises(ValueError, match=r"output height \(H - F \+ 2P\)/S \+ 1 = \(7 - 3 \+ 2\*0\)/3 \+ 1 = 2.33.*row\(s\)"):
+        conv_output_size(7, 3, 0, 3, axis="height")
+    with pytest.raises(ValueError, match="input height H = 0 must be >= 1"):
+        conv2d(np.ones((1, 1, 0, 10)), np.ones((1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="axis must be 'width' or 'height'"):
+        conv_output_size(7, 3, axis="depth")
+
+
 def test_conv_param_count_lecture_and_lenet():
     assert conv_param_count(5, 1, 6) == ParamCount(150, 6)              # LeNet C1: 156 parameters
     assert conv_param_count(5, 6, 16).total == 2416                      # LeNet C3 (fully connected C3)
@@ -107,6 +121,25 @@ def test_dtype_follows_the_input(rng):
     for f in FORWARDS:
         assert f(x, w).dtype == np.float32 and f(x, w, b64).dtype == np.float32, f.__name__
     assert all(g.dtype == np.float32 for g in conv2d_backward(np.ones((1, 3, 3, 3), np.float32), x, w))
+
+
+def test_gradients_take_their_variables_dtype(rng):
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3))                          # float64 weights, float32 images
+    dx, dw, _ = conv2d_backward(np.ones((2, 3, 3, 3)), x, w)
+    assert (dx.dtype, dw.dtype) == (np.float32, np.float64)
+    dx, dw, _ = conv2d_backward(np.ones((2, 3, 3, 3), np.float32), x.astype(np.float64), w.astype(np.float32))
+    assert (dx.dtype, dw.dtype) == (np.float64, np.float32)
+
+
+def test_an_empty_batch_gives_empty_results_like_torch(rng):
+    x, w, b = np.zeros((0, 3, 9, 8)), rng.standard_normal((5, 3, 3, 2)), rng.standard_normal(5)
+    expected = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=1).shape   # (0, 5, 9, 9)
+    for f in FORWARDS:
+        assert f(x, w, b, padding=1).shape == expected, f.__name__
+    dx, dw, db = conv2d_backward(np.zeros(expected), x, w, padding=1)
+    assert dx.shape == x.shape and not dw.any() and not db.any() and dw.shape == w.shape
+    assert im2col(x, (3, 2), 1, 1).shape == (0, 18, 81)
 
 
 def test_results_are_c_contiguous(rng):
@@ -201,9 +234,18 @@ def test_im2col_col2im_equal_unfold_fold(case):
     cols = im2col(x, (KH, KW), stride, padding)
     expected = F.unfold(torch.tensor(x), (KH, KW), stride=stride, padding=padding).numpy()
     np.testing.assert_array_equal(cols, expected)
+    assert cols.flags.writeable and not np.shares_memory(cols, x)   # a new array, as F.unfold's
     back = col2im(cols, x.shape[2:], (KH, KW), stride, padding)
     expected_back = F.fold(torch.tensor(cols), x.shape[2:], (KH, KW), stride=stride, padding=padding).numpy()
     np.testing.assert_allclose(back, expected_back, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, stride", [(1, 1), ((1, 4), (1, 4)), (4, 1)])
+def test_im2col_is_a_new_writable_array_even_when_no_copy_is_needed(rng, kernel, stride):
+    x = rng.standard_normal((2, 3, 4, 4))       # 1x1 kernels and a single window: reshape alone would be a view
+    cols = im2col(x, kernel, stride)
+    assert cols.flags.writeable and not np.shares_memory(cols, x)
+    np.testing.assert_array_equal(cols, F.unfold(torch.tensor(x), kernel, stride=stride).numpy())
 
 
 def test_float32_forward_matches_torch_at_float32_precision(rng):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from course_lib.data import Digits, load_digits
 from course_lib.gradcheck import check_gradient
+from course_lib.layers import softmax_cross_entropy
 from course_lib.lenet import (PARAM_NAMES, LeNet5, TorchLeNet5, architecture, copy_weights,
                               minibatches, train)
 
@@ -92,6 +93,17 @@ def test_copy_weights_round_trip():
         np.testing.assert_array_equal(pa, pb)
     with pytest.raises(TypeError, match="one LeNet5 and one TorchLeNet5"):
         copy_weights(a, b)
+
+
+def test_predict_leaves_the_saved_activations_alone(digits):
+    x, y = digits.x_train[:8], digits.y_train[:8]
+    model = LeNet5(seed=0)
+    _, expected, _ = model.loss_and_grads(x, y)
+    logits = model.forward(x)
+    model.predict(digits.x_test[:5])                        # a query between forward and backward
+    got = model.backward(softmax_cross_entropy(logits, y)[1])
+    for name, g, e in zip(PARAM_NAMES, got, expected):
+        np.testing.assert_array_equal(g, e, err_msg=name)
 
 
 def test_backward_needs_forward():

@@ -126,6 +126,8 @@ def test_teaching_errors():
         Adagrad([np.zeros(3, dtype=np.int64)])
     with pytest.raises(ValueError, match="nesterov=True needs momentum"):
         SGD([w], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match=r"momentum = 1.5 must be < 1"):
+        SGD([w], lr=0.1, momentum=1.5)
     with pytest.raises(ValueError, match="lr"):
         Adagrad([w], lr=-1.0)
     with pytest.raises(ValueError, match=r"grads\[0\] has shape \(2,\) but params\[0\] has shape \(3,\)"):
@@ -159,6 +161,29 @@ def test_viz_runs_follow_the_optimizers():
                                    atol=1e-9)
     with pytest.raises(ValueError, match="unknown optimizer"):
         viz.run_optimizer("Adam", 0.1)
+
+
+def test_viz_rotated_bowl():
+    from course_lib.viz import optim as viz
+    R = viz.rotation(45)
+    np.testing.assert_allclose(R @ R.T, np.eye(2), atol=1e-15)
+    np.testing.assert_allclose(R @ [1.0, 0.0], [np.sqrt(0.5), np.sqrt(0.5)])
+    # the gradient of the rotated bowl against autograd
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64, requires_grad=True)
+    Rt = torch.tensor(R)
+    f = 0.5 * (torch.tensor(viz.CURVATURES) * (Rt @ w) ** 2).sum()
+    f.backward()
+    assert viz.loss(w.detach().numpy(), 45) == pytest.approx(f.item())
+    np.testing.assert_allclose(viz.grad(w.detach().numpy(), 45), w.grad.numpy(), atol=1e-12)
+    # SGD, momentum and Nesterov are linear in the gradient, so they do not see a rotation;
+    # Adagrad's per-coordinate division does
+    for name, lr in [("SGD", 0.07), ("momentum", 0.01), ("Nesterov", 0.01), ("Adagrad", 1.0)]:
+        aligned, rotated = viz.run_optimizer(name, lr, 60), viz.run_optimizer(name, lr, 60, angle=45)
+        assert rotated["loss"][0] == pytest.approx(aligned["loss"][0])      # the same problem
+        if name == "Adagrad":
+            assert rotated["loss"][-1] > 1e6 * aligned["loss"][-1]
+        else:
+            np.testing.assert_allclose(rotated["loss"], aligned["loss"], rtol=1e-9)
 
 
 def test_viz_adagrad_report_and_widget():

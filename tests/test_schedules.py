@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from course_lib.data import load_digits
 from course_lib.schedules import (goyal_lr, linear_scaling_lr, torch_goyal_scheduler,
@@ -44,7 +44,8 @@ def _torch_lrs(make_scheduler, target_lr, steps):
 
 
 @settings(max_examples=30, deadline=None)
-@given(warmup=st.integers(1, 40), start=st.floats(0.001, 1.0), factor=st.floats(1.0, 64.0))
+@given(warmup=st.integers(0, 40), start=st.floats(0.001, 1.0), factor=st.floats(1.0, 64.0))
+@example(warmup=0, start=0.1, factor=10.0)                            # 0 = no warm-up
 def test_warmup_equals_torch_linear_lr(warmup, start, factor):
     target = start * factor
     ours = [warmup_lr(t, target, warmup, start) for t in range(warmup + 10)]
@@ -53,11 +54,13 @@ def test_warmup_equals_torch_linear_lr(warmup, start, factor):
 
 
 @settings(max_examples=30, deadline=None)
-@given(warmup=st.integers(1, 20), gaps=st.lists(st.integers(1, 15), min_size=1, max_size=3),
+@given(warmup=st.integers(0, 20), gaps=st.lists(st.integers(1, 15), min_size=0, max_size=3),
        gamma=st.sampled_from([0.1, 0.5]))
+@example(warmup=0, gaps=[3], gamma=0.1)                               # no warm-up: the decay alone
+@example(warmup=0, gaps=[], gamma=0.1)
 def test_goyal_schedule_equals_torch_sequential_lr(warmup, gaps, gamma):
     milestones = tuple(warmup + sum(gaps[:i + 1]) for i in range(len(gaps)))
-    steps = milestones[-1] + 5
+    steps = (milestones[-1] if milestones else warmup) + 5
     ours = [goyal_lr(t, 2.0, warmup, 0.2, milestones, gamma) for t in range(steps)]
     theirs = _torch_lrs(lambda opt: torch_goyal_scheduler(opt, 2.0, warmup, 0.2, milestones, gamma),
                         2.0, steps)
