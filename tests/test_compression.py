@@ -127,3 +127,18 @@ def test_figures_have_titles_and_labels(data):
         assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
         assert fig.axes[0].get_ylabel()
         plt.close(fig)
+
+
+def test_coinciding_ps_curves_stay_distinguishable():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import compression as viz
+    fig = viz.plot_bytes_vs_workers(10**6, {"sign": 125_004, "top-1%": 80_000, "top-0.1%": 8_000})
+    ring, ps = fig.axes
+    for ax in (ring, ps):
+        compressed = ax.lines[1:]
+        styles = {(line.get_linestyle(), line.get_marker()) for line in compressed}
+        assert len(styles) == 3, "each compressed scheme has its own line style and marker"
+    assert any("coincide" in t.get_text() for t in ps.texts), "the panel says why they overlap"
+    plt.close(fig)

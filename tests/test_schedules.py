@@ -114,3 +114,21 @@ def test_sweep_runs_each_setting_once_and_figures_are_labelled(digits):
         ax = fig.axes[0]
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
         plt.close(fig)
+
+
+def test_schedule_figure_shows_the_linear_warmup_on_linear_axes():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from course_lib.viz import large_minibatch as viz
+    fig = viz.plot_schedules(batches=(256, 1024), iters_per_epoch_at_256=4, epochs=10, warmup_epochs=2,
+                             milestones=(5,))
+    ax = fig.axes[0]
+    assert "2 epochs" in ax.get_title() and "epochs 5" in ax.get_title()
+    (inset,) = ax.child_axes
+    assert inset.get_yscale() == "linear" and inset.get_xlabel() and inset.get_title()
+    x, y = inset.lines[1].get_data()                     # kn = 1024: 0.1 -> 0.4 over 2 epochs
+    ramp = x < 2
+    assert np.allclose(np.diff(y[ramp]), np.diff(y[ramp])[0]), "the warm-up is a straight line"
+    plt.close(fig)

@@ -52,6 +52,21 @@ def test_topologies_draw_every_rank_and_the_formulas(P):
         viz.plot_topologies(1)
 
 
+@pytest.mark.parametrize("P", [3, 4, 7])
+def test_topology_labels_sit_beside_the_ps_arrows(P):
+    """Each "N" sits beside its spoke, clear of both arrows and their heads (review: rank 3's
+    label covered the arrowheads at the PS): along the spoke inside the arrows' span
+    (0.25 to 0.8 of the way out), and well off the spoke line, where the arcs are."""
+    left = viz.plot_topologies(P).axes[0]
+    labels = [t.get_position() for t in left.texts if t.get_text() == "N"]
+    assert len(labels) == P - 1
+    spokes = np.pi / 2 - 2 * np.pi * np.arange(P - 1) / (P - 1)
+    for (x, y), a in zip(labels, spokes):
+        along = x * np.cos(a) + y * np.sin(a)
+        across = abs(-x * np.sin(a) + y * np.cos(a))
+        assert 0.4 < along < 0.7 and across > 0.12, (P, a, along, across)
+
+
 @SETTINGS
 @given(N=st.integers(1, 10_000), P=st.integers(2, 64), itemsize=st.sampled_from([1, 4, 8]))
 def test_cost_rows_follow_the_lecture(N, P, itemsize):

@@ -165,7 +165,8 @@ def plot_topologies(world_size: int = 4):
                       arrowprops=dict(arrowstyle="->", color="0.3", lw=1.5, connectionstyle="arc3,rad=0.15"))
         left.annotate("", xy=(0.8 * x, 0.8 * y), xytext=(0.25 * x, 0.25 * y),
                       arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5, connectionstyle="arc3,rad=0.15"))
-        left.text(0.55 * x + 0.12, 0.55 * y + 0.05, "N", fontsize=9)
+        # label at 60% of the spoke, pushed sideways (perpendicular to it) clear of both arrows
+        left.text(0.6 * x + 0.16 * y, 0.6 * y - 0.16 * x, "N", fontsize=9, ha="center", va="center")
     left.set_title(f"Parameter server: single reducer\n2N(P-1) = {2 * (P - 1)}N elements through rank 0")
     for r, (x, y) in enumerate(ring_xy):
         right.scatter([x], [y], s=900, color="tab:green", zorder=3)

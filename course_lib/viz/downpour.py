@@ -2,8 +2,8 @@
 
 Reading order: ``plot_architecture`` (shards, replicas, data shards, fetch
 and push), ``plot_staleness`` (histograms), ``plot_curves`` (loss against
-steps or time), ``plot_robustness`` (final loss against replicas: the
-experiment of ``course_lib.distributed.downpour.robustness_sweep``).
+steps or time, events marked), ``plot_robustness`` (final loss against
+replicas: the experiment of ``course_lib.distributed.downpour.robustness_sweep``).
 Tested in ``tests/test_downpour.py``.
 """
 
@@ -55,28 +55,49 @@ def plot_architecture(n_replicas: int = 4, n_shards: int = 3, n_params: int | No
 
 
 def plot_staleness(results: dict):
-    """Histogram of update staleness (updates missed), one panel per run."""
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.2), sharey=True)
+    """Histogram of update staleness (updates missed), one panel per run.
+
+    The counts are shard updates: every pushed gradient updates each of the S
+    shards once, so a run of n pushes has S * n of them.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4), sharey=True)
+    n_shards = set()
     for ax, (label, res) in zip(np.atleast_1d(axes), results.items()):
         st = res.staleness[:, 1]
+        n_shards.add(len(np.unique(res.staleness[:, 0])))
         ax.hist(st, bins=np.arange(st.max() + 2) - 0.5, color="C0")
         ax.axvline(st.mean(), color="C3", ls="--", label=f"mean {st.mean():.1f}")
-        ax.set(title=label, xlabel="staleness (updates missed)")
+        ax.set(title=f"{label}: {len(st):,} shard updates", xlabel="staleness (updates missed)")
         ax.legend(fontsize=8)
-    np.atleast_1d(axes)[0].set_ylabel("number of updates")
+    per_push = f"{n_shards.pop()} per pushed gradient" if len(n_shards) == 1 else "one per shard per push"
+    np.atleast_1d(axes)[0].set_ylabel(f"shard updates ({per_push})")
+    fig.suptitle("Staleness of each shard update: updates the shard applied between "
+                 "the replica's fetch and its push")
     fig.tight_layout()
     return fig
 
 
-def plot_curves(results: dict, x: str = "steps"):
-    """Training loss of the server's parameters against steps done or (virtual) time."""
+def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
+                title: str = "Downpour SGD training"):
+    """Training loss of the server's parameters against steps done or time.
+
+    x : "steps" (gradient steps done), "time" (the simulation's virtual
+        seconds) or "wall" (wall-clock seconds of a real run, ``run_processes``)
+    marks : {text: x position}, each drawn as a dotted vertical line (an event,
+        such as a replica's death)
+    """
     col, xlabel = {"steps": (0, "gradient steps done (all replicas)"),
-                   "time": (1, "time (s, virtual for the simulation)")}[x]
+                   "time": (1, "virtual time (s, simulated)"),
+                   "wall": (1, "wall-clock time (s)")}[x]
     fig, ax = plt.subplots(figsize=(8, 4))
     for label, res in results.items():
         ax.plot(res.curve[:, col], res.curve[:, 2], label=label)
+    for i, (text, pos) in enumerate((marks or {}).items()):
+        ax.axvline(pos, color="0.3", ls=":", lw=1.2)
+        ax.annotate(text, (pos, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -12 - 11 * i),
+                    textcoords="offset points", fontsize=8, color="0.2", va="top")
     ax.set_yscale("log")
-    ax.set(xlabel=xlabel, ylabel="training loss (cross-entropy, log scale)", title="Downpour SGD training")
+    ax.set(xlabel=xlabel, ylabel="training loss (cross-entropy, log scale)", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -92,7 +113,7 @@ def plot_robustness(replicas, sweep: dict):
     ax.set_yscale("log")
     ax.set(xlabel="model replicas R (mean staleness about R - 1)",
            ylabel="final training loss (log scale)",
-           title="Same budget of gradient steps: Adagrad keeps Downpour stable")
+           title="Downpour SGD, same budget of gradient steps: final loss against replicas")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

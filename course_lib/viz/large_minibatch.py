@@ -22,18 +22,31 @@ def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200,
 
     Each curve warms up linearly from 0.1 to 0.1 * kn / 256 over the first
     ``warmup_epochs``, then drops x0.1 at each milestone epoch.
+    The log y-axis bends the linear warm-up into a curve, so an inset shows the
+    first ``2 * warmup_epochs`` epochs on linear axes: the ramp is a straight line.
     """
     fig, ax = plt.subplots(figsize=(8, 4))
+    inset = ax.inset_axes([0.14, 0.1, 0.28, 0.3]) if warmup_epochs else None   # lower left: empty there
     for kn in batches:
         per_epoch = iters_per_epoch_at_256 * 256 // kn                 # bigger batch, fewer iterations
         steps = np.arange(epochs * per_epoch)
         target = linear_scaling_lr(kn)
         warm = warmup_epochs * per_epoch if target > 0.1 else 0
         lr = [goyal_lr(int(t), target, warm, 0.1, tuple(m * per_epoch for m in milestones)) for t in steps]
-        ax.plot(steps / per_epoch, lr, label=f"kn = {kn}: peak {target:g}")
+        line, = ax.plot(steps / per_epoch, lr, label=f"kn = {kn}: peak {target:g}")
+        if inset is not None:
+            first = steps < 2 * warmup_epochs * per_epoch
+            inset.plot(steps[first] / per_epoch, np.asarray(lr)[first], color=line.get_color())
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="learning rate (log scale)",
-           title="eta = 0.1 kn/256, gradual warm-up over 5 epochs, x0.1 at epochs 30, 60, 80")
+           title=f"eta = 0.1 kn/256, gradual warm-up over {warmup_epochs} epochs, "
+                 f"x0.1 at epochs {', '.join(str(m) for m in milestones)}")
+    if inset is not None:
+        inset.set_title(f"first {2 * warmup_epochs} epochs on linear axes:\nthe warm-up is a straight ramp",
+                        fontsize=7)
+        inset.set_xlabel("epoch", fontsize=7, labelpad=1)
+        inset.set_ylabel("learning rate", fontsize=7, labelpad=1)
+        inset.tick_params(labelsize=6)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -46,7 +59,8 @@ def plot_error_vs_batch(arms: dict, base_batch: int, base_lr: float):
         ax.plot([r.batch for r in runs], [100 * r.test_error for r in runs], marker + "-", label=label)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="global minibatch size kn (log scale)", ylabel="test error (%)", ylim=(0, 100),
-           title=f"Digits MLP, same epochs for every kn; lr = {base_lr:g} kn / {base_batch}")
+           title=f"Digits MLP, same epochs for every kn; lr = {base_lr:g} (no scaling) "
+                 f"or {base_lr:g} kn / {base_batch} (scaled arms)")
     ax.text(0.02, 0.95, f"lecture: {LECTURE_CLAIM}", transform=ax.transAxes, fontsize=8, va="top")
     ax.legend(fontsize=8, loc="center left")
     fig.tight_layout()
