@@ -121,6 +121,19 @@ def test_tie_rule_first_in_row_major_order():
     np.testing.assert_array_equal(dx[0, 0], [[0.0, 5.0], [0.0, 0.0]])
 
 
+@pytest.mark.parametrize("k, s, p", [(2, 1, 1), (2, 2, 1), (3, 2, 1), (3, 1, 1)])
+def test_windows_of_minus_infinity_give_the_gradient_to_their_first_input(k, s, p):
+    # every input -inf: no element beats the padding, and PyTorch's winner is the first input, not padding
+    x = np.full((1, 1, 4, 5), -np.inf)
+    x[0, 0, 0, 1] = 1.0
+    shape = max_pool2d(x, k, s, p).shape
+    dout = np.arange(1.0, 1 + np.prod(shape)).reshape(shape)    # a different gradient per window
+    _, expected = torch_pool(x, k, s, p, dout)
+    dx = max_pool2d_backward(dout, x, k, s, p)
+    np.testing.assert_array_equal(dx, expected)
+    assert dx.sum() == dout.sum()                                # none lost to the padding
+
+
 def test_overlapping_windows_accumulate():
     # 1x3 input, kernel 2 stride 1: the middle maximum wins both windows
     x = np.array([[[[0.0, 9.0, 1.0]]]])
@@ -152,8 +165,10 @@ def test_teaching_errors(rng):
     x = rng.standard_normal((1, 1, 4, 4))
     with pytest.raises(ValueError, match="more than half the kernel"):
         max_pool2d(x, 2, padding=2)
-    with pytest.raises(ValueError, match="pooling window size F = 5 is larger than the padded input.*use a smaller pooling window$"):
-        max_pool2d(x, 5)
+    with pytest.raises(ValueError, match="pooling window size F = 5 is larger than the padded input W .*use a smaller pooling window$"):
+        max_pool2d(x, 5)                                          # the width is checked first
+    with pytest.raises(ValueError, match="pooling window height F = 5 is larger than the padded input H .*use a smaller pooling window$"):
+        max_pool2d(x, (5, 1))
     with pytest.raises(ValueError, match="single image use x\\[None\\]"):
         max_pool2d(x[0], 2)
     with pytest.raises(TypeError, match="numpy array"):
@@ -176,6 +191,7 @@ def test_viz_report_and_widget():
     text = viz.pooling_report(LECTURE_MAP, 2, 2, C=6, next_units=84)
     assert "(7 - 2)//2 + 1 = 3" in text, text
     assert "    7   4   5" in text and "54 of 294 activations (18%)" in text, text
+    assert "stack C = 6 such maps (a 7 x 7 x 6 volume)" in text, text      # where the depth 6 comes from
     assert f"{54 * 84:,} weights instead of {294 * 84:,}" in text
     assert viz.pooling_report(LECTURE_MAP, 3, 2).count("\n  ") == 3        # 3 rows pooled
     assert viz.pooling_report(LECTURE_MAP, 8, 1).startswith("ValueError: pooling window size F = 8")

@@ -165,6 +165,41 @@ def test_im2col_figure_is_labelled():
     _assert_labelled(viz.plot_im2col(4, 4, 2, 2))
 
 
+@SETTINGS
+@given(H=st.integers(1, 9), W=st.integers(1, 9), KH=st.integers(1, 4), KW=st.integers(1, 4),
+       S=st.integers(1, 3), P=st.integers(0, 2))
+def test_im2col_copies_is_what_fold_of_unfold_counts(H, W, KH, KW, S, P):
+    if H + 2 * P < KH or W + 2 * P < KW:
+        return
+    copies = viz.im2col_copies(H, W, KH, KW, S, P)
+    ones = torch.ones(1, 1, H, W, dtype=torch.float64)
+    expected = F.fold(F.unfold(ones, (KH, KW), padding=P, stride=S), (H, W), (KH, KW), padding=P, stride=S)
+    np.testing.assert_array_equal(copies, expected[0, 0].numpy().astype(np.int64))
+    assert copies.max() <= KH * KW
+
+
+def test_im2col_figure_title_gives_the_real_number_of_copies():
+    # 3x3 kernel, stride 2, padding 1 on 5x5: windows skip every other position, so at most 4 copies
+    np.testing.assert_array_equal(viz.im2col_copies(5, 5, 3, 3, 2, 1)[:2], [[1, 2, 1, 2, 1], [2, 4, 2, 4, 2]])
+    fig = viz.plot_im2col(5, 5, 3, 3, stride=2, padding=1)
+    title = fig._suptitle.get_text()
+    plt.close(fig)
+    assert "at most 4 times" in title and "KH*KW = 9" in title, title
+    fig = viz.plot_im2col(4, 4, 2, 2)
+    title = fig._suptitle.get_text()
+    plt.close(fig)
+    assert "at most 4 times (= KH*KW" in title, title
+
+
+def test_every_pixel_gets_its_own_colour_and_none_is_the_padding_grey():
+    for n in (1, 16, 25, 49):
+        colours = viz.pixel_colours(n)
+        assert colours.shape == (n, 3) and np.all((colours >= 0) & (colours <= 1))
+        distance = np.linalg.norm(colours[:, None] - colours[None], axis=-1) + np.eye(n)
+        assert distance.min() > 0.02, n                              # no two pixels share a colour
+        assert np.linalg.norm(colours - 0.92, axis=1).min() > 0.1   # far from the "pad" grey
+
+
 def test_memory_table_equals_the_bytes_im2col_really_allocates():
     layers = [viz.ConvLayer("small", 2, 3, 9, 7, 4, 3, 2, S=2, P=1),
               viz.ConvLayer("lenet", 2, 1, 32, 32, 6, 5, 5)]
@@ -184,20 +219,22 @@ def test_memory_blow_up_is_kernel_area_over_stride_squared_with_same_padding():
     _assert_labelled(viz.plot_im2col_memory(viz.im2col_memory()))
 
 
-def test_median_seconds_takes_the_median_after_warm_up():
-    calls = []
-    durations = iter([0.0, 0.0, 0.05, 0.0, 0.0])  # one warm-up, then a slow outlier among 4
-    import time
+def test_median_seconds_takes_the_median_after_warm_up(monkeypatch):
+    """A fake clock: each call of fn takes a programmed time, so median, mean and max all differ."""
+    from types import SimpleNamespace
+    now = [0.0]                                 # seconds on the fake clock
+    durations = iter([100.0, 1.0, 2.0, 50.0, 3.0])  # one warm-up, then 4 timed calls with an outlier
+    monkeypatch.setattr(viz, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
     def fn():
-        calls.append(1)
-        time.sleep(next(durations))
+        now[0] += next(durations)
 
     syncs = []
     seconds = viz.median_seconds(fn, repeats=4, warmup=1, sync=lambda: syncs.append(1))
-    assert len(calls) == 5
+    assert next(durations, None) is None        # fn ran 5 times: 1 warm-up + 4 timed
     assert len(syncs) == 5  # once after the warm-up, then once inside each timed call
-    assert seconds < 0.04  # the outlier does not move the median
+    # median of [1, 2, 50, 3] = 2.5; the mean would be 14, the max 50, and with the warm-up 3
+    assert seconds == 2.5, seconds
 
 
 def test_conv_timings_checks_results_and_skips_a_long_naive_loop():

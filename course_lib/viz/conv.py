@@ -7,8 +7,8 @@ units. Reading order follows the lessons:
 lesson 01  ``output_size_report`` / ``output_size_explorer`` (the sliders),
            ``plot_padding``, ``receptive_field_sizes`` / ``receptive_field_1d``
            / ``plot_receptive_field``
-lesson 02  ``im2col_index_map`` / ``plot_im2col``, ``ConvLayer`` /
-           ``im2col_memory`` / ``plot_im2col_memory``, ``time_layouts``,
+lesson 02  ``im2col_index_map`` / ``im2col_copies`` / ``pixel_colours`` / ``plot_im2col``,
+           ``ConvLayer`` / ``im2col_memory`` / ``plot_im2col_memory``, ``time_layouts``,
            ``conv_timings`` / ``format_timings`` / ``plot_timings``
 
 Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
@@ -215,16 +215,43 @@ def im2col_index_map(H: int, W: int, KH: int, KW: int, stride=1, padding=0) -> n
     return cols[0].astype(np.int64) - 1
 
 
+def im2col_copies(H: int, W: int, KH: int, KW: int, stride=1, padding=0) -> np.ndarray:
+    """How many times each pixel of an H x W image is copied into the im2col matrix.
+
+    Returns an int array of shape (H, W): the number of windows that cover each
+    pixel (what ``col2im(im2col(ones))`` adds up). At most ``KH*KW``; a stride
+    larger than 1 skips windows, so the maximum can be smaller.
+    """
+    index = im2col_index_map(H, W, KH, KW, stride, padding)
+    return np.bincount(index[index >= 0], minlength=H * W).reshape(H, W)
+
+
+def pixel_colours(n: int) -> np.ndarray:
+    """``n`` distinct light RGB colours, shape (n, 3), pixel ``i`` -> row ``i``.
+
+    Evenly spaced along the ``turbo`` colour map (so no two pixels share a
+    colour, unlike a 20-colour qualitative map), mixed with white so that black
+    numbers printed on them stay readable: 35% for even ``i``, 60% for odd
+    ``i``, so that neighbours along a row also differ in lightness. None is
+    grey, the colour ``plot_im2col`` keeps for padding.
+    """
+    base = plt.get_cmap("turbo")(np.linspace(0.05, 0.95, max(n, 1)))[:n, :3]
+    white = np.where(np.arange(n) % 2 == 0, 0.35, 0.6)[:, None]
+    return (1 - white) * base + white
+
+
 def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padding=0):
     """The input pixels (left) and the im2col matrix (right), in matching colours.
 
     Each pixel gets its own colour and its index; the matrix shows where each
     copy of it went: one row per kernel offset (u, v), one column per window (i, j).
+    The title gives the largest number of copies of one pixel (``im2col_copies``).
     """
     index = im2col_index_map(H, W, KH, KW, stride, padding)      # (KH*KW, L)
     _, _, (H_out, W_out) = _conv_geometry(np.empty((1, 1, H, W)), KH, KW, stride, padding)
-    cmap = plt.get_cmap("tab20", max(H * W, 2))
-    to_rgb = lambda ids: np.where(ids[..., None] >= 0, cmap(np.maximum(ids, 0))[..., :3], 0.92)
+    most_copies = int(im2col_copies(H, W, KH, KW, stride, padding).max())
+    colours = pixel_colours(H * W)
+    to_rgb = lambda ids: np.where(ids[..., None] >= 0, colours[np.maximum(ids, 0)], 0.92)
     pixels = np.arange(H * W).reshape(H, W)
     fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 0.45 * index.shape[1], 4),
                                       gridspec_kw={"width_ratios": [W, index.shape[1]]})
@@ -241,7 +268,9 @@ def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padd
     right.set_yticks(range(KH * KW), [f"{u},{v}" for u in range(KH) for v in range(KW)], fontsize=7)
     right.set_xlabel("column = window position (i, j) of the output")
     right.set_ylabel("row = kernel offset (u, v)")
-    fig.suptitle(f"im2col: each window becomes a column; pixels repeat up to {KH * KW} times")
+    bound = " (= KH*KW, the bound)" if most_copies == KH * KW else f" (the bound is KH*KW = {KH * KW})"
+    fig.suptitle(f"im2col: each window becomes a column\n"
+                 f"here a pixel is copied at most {most_copies} times{bound}")
     fig.tight_layout()
     return fig
 
@@ -455,13 +484,14 @@ def format_timings(rows: list[dict]) -> str:
     cases = list(dict.fromkeys(r["case"] for r in rows))
     impls = [i for i in IMPLEMENTATIONS
              if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]
-    lines = [f"{'case':28s}" + "".join(f"{i:>20s}" for i in impls)]
+    width = max([28] + [len(c) + 2 for c in cases])
+    lines = [f"{'case':{width}s}" + "".join(f"{i:>20s}" for i in impls)]
     for case in cases:
         got = {r["implementation"]: r["seconds"] for r in rows if r["case"] == case}
         base = got["PyTorch CPU"]
         cells = ["skipped" if math.isnan(got[i]) else f"{got[i] * 1e3:.2f} ms ({got[i] / base:.2g}x)"
                  for i in impls]
-        lines.append(f"{case:28s}" + "".join(f"{c:>20s}" for c in cells))
+        lines.append(f"{case:{width}s}" + "".join(f"{c:>20s}" for c in cells))
     return "\n".join(lines) + "\n(ratio = time / PyTorch CPU time; lower is faster)"
 
 
@@ -481,11 +511,11 @@ def plot_timings(rows: list[dict]):
             if math.isnan(value):  # not timed (the naive loops on a large layer)
                 ax.text(xk, 0.03, "skipped", rotation=90, ha="center", va="bottom",
                         fontsize=7, transform=ax.get_xaxis_transform())
-    ax.set_xticks(range(len(cases)), cases)
+    ax.set_xticks(range(len(cases)), [c.replace(" (", "\n(", 1) for c in cases])  # shape on a line of its own
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 30)  # headroom for the legend
-    ax.set_xlabel("layer (input shape x filter shape)")
+    ax.set_xlabel("layer (input shape N,C,H,W)")
     ax.set_ylabel("time per forward call (ms, log scale)")
     ax.set_title("Convolution forward: from loops to one GEMM (median of repeats, after warm-up)")
     ax.legend(fontsize=8, ncol=len(impls), loc="upper center")

@@ -8,8 +8,12 @@ steep along w_2 and flat along w_1: one global learning rate is either too
 large for w_2 or too small for w_1, which is exactly what Adagrad's
 per-parameter rates ``eta_ik = gamma / sqrt(sum_j dw_ij^2)`` address.
 
+``angle`` rotates the bowl: f(w) = 0.5 * (R w)^T diag(a) (R w), with R the
+rotation by ``angle`` degrees, so its steep and flat directions no longer lie
+along the parameters' axes.
+
 Reading order: ``run_optimizer`` (any optimizer of ``course_lib.optim`` on
-the bowl), ``adagrad_report`` / ``gamma_explorer`` (the widget),
+the bowl, axis-aligned or rotated), ``adagrad_report`` / ``gamma_explorer`` (the widget),
 ``plot_trajectories``, ``plot_losses``, ``plot_effective_lr``.
 Tested in ``tests/test_optim.py``.
 """
@@ -28,14 +32,26 @@ START = np.array([-4.0, 1.5])
 OPTIMIZERS = ("SGD", "momentum", "Nesterov", "Adagrad")
 
 
-def loss(w: np.ndarray) -> np.ndarray:
-    """f(w) of the bowl for w of shape (..., 2)."""
-    return 0.5 * np.sum(CURVATURES * np.asarray(w) ** 2, axis=-1)
+def rotation(angle: float) -> np.ndarray:
+    """The 2 x 2 matrix R that rotates by ``angle`` degrees (counter-clockwise)."""
+    c, s = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
+    return np.array([[c, -s], [s, c]])
 
 
-def grad(w: np.ndarray) -> np.ndarray:
-    """Its gradient, ``a * w`` elementwise."""
-    return CURVATURES * w
+def loss(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
+    """f(w) of the bowl for w of shape (..., 2); rotated by ``angle`` degrees: f evaluated at R w."""
+    w = np.asarray(w)
+    if angle:
+        w = w @ rotation(angle).T                  # R w, for every row of w
+    return 0.5 * np.sum(CURVATURES * w ** 2, axis=-1)
+
+
+def grad(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
+    """Its gradient: ``a * w`` elementwise; rotated, ``R^T (a * (R w))``."""
+    if not angle:
+        return CURVATURES * w
+    R = rotation(angle)
+    return R.T @ (CURVATURES * (R @ w))
 
 
 def make_optimizer(name: str, params: list[np.ndarray], lr: float):
@@ -51,23 +67,29 @@ def make_optimizer(name: str, params: list[np.ndarray], lr: float):
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def run_optimizer(name: str, lr: float, steps: int = 100, start=START) -> dict:
+def run_optimizer(name: str, lr: float, steps: int = 100, start=START, angle: float = 0.0) -> dict:
     """Run an optimizer on the bowl from ``start``.
+
+    With ``angle``, on the bowl rotated by that many degrees, from the start
+    rotated with it (``R^T start``): the same problem, seen in axes turned by
+    ``angle``, so the loss starts at the same value.
 
     Returns a dict with ``path`` (steps + 1, 2), ``loss`` (steps + 1,) and,
     for Adagrad, ``eta`` (steps, 2): the effective learning rate of each
     parameter used at each step.
     """
     w = np.array(start, dtype=np.float64)
+    if angle:
+        w = rotation(angle).T @ w
     opt = make_optimizer(name, [w], lr)
     path, etas = [w.copy()], []
     for _ in range(steps):
-        opt.step([grad(w)])
+        opt.step([grad(w, angle)])
         if name == "Adagrad":
             etas.append(opt.effective_lr()[0])   # the rate this step used
         path.append(w.copy())
     path = np.array(path)
-    result = {"name": name, "lr": lr, "path": path, "loss": loss(path)}
+    result = {"name": name, "lr": lr, "angle": angle, "path": path, "loss": loss(path, angle)}
     if etas:
         result["eta"] = np.array(etas)
     return result

@@ -24,9 +24,11 @@ def pooling_report(x: np.ndarray, kernel_size: int, stride: int, C: int = 6,
                    next_units: int = 84) -> str:
     """What max pooling does to the 2-D map ``x`` and to a C-deep volume of its size, as text.
 
-    Shows the output size ``(W - F)/S + 1`` (floored), the pooled values, the
-    share of activations kept, and the weights a fully connected layer of
-    ``next_units`` units would need after the pooling versus without it.
+    Shows the output size ``(W - F)/S + 1`` (floored), the pooled values and,
+    for ``C`` maps of ``x``'s size stacked into a volume (default 6, the depth
+    of LeNet-5's C1 output), the share of activations kept and the weights a
+    fully connected layer of ``next_units`` units would need after the pooling
+    versus without it.
     Bad hyper-parameters give the library's ValueError message, not a crash.
     """
     H, W = x.shape
@@ -41,8 +43,8 @@ def pooling_report(x: np.ndarray, kernel_size: int, stride: int, C: int = 6,
         f"pool {kernel_size}x{kernel_size}, stride {stride}: "
         f"W_out = (W - F)/S + 1 = ({W} - {kernel_size})//{stride} + 1 = {W_out}, H_out = {H_out}",
         f"pooled map ({H_out} x {W_out}):", rows,
-        f"a {H} x {W} x {C} volume becomes {H_out} x {W_out} x {C}: depth kept, "
-        f"{after} of {before} activations ({after / before:.0%})",
+        f"stack C = {C} such maps (a {H} x {W} x {C} volume): it becomes {H_out} x {W_out} x {C}, "
+        f"depth kept, {after} of {before} activations ({after / before:.0%})",
         f"a fully connected layer of {next_units} units after it needs {after * next_units:,} "
         f"weights instead of {before * next_units:,}",
     ])
