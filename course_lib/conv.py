@@ -8,7 +8,8 @@ Reading order
 3. ``conv2d_naive``: the definition, four loops. Slow, obviously right.
 4. ``im2col`` / ``col2im``: "Convolution as a Matrix Operation"; exactly
    ``torch.nn.functional.unfold`` / ``fold``'s layout (N, C*KH*KW, L).
-5. ``conv2d_im2col``: convolution = im2col + one matrix multiply, in that layout.
+5. ``conv2d_im2col``: convolution = im2col + a batched matrix multiply (one
+   small matmul per image), in that layout.
 6. ``conv2d``: the same rows with the whole batch side by side in the columns,
    so ONE large GEMM covers every image; what the benchmark measures. Its
    copies are split over the cores (``course_lib.threads``) and its big
