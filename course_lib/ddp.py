@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.distributed.schedule import chunk_bounds
+from course_lib.distributed.torch_dist import seeded_torch
 from course_lib.lenet import TorchLeNet5
 
 TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
@@ -168,8 +169,10 @@ def _global_mean(loss: torch.Tensor, world_size: int) -> float:
 
 
 def _new_model(seed: int, dtype=torch.float32) -> TorchLeNet5:
-    torch.manual_seed(seed)                           # the same initial weights on every rank and in the twin
-    return TorchLeNet5().to(dtype)
+    """A LeNet-5 whose initial weights depend only on ``seed`` (the same on every rank and in the
+    twin), drawn without touching the caller's torch random state (see ``seeded_torch``)."""
+    with seeded_torch(seed):
+        return TorchLeNet5().to(dtype)
 
 
 def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int,
@@ -254,7 +257,9 @@ def _parse(argv):
     parser.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks together)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--world-size", type=int, default=2, help="local ranks when not under torchrun")
-    parser.add_argument("--backend", default=None, help="gloo or nccl (default: nccl with one GPU per rank)")
+    parser.add_argument("--backend", default=None, help=(
+        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU, else gloo; "
+        "alone, gloo, to compare with single-process training on the CPU)"))
     return parser.parse_args(argv)
 
 

@@ -1,7 +1,7 @@
 """The course as a student meets it: JupyterLab in headless Chromium.
 
-One JupyterLab server (127.0.0.1, a random port and token) over a temporary
-copy of notebooks/ plus two fixtures, one browser (Debian's ``chromium``,
+One JupyterLab server (127.0.0.1, a port the server picks, a random token)
+over a temporary copy of notebooks/ plus two fixtures, one browser (Debian's ``chromium``,
 driven by Playwright with ``executable_path``: nothing is downloaded), and
 for each notebook: open it, Run All Cells, wait, save, then assert
 
@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ NOTEBOOKS = sorted({p for pattern in PATTERNS for p in (ROOT / "notebooks").glob
 ERROR_FIXTURE = "browser_fixture_error.ipynb"
 SLIDER_FIXTURE = "browser_fixture_slider.ipynb"
 AT_ONCE = 2                  # notebooks running together
+SERVER_STARTS = 3            # JupyterLab starts to try when its port is taken before it binds
 RUN_TIMEOUT_S = 240          # one notebook, Run All to idle
 SCREENSHOTS = ROOT / "screenshots"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -69,12 +69,6 @@ def _require_chromium() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail("CI=true: " + message + " (.ci/run installs it)", pytrace=False)
     pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prepare_root(root: Path) -> None:
@@ -100,42 +94,85 @@ def lab(tmp_path_factory):
         path = settings / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
-    port, token = _free_port(), secrets.token_hex(16)
+    token = secrets.token_hex(16)
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(base / "ws"),
                JUPYTER_RUNTIME_DIR=str(base / "runtime"), COURSE_DEVICE="cpu")
+    # port 0: the server asks the OS for a free port itself (no port chosen here and bound later)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+           "--ServerApp.port=0", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={root}"]
     if hasattr(os, "getuid") and os.getuid() == 0:
         cmd.append("--ServerApp.allow_root=True")  # CI runs as root; without it the server exits
-    log = (base / "server.log").open("w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
+    server, url = _start_server(cmd, env, root, base / "runtime", token, base)
     try:
-        _wait_for_server(server, f"{url}/api/status?token={token}", base / "server.log")
         yield url, token, root
     finally:
-        server.terminate()
+        _stop(server)
+
+
+class PortTaken(RuntimeError):
+    """The server exited because another process took its port first."""
+
+
+def _start_server(cmd: list[str], env: dict, root: Path, runtime: Path, token: str, logs: Path):
+    """Start JupyterLab (``cmd``); return (process, its url) once it answers.
+
+    Jupyter Server 2.x binds port 0 to learn a free port, closes that socket and
+    binds the port again when its event loop starts. If another process takes
+    the port in between, the server logs "already in use" and exits; then a
+    fresh server (a fresh port) is started, up to SERVER_STARTS times.
+    """
+    for attempt in range(1, SERVER_STARTS + 1):
+        log_path = logs / f"server-{attempt}.log"
+        with log_path.open("w") as log:
+            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        log.close()
+            return server, _wait_for_server(server, runtime / f"jpserver-{server.pid}.json", token, log_path)
+        except PortTaken:
+            _stop(server)
+            if attempt == SERVER_STARTS:
+                raise
+        except BaseException:
+            _stop(server)
+            raise
 
 
-def _wait_for_server(server, status_url: str, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
+def _server_url(info_file: Path) -> str | None:
+    """The server's url from the runtime file it writes once its port is known, or None before."""
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError):    # not written yet, or half written
+        return None
+    return f"http://127.0.0.1:{info['port']}"
+
+
+def _wait_for_server(server, info_file: Path, token: str, log: Path, timeout: float = 90) -> str:
+    """Until the server answers /api/status; return its url."""
+    deadline, url = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            text = log.read_text()
+            error = PortTaken if "already in use" in text else RuntimeError
+            raise error(f"JupyterLab exited with {server.returncode}:\n{text[-3000:]}")
+        url = url or _server_url(info_file)
         try:
-            with urllib.request.urlopen(status_url, timeout=5) as reply:
-                if reply.status == 200:
-                    return
+            if url:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5) as reply:
+                    if reply.status == 200:
+                        return url
         except OSError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(server) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------

@@ -70,6 +70,17 @@ def test_single_process_twin_is_plain_sgd(digits):
     assert out["params"].shape == (61_706,)
 
 
+def test_training_leaves_the_callers_torch_rng_alone(digits):
+    """STYLE rule 6: train_single seeds its model's weights without reseeding the caller's generator."""
+    with torch.random.fork_rng(devices=[]):          # this test's seeding stays in this test too
+        torch.manual_seed(1234)
+        expected = torch.randn(5)
+        torch.manual_seed(1234)
+        ddp.train_single(digits.x_train, digits.y_train, steps=1, batch_size=8, seed=0)
+        assert torch.initial_seed() == 1234, f"train_single reseeded torch with {torch.initial_seed()}"
+        assert torch.equal(torch.randn(5), expected), "train_single moved the caller's torch RNG"
+
+
 @pytest.mark.slow
 def test_ddp_on_two_processes_equals_single_process_and_overlaps(digits):
     x, y = digits.x_train, digits.y_train

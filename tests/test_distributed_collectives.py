@@ -254,19 +254,42 @@ def test_an_unpicklable_result_is_reported_as_raised_not_died():
     assert info.value.reason == "raised" and "pickle" in str(info.value).lower()
 
 
+def _returns_views_of_its_buffer(pg):
+    x = np.full(4, pg.rank + 1.0, np.float32)
+    pg.allreduce_(x)
+    return pg.endpoint.buffer[:4], {"tail": pg.endpoint.buffer[2:4]}    # views of the shared memory
+
+
+@pytest.mark.parametrize("transport", ["shm", "pipe"])
+def test_a_worker_may_return_a_view_of_its_buffer(transport):
+    """The endpoint's memory is unmapped when the worker function returns; its result must
+    be copied first (reading the unmapped view was a SIGSEGV)."""
+    results = launch(_returns_views_of_its_buffer, 2, transport=transport, capacity=4, timeout=20,
+                     start_method="fork")
+    for head, rest in results:                                          # 1 + 2 = 3 everywhere
+        np.testing.assert_array_equal(head, np.full(4, 3.0, np.float32))
+        np.testing.assert_array_equal(rest["tail"], np.full(2, 3.0, np.float32))
+
+
 def test_process_group_misuse_is_reported(rng):
     X, y = rng.standard_normal((10, 5)), rng.standard_normal(10)
     with pytest.raises(CollectiveError, match="capacity"):      # 5 parameters, capacity 3
         launch(data_parallel_least_squares, 2, args=(X, y, 1, 0.1), capacity=3, dtype=np.float64, timeout=20)
 
 
-@pytest.mark.skipif(not IS_LINUX, reason="the parent-death signal is Linux's prctl")
-@pytest.mark.parametrize("transport", ["shm", "pipe"])
-def test_workers_die_with_a_killed_parent(transport, tmp_path):
+@pytest.mark.skipif(not IS_LINUX, reason="finds the workers through /proc")
+@pytest.mark.parametrize("transport, prctl", [("shm", True), ("pipe", True), ("shm", False)],
+                         ids=["shm", "pipe", "shm-getppid-polling"])
+def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
     """SIGKILL a parent in the middle of a (hanging) collective: its workers must go too,
-    and multiprocessing's resource tracker must remove the shared memory."""
+    and multiprocessing's resource tracker must remove the shared memory. With
+    ``prctl=False`` the parent-death signal is off, as on macOS: the workers'
+    ``os.getppid()`` watch must end them."""
     script = textwrap.dedent(f"""
         import os, sys, numpy as np
+        from course_lib.distributed import procs
+        if not {prctl}:
+            procs.set_parent_death_signal = lambda parent_pid: None        # as without prctl
         from multiprocessing import shared_memory
         real = shared_memory.SharedMemory.__init__
         def init(self, name=None, create=False, size=0, **kw):

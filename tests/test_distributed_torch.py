@@ -49,6 +49,22 @@ def test_ddp_matches_single_process_training(rng):
     assert np.array_equal(weights[0], weights[1]), "DDP replicas drifted apart"
 
 
+def test_linear_reference_leaves_the_callers_torch_rng_alone(rng):
+    """STYLE rule 6: the same seeded initial weights, without reseeding the caller's generator."""
+    import torch
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal(8)
+    with torch.random.fork_rng(devices=[]):          # this test's seeding stays in this test too
+        torch.manual_seed(7)
+        first = torch.nn.Linear(3, 1, dtype=torch.float64)                  # what seed=7 must give
+        torch.manual_seed(1234)
+        expected = torch.randn(5)
+        torch.manual_seed(1234)
+        untrained = linear_reference(X, y, 0, 0.1, seed=7)
+        assert torch.initial_seed() == 1234, f"linear_reference reseeded torch with {torch.initial_seed()}"
+        assert torch.equal(torch.randn(5), expected), "linear_reference moved the caller's torch RNG"
+    np.testing.assert_array_equal(untrained, np.r_[first.weight.detach().numpy().ravel(), first.bias.item()])
+
+
 def test_a_failing_rank_is_named():
     start = time.monotonic()
     with pytest.raises(CollectiveError, match="rank 1 raised") as info:

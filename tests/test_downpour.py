@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -203,6 +209,72 @@ def test_processes_report_a_dead_shard(digits):
     assert not mp.active_children()
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, ..., starttime at 19]; None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int, started: str) -> bool:
+    """The process we saw start at ``started`` still runs (a zombie is dead; a reused pid is not it)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[19] == started
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+@pytest.mark.parametrize("prctl", [True, False], ids=["death-signal", "getppid-polling"])
+def test_workers_die_with_a_killed_parent(prctl, tmp_path):
+    """SIGKILL the parent in the middle of a run that would never end: every shard and replica must go.
+
+    With ``prctl=False`` the parent-death signal is switched off, as on macOS, and the
+    workers must notice their dead parent themselves.
+    """
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from course_lib.distributed import downpour, procs
+        if not {prctl}:
+            procs.set_parent_death_signal = lambda parent_pid: None        # as without prctl
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((200, 64)), rng.integers(0, 10, 200)
+        downpour.run_processes(downpour.TinyNet(), x, y, n_replicas=2, n_shards=2, total_steps=10**9,
+                               timeout=60, start_method="fork")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    workers = {}                                         # pid -> start time
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 4 and time.monotonic() < deadline:        # 2 shards + 2 replicas
+            time.sleep(0.1)
+            for p in filter(str.isdigit, os.listdir("/proc")):
+                stat = _stat(int(p))
+                if stat is not None and int(stat[1]) == proc.pid:
+                    with open(f"/proc/{p}/cmdline", "rb") as f:
+                        if b"resource_tracker" not in f.read():
+                            workers[int(p)] = stat[19]
+        assert len(workers) >= 4, f"workers did not start: {sorted(workers)}"
+        time.sleep(0.5)                                  # let them train a little
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid, t) for pid, t in workers.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid, t in workers.items() if _alive(pid, t)]
+        assert not left, f"workers {left} outlived their killed parent (of {sorted(workers)})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for pid, t in workers.items():                   # a failed test must not leave them behind
+            if _alive(pid, t):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_robustness_sweep_and_figures(digits):
     import matplotlib
     matplotlib.use("Agg")
@@ -219,4 +291,24 @@ def test_robustness_sweep_and_figures(digits):
             viz.plot_curves({"R = 4": direct}, x="time"), viz.plot_robustness([1, 4], sweep)]
     for fig in figs:
         assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
+        plt.close(fig)
+
+
+def test_curve_and_staleness_figures_say_what_they_count(digits):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import downpour as viz
+    res = simulate(TinyNet(), *digits, n_replicas=4, n_shards=3, total_steps=120, optimizer="sgd",
+                   lr=0.1, eval_every=20)
+    fig = viz.plot_staleness({"R = 4": res})
+    assert "3 per pushed gradient" in fig.axes[0].get_ylabel()
+    assert f"{len(res.staleness):,} shard updates" in fig.axes[0].get_title() and fig.get_suptitle()
+    plt.close(fig)
+    for x, label in (("time", "virtual"), ("wall", "wall-clock")):
+        fig = viz.plot_curves({"R = 4": res}, x=x, marks={"replica 2 dies": 30.0}, title="a run")
+        ax = fig.axes[0]
+        assert label in ax.get_xlabel() and ax.get_title() == "a run"
+        assert any(list(line.get_xdata()) == [30.0, 30.0] for line in ax.lines), "the mark is a vertical line"
+        assert any(t.get_text() == "replica 2 dies" for t in ax.texts)
         plt.close(fig)

@@ -238,6 +238,68 @@ def test_instrument_wraps_each_test_cell_in_guards():
             assert roles[i - 1] == "before" and roles[i + 1] == "after"
 
 
+MiB = 2**20
+
+
+def _message(msg_type: str, **content) -> dict:
+    return {"msg_type": msg_type, "header": {"msg_type": msg_type}, "parent_header": {"msg_id": "cell"},
+            "content": content}
+
+
+def _capped_outputs(*messages) -> tuple[list, execute._CappedClient]:
+    """Feed kernel messages for cell 0 to the grader's executor, as nbclient would; return what it kept."""
+    client, outs = execute._CappedClient(nbformat.v4.new_notebook()), []
+    client.clear_before_next_output = False   # as nbclient sets it when a cell starts
+    for msg in messages:
+        client.output(outs, msg, None, 0)
+    return outs, client
+
+
+def _text(outs) -> str:
+    return "".join(o.get("text", "") for o in outs)
+
+
+def test_output_cap_counts_bytes_of_one_huge_message():
+    """One flush of ``print('x' * 10**7)`` is one stream message: it is cut at 1 MiB, not kept whole."""
+    outs, client = _capped_outputs(_message("stream", name="stdout", text="x" * 10**7))
+    assert len(_text(outs)) <= MiB, f"kept {len(_text(outs))} bytes of one print, expected at most {MiB}"
+    assert execute.MAX_OUTPUT_BYTES == MiB and _text(outs) == "x" * MiB
+    assert client.dropped_bytes[0] == 10**7 - MiB
+
+
+def test_output_cap_counts_bytes_over_many_messages():
+    """A print loop: 60 flushes of 100 kB. Counting messages kept 50 of them (5 MB); bytes keep 1 MiB."""
+    outs, client = _capped_outputs(*[_message("stream", name="stdout", text="y" * 100_000)] * 60)
+    assert len(_text(outs)) == MiB, f"kept {len(_text(outs))} bytes, expected {MiB}"
+    assert len(outs) == 11 and client.dropped_bytes[0] == 60 * 100_000 - MiB
+
+
+def test_output_cap_cuts_whole_characters_drops_big_displays_and_keeps_errors():
+    euro = "\u20ac"                              # 3 bytes in UTF-8; 2**20 is not a multiple of 3
+    big_png = {"image/png": "A" * MiB, "text/plain": "<Figure>"}
+    error = _message("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
+    outs, client = _capped_outputs(_message("stream", name="stderr", text=euro * MiB),
+                                   _message("display_data", data=big_png, metadata={}), error)
+    assert outs[0]["text"] == euro * (MiB // 3)   # 1048575 bytes: the next euro sign would not fit
+    assert [o["output_type"] for o in outs] == ["stream", "error"]
+    assert client.dropped_bytes[0] == 3 * MiB - 3 * (MiB // 3) + MiB + len("<Figure>")
+
+
+@pytest.mark.slow
+def test_a_huge_print_and_a_print_loop_are_capped_in_a_real_kernel(tmp_path):
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[code("print('x' * (5 * 2**20))"),
+                                         code("for i in range(3000):\n    print('y' * 1000)"),
+                                         code("print('small')")])
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=60, notebook_timeout=120)
+    assert [r.status for r in runs] == ["ok", "ok", "ok"]
+    for run, printed in zip(runs, (5 * MiB + 1, 3000 * 1001)):
+        kept, marker, rest = run.stdout.rpartition("\n[output truncated: ")
+        assert marker and rest.endswith(" bytes dropped]\n"), run.stdout[-200:]
+        assert len(kept) <= MiB and len(kept) + int(rest.split()[0]) == printed, (len(kept), rest)
+    assert runs[2].stdout == "small\n"
+
+
 def test_guard_restores_a_patched_function_and_reports_it():
     import numpy as np
     snap = guard.take_snapshot(["numpy"])
@@ -514,10 +576,14 @@ def test_score_voids_a_pass_whose_after_check_never_finished():
         if stopped and runs[i].status != "died":
             runs[i] = execute.CellRun()
     tests = grade.test_cells(solution_notebook())
-    status, _, flags = grade.score(nb, runs, tests, TEST_LIMITS)
+    status, detail, flags = grade.score(nb, runs, tests, TEST_LIMITS)
     assert [(t.test_id, t.points, t.status) for t in tests] == [
-        ("test_add", 0, "tampered"), ("test_add_hidden", 0, "not_run"), ("test_mul", 0, "not_run")]
+        ("test_add", 0, "unverified"), ("test_add_hidden", 0, "not_run"), ("test_mul", 0, "not_run")]
     assert status == "kernel_died" and flags == ["unverified:test_add"]
+    assert "could not be counted" in tests[0].detail
+    feedback = grade.feedback_text(grade.Grade("amy", EXERCISE, tests, status, detail, flags))
+    assert "the grader could not finish checking test 'test_add'" in feedback, feedback
+    assert "unverified:" not in feedback and "tampered" not in feedback, feedback
 
 
 def test_score_flags_what_the_answers_patched_and_passes_clean_tests():

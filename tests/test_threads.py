@@ -103,16 +103,41 @@ def test_a_forked_child_makes_its_own_pool(monkeypatch):
     _assert_a_forked_child_splits(contextlib.nullcontext())
 
 
+def _helper_threads() -> list[threading.Thread]:
+    """The live threads of course_lib's pools (each pool numbers its own: course_lib_0, course_lib_1, ...)."""
+    return [t for t in threading.enumerate() if t.name.startswith("course_lib") and t.is_alive()]
+
+
+def _no_pool_yet() -> None:
+    """Shut this process's pool down and wait until every course_lib thread has exited: those of
+    that pool and of pools shut down earlier (another thread count), which exit once idle."""
+    with threads._lock:
+        old, threads._pool, threads._pool_workers = threads._pool, None, 0
+    if old is not None:
+        old.shutdown(wait=True)
+    for t in _helper_threads():
+        t.join(timeout=10)
+    assert not _helper_threads(), f"threads of a shut-down pool did not exit: {_helper_threads()}"
+
+
+def _split_all_at_once(parts: int) -> None:
+    """A pass in ``parts`` slices that all wait for each other, so ``parts - 1`` helper threads
+    run at once (a pool reuses an idle thread for quick slices, which would hide a second pool)."""
+    barrier = threading.Barrier(parts, timeout=10)
+    for_each_slice(lambda s: barrier.wait(), 64, parts * threads.MIN_BYTES_PER_THREAD)
+
+
 def test_one_pool_serves_every_split(monkeypatch):
-    """Passes of different sizes (2 parts, then 8) share the process's pool of num_threads() - 1 threads."""
+    """Passes of different sizes (2 parts, then 8, then 3) share the process's pool of num_threads() - 1 threads."""
     monkeypatch.setenv("COURSE_LIB_THREADS", "8")
-    _record(64, 2 * threads.MIN_BYTES_PER_THREAD)
+    _no_pool_yet()
+    _split_all_at_once(2)
     pool = threads._pool
-    _record(64, 1 << 40)
-    _record(64, 3 * threads.MIN_BYTES_PER_THREAD)
+    _split_all_at_once(8)
+    _split_all_at_once(3)
     assert threads._pool is pool and threads._pool_workers == 7
-    names = {t.name for t in threading.enumerate() if t.name.startswith("course_lib")}
-    assert len(names) <= 7
+    live = _helper_threads()   # count threads, not names: a second pool would reuse the same names
+    assert len(live) == 7, f"{len(live)} course_lib threads alive, expected 7 (one pool of 7)"
 
 
 def _in_a_thread(target, timeout: float = 20.0) -> None:

@@ -69,6 +69,7 @@ torch.distributed (``from course_lib.distributed.torch_dist import ...``; import
         with torch.distributed initialised in each process (fn lives in course_lib)
     ddp_linear_worker(rank, P, X, y, steps, lr) / linear_reference(X, y, steps, lr): DDP on P
         processes equals one process on the whole batch
+    with seeded_torch(seed): model = ...   seeded initial weights; the caller's torch RNG is untouched
 
 Measuring (``from course_lib.distributed.measure import ...``)::
 

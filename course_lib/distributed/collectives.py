@@ -101,6 +101,12 @@ class ProcessGroup:
     rank, world_size : int
     capacity : the largest number of elements one collective can carry
     bytes_sent, bytes_received : totals so far for this rank
+    endpoint : the transport's end in this process. ``endpoint.buffer`` and the arrays
+        ``endpoint.step`` returns are views of shared memory that is unmapped when the
+        worker function returns: they must not escape it. Keep a ``.copy()`` (in a
+        global, a thread, an object that lives on), never the view; reading one after
+        the unmap kills the process (SIGSEGV). ``launch`` copies fn's return value
+        before the unmap, so returning a view is safe.
     """
 
     def __init__(self, endpoint):

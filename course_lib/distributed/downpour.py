@@ -24,6 +24,7 @@ Reading order
 6. ``run_processes``: the same Shard and Replica logic on real processes
    (S shard processes, R replica processes, pipes between them); a replica
    may be killed mid-training and the others finish; a dead shard is an error.
+   Every child dies with the parent (a killed or restarted notebook kernel).
 
 Vocabulary: R = ``n_replicas``, S = ``n_shards``; a *step* is one minibatch
 gradient computed by one replica; an *update* is one push applied by one
@@ -45,6 +46,7 @@ import numpy as np
 
 from course_lib.optim import SGD, Adagrad
 
+from .procs import die_with_parent
 from .schedule import chunk_bounds
 
 
@@ -393,14 +395,16 @@ def _recv(conn, abort, timeout: float, peer=None):
     return conn.recv()
 
 
-def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, abort, die_after) -> None:
+def shard_worker(parent_pid, index, lo, hi, params, shard_kwargs, replica_conns, control, abort,
+                 die_after) -> None:
     """A shard process: answer fetches, apply pushes, until the parent says "stop"
-    (or sets ``abort``).
+    (or sets ``abort``, or dies: ``procs.die_with_parent``).
 
     replica_conns : one pipe end per replica; control : the parent's pipe end,
     used to fetch (for the loss curve) and to stop. ``die_after``: SIGKILL
     ourselves after that many updates (a failure, for the lesson), or None.
     """
+    die_with_parent(parent_pid)
     shard = Shard(index, lo, hi, params, **shard_kwargs)
     conns = list(replica_conns) + [control]
     while not abort.is_set():
@@ -426,14 +430,16 @@ def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, ab
                 return
 
 
-def replica_worker(rank, model, x, y, settings, shard_conns, bounds, counter, steps, abort,
+def replica_worker(parent_pid, rank, model, x, y, settings, shard_conns, bounds, counter, steps, abort,
                    start, die_at_step) -> None:
-    """A replica process: claim steps from the shared counter until ``total_steps`` are done.
+    """A replica process: claim steps from the shared counter until ``total_steps`` are done
+    (or the parent sets ``abort``, or dies: ``procs.die_with_parent``).
 
     ``start``: a barrier, so that all replicas begin together (none is starved
     by a late start). ``die_at_step``: SIGKILL ourselves right after that many
     steps of our own (a crash, for the lesson), or None.
     """
+    die_with_parent(parent_pid)
     rep = Replica(rank, model, x, y, settings["batch"], settings["n_fetch"], settings["n_push"],
                   settings["seed"])
     try:
@@ -493,7 +499,7 @@ def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: i
 
     The parent creates every pipe, starts the children, watches their
     sentinels, joins every child with a timeout, and kills what is left in
-    ``finally``.
+    ``finally``. Each child dies with the parent (``procs.die_with_parent``).
     """
     import multiprocessing as mp
     ctx = mp.get_context(start_method)
@@ -508,12 +514,14 @@ def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: i
     controls = [ctx.Pipe() for _ in range(n_shards)]
     counter, steps, abort = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Event()
     start_together = ctx.Barrier(n_replicas)
+    parent = os.getpid()                                            # the children die with it
     shards = [ctx.Process(target=shard_worker, name=f"downpour-shard-{s}", daemon=True,
-                          args=(s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
-                                controls[s][1], abort, kill_shards.get(s)))
+                          args=(parent, s, lo, hi, w0[lo:hi], shard_kwargs,
+                                [links[r][s][1] for r in range(n_replicas)], controls[s][1], abort,
+                                kill_shards.get(s)))
               for s, (lo, hi) in enumerate(bounds)]
     replicas = [ctx.Process(target=replica_worker, name=f"downpour-replica-{r}", daemon=True,
-                            args=(r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
+                            args=(parent, r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
                                   bounds, counter, steps, abort, start_together, kill_replicas.get(r)))
                 for r, (xr, yr) in enumerate(_split_data(x, y, n_replicas))]
     curve, start = [], time.monotonic()

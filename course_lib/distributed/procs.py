@@ -13,8 +13,9 @@ P return values, or raises ``CollectiveError`` naming the rank that failed:
 
 In every case, in ``finally``, the parent terminates and joins every child
 with a timeout (SIGTERM, then SIGKILL), so no process is left behind. Each
-child asks Linux to SIGKILL it when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
-so workers never outlive a killed notebook kernel. Targets must be functions
+child dies with its parent (``die_with_parent``: ``prctl(PR_SET_PDEATHSIG)`` on
+Linux, a thread watching ``os.getppid()`` everywhere), so workers never outlive
+a killed notebook kernel. Targets must be functions
 of an importable module (``course_lib``), never of a notebook: under the
 spawn start method a child imports the target by name.
 """
@@ -27,6 +28,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -64,6 +66,26 @@ def set_parent_death_signal(parent_pid: int) -> None:
         os._exit(1)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """End this worker when its parent dies (a killed or restarted notebook kernel).
+
+    A killed parent never says "stop", and under fork no pipe shows end-of-file
+    (every later child holds a copy of its ends), so nothing else would end a
+    worker blocked on a pipe. Linux: the kernel SIGKILLs us
+    (``set_parent_death_signal``). Everywhere (macOS has no prctl): an orphan is
+    re-parented, so ``os.getppid()`` changes; a daemon thread polls it every
+    0.1 s and exits at once, even while the main thread is blocked in a pipe.
+    """
+    set_parent_death_signal(parent_pid)
+    ppid = os.getppid()                                 # the process that started us
+
+    def watch():
+        while os.getppid() == ppid:
+            time.sleep(0.1)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 # A worker whose peer died sees a broken pipe, an end-of-file or a timeout: a consequence,
 # not the cause. The parent reports such errors only when it finds no other failure.
 SECONDARY = (ConnectionError, EOFError, TimeoutError)
@@ -90,7 +112,7 @@ def exit_now(code: int) -> None:
 
 
 def _child_main(target, rank: int, parent_pid: int, result_conn, args) -> None:
-    set_parent_death_signal(parent_pid)
+    die_with_parent(parent_pid)
     try:
         value = target(rank, *args)
         result_conn.send(("ok", value))   # inside the try: a result that cannot be pickled "raised"

@@ -14,6 +14,7 @@ Every input is checked before any process starts.
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -79,10 +80,17 @@ def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -
 
 
 def _group_worker(rank, transport, fault, fn, args):
-    """In a worker: attach to the transport, wrap it in a ProcessGroup, run fn(pg, *args)."""
+    """In a worker: attach to the transport, wrap it in a ProcessGroup, run fn(pg, *args).
+
+    What fn returns may hold views of ``pg.endpoint.buffer`` (shared memory). Closing the
+    endpoint unmaps that memory, and numpy does not stop it: a view read afterwards (when
+    the result is pickled for the parent) crashes the worker with SIGSEGV. So the result
+    is copied out first, by a pickle round trip: what sending it to the parent does anyway.
+    """
     endpoint = transport.endpoint(rank, fault)
     try:
-        return fn(ProcessGroup(endpoint), *args)
+        result = fn(ProcessGroup(endpoint), *args)
+        return pickle.loads(pickle.dumps(result))   # a copy that shares no memory with the endpoint
     finally:
         endpoint.close()
 

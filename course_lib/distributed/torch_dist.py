@@ -18,6 +18,7 @@ Process start-up, failures and clean-up are ``procs.run_processes``'s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -137,6 +138,22 @@ def torch_allreduce(arrays, *, backend: str | None = None, timeout: float = 120.
                            1, start_method or get_context().get_start_method(), N * dtype.itemsize)
 
 
+@contextlib.contextmanager
+def seeded_torch(seed: int):
+    """Inside the block torch's CPU generator starts from ``seed``; after it, the caller's state is back.
+
+    ``nn.Linear()`` and ``TorchLeNet5()`` draw their initial weights from torch's global
+    generator. ``torch.manual_seed(seed)`` alone would give the same weights, but would also
+    restart every later ``torch.randn`` of the caller (a notebook) from ``seed``: hidden global
+    state (STYLE rule 6). The models here are built on the CPU (then moved), so only the CPU
+    generator is seeded and restored; CUDA's generators are left alone.
+    """
+    import torch
+    with torch.random.fork_rng(devices=[]):         # saves the CPU generator's state, restores it on exit
+        torch.default_generator.manual_seed(seed)   # the CPU part of torch.manual_seed(seed)
+        yield
+
+
 def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int, lr: float,
                       seed: int = 0) -> np.ndarray:
     """Train ``nn.Linear(D, 1)`` with ``DistributedDataParallel`` on this rank's rows; return the weights.
@@ -150,8 +167,9 @@ def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int
     from torch.nn.parallel import DistributedDataParallel
 
     from .schedule import chunk_bounds
-    torch.manual_seed(seed)                       # the same initial weights on every rank
-    model = DistributedDataParallel(torch.nn.Linear(X.shape[1], 1, dtype=torch.float64))
+    with seeded_torch(seed):                      # the same initial weights on every rank
+        linear = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
+    model = DistributedDataParallel(linear)
     a, b = chunk_bounds(len(X), world_size)[rank]
     X_r, y_r = torch.from_numpy(X[a:b]), torch.from_numpy(y[a:b])       # (n/P, D), (n/P,)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -166,8 +184,8 @@ def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int
 def linear_reference(X: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0) -> np.ndarray:
     """The same training in one process on the whole batch (what DDP must match)."""
     import torch
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
+    with seeded_torch(seed):                      # the initial weights of ddp_linear_worker
+        model = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     for _ in range(steps):

@@ -208,10 +208,13 @@ class ShmEndpoint(Endpoint):
         self.barrier()
 
     def close(self) -> None:
+        """Unmap the segment. Any numpy array still viewing it (``buffer``, a received array)
+        is left dangling: numpy arrays hold no buffer export, so ``SharedMemory.close`` does not
+        refuse, and reading such an array afterwards is a segmentation fault. Copy what you keep."""
         self.buffer = self._buffers = self._table = None
         try:
             self._shm.close()
-        except BufferError:   # a caller still holds a view; the mapping goes when the process exits
+        except BufferError:   # only a live memoryview of shm.buf refuses; the mapping goes at exit
             pass
 
 

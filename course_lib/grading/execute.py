@@ -14,8 +14,17 @@ Reading order
 
 Each cell's outcome is a ``CellRun``: ``ok``, ``error`` (with the exception's
 name and message), ``timeout``, ``died`` or ``not_run``. Output sent to stderr
-(warnings) is not an error. Stored outputs are capped per cell, so a student's
-print loop cannot fill the grader's memory.
+(warnings) is not an error.
+
+What the grader keeps of a cell's output is bounded (``_CappedClient``): at
+most ``MAX_OUTPUT_BYTES`` of text (stdout, stderr and displayed data, counted
+in UTF-8 bytes) and at most ``MAX_OUTPUTS`` outputs. The output that crosses
+the byte cap is cut there (a display that does not fit is dropped whole),
+later ones are dropped, and the cell's outputs end with the line
+``[output truncated: N bytes dropped]``. The error output (the traceback) is
+always kept, whatever its size. So neither one ``print('x' * 10**9)`` nor a
+print loop can fill the grader's memory (each message still arrives whole,
+and is cut before it is stored).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import ast
 import asyncio
 import contextlib
 import copy
+import json
 import math
 import os
 import subprocess
@@ -40,6 +50,7 @@ from course_lib.grading.build import cell_role
 
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
+MAX_OUTPUT_BYTES = 2**20   # bytes of text kept per cell (1 MiB); errors are always kept
 ROLE_KEY = "course_kit_grader"
 CHECKOUT = Path(__file__).resolve().parents[2]   # the folder holding course_lib/
 _AST_LOCK = threading.Lock()
@@ -106,13 +117,65 @@ def instrument(nb, modules: list[str]):
     return out
 
 
+def _size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (without a copy when it is ASCII, as print output usually is)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+
+def _clip(text: str, room: int) -> str:
+    """The longest start of ``text`` that fits in ``room`` UTF-8 bytes (never half a character)."""
+    if text.isascii():
+        return text[:room]
+    return text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+
+
+def _data_size(data: dict) -> int:
+    """Bytes of a display's mime bundle: text (or base64) values as they are, JSON values as JSON."""
+    return sum(_size(v if isinstance(v, str) else json.dumps(v)) for v in data.values())
+
+
 class _CappedClient(NotebookClient):
-    """nbclient's executor, keeping at most MAX_OUTPUTS outputs per cell."""
+    """nbclient's executor, keeping at most MAX_OUTPUT_BYTES of text and MAX_OUTPUTS
+    outputs per cell; what it drops is counted and reported at the end of the cell."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept_bytes: dict[int, int] = {}      # cell index -> bytes of text kept
+        self.dropped_bytes: dict[int, int] = {}   # cell index -> bytes of text dropped
 
     def output(self, outs, msg, display_id, cell_index):
-        if len(outs) >= MAX_OUTPUTS and msg["msg_type"] != "error":
+        msg_type, content = msg["msg_type"], msg["content"]
+        if msg_type == "error":
+            return super().output(outs, msg, display_id, cell_index)
+        if self.clear_before_next_output:     # nbclient empties outs before adding this one
+            self.kept_bytes[cell_index] = self.dropped_bytes[cell_index] = 0
+        kept = self.kept_bytes.get(cell_index, 0)
+        dropped = self.dropped_bytes.get(cell_index, 0)
+        size = _size(content["text"]) if msg_type == "stream" else _data_size(content.get("data", {}))
+        room = MAX_OUTPUT_BYTES - kept
+        if len(outs) >= MAX_OUTPUTS or room <= 0 or (size > room and msg_type != "stream"):
+            self.dropped_bytes[cell_index] = dropped + size
             return None
+        if size > room:                       # the stream message that crosses the cap: cut it
+            text = _clip(content["text"], room)
+            msg = dict(msg, content=dict(content, text=text))
+            self.dropped_bytes[cell_index] = dropped + size - _size(text)
+            size = _size(text)
+        self.kept_bytes[cell_index] = kept + size
         return super().output(outs, msg, display_id, cell_index)
+
+    def clear_output(self, outs, msg, cell_index):
+        super().clear_output(outs, msg, cell_index)
+        if not msg["content"].get("wait"):   # cleared now (a wait clears at the next output)
+            self.kept_bytes[cell_index] = self.dropped_bytes[cell_index] = 0
+
+    async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+        try:
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+        finally:
+            if self.dropped_bytes.get(cell_index):
+                marker = f"\n[output truncated: {self.dropped_bytes[cell_index]} bytes dropped]\n"
+                cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=marker))
 
 
 def _stdout(cell) -> str:

@@ -12,7 +12,8 @@ Reading order
    fresh kernel in a temporary folder (``execute.run_notebook``), ``score``.
 2. ``score``: a test cell earns its points only if it ran without raising and
    the guard cells around it found nothing patched *during* it; a test not
-   reached (time limit, dead kernel) scores zero.
+   reached (time limit, dead kernel) scores zero, and so does a pass whose
+   guard check afterwards did not finish (``unverified``).
 3. ``grade_all``: every submission, ``jobs`` at a time; a bad submission is a
    row with a reason, never a stopped batch.
 4. ``write_csv`` / ``feedback_text``: the outputs, written atomically.
@@ -20,11 +21,14 @@ Reading order
 CSV columns: student, exercise, test_id, points, max_points, status, flags,
 detail; one row per test cell and one ``TOTAL`` row per student. Test
 statuses: passed, failed (AssertionError), error (another exception),
-timeout, kernel_died, not_run, tampered, ungraded. TOTAL statuses: graded,
-timeout, kernel_died, unreadable, missing, wrong_exercise, duplicate,
-grader_error. Flags are listed in ``course_lib.grading.submission``, plus
-``patched:NAME`` when the answer cells replaced a function the tests use and
-``tampered:TEST`` when the code under test did so while TEST ran (TEST scores 0).
+timeout, kernel_died, not_run, tampered, unverified (it passed, but the
+grader's check after it did not finish, so the pass is not counted),
+ungraded. TOTAL statuses: graded, timeout, kernel_died, unreadable, missing,
+wrong_exercise, duplicate, grader_error. Flags are listed in
+``course_lib.grading.submission``, plus ``patched:NAME`` when the answer
+cells replaced a function the tests use, ``tampered:TEST`` when the code
+under test did so while TEST ran, and ``unverified:TEST`` when the check
+after TEST did not finish (TEST scores 0 in both cases).
 """
 
 from __future__ import annotations
@@ -126,8 +130,8 @@ def _stop_detail(run: CellRun, cell, limits: Limits) -> str:
     return f"{what} ran past the {seconds:g} s {run.limit} time limit; the tests after it score 0"
 
 
-def _void(test: TestResult, why: str) -> None:
-    test.status, test.points, test.detail = "tampered", 0.0, _short(why)
+def _void(test: TestResult, why: str, status: str = "tampered") -> None:
+    test.status, test.points, test.detail = status, 0.0, _short(why)
 
 
 def _apply_guard(role: str, run: CellRun, test: TestResult | None, flags: list[str]) -> None:
@@ -171,7 +175,8 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
                 test.status, test.detail = status, detail
             guarded = by_id.get(cell.metadata.get(ROLE_KEY, {}).get("test_id")) if role == "after" else None
             if guarded is not None and guarded.status == "passed":   # its check never finished:
-                _void(guarded, f"the grader's check after this test did not finish ({detail})")
+                _void(guarded, f"the test passed, but the grader's check after it did not finish "
+                               f"({detail}), so the pass could not be counted", "unverified")
                 flags.append(f"unverified:{guarded.test_id}")        # a pass we cannot vouch for
             break
     for test in tests:
@@ -294,6 +299,8 @@ FLAG_NOTES = {
                      "put everything your answer needs inside the answer cells",
     "patched": "your answer cells replaced {id}, which the tests use; it was put back before each test",
     "tampered": "while test {id} ran, your code replaced something the test uses, so the test scores 0",
+    "unverified": "the grader could not finish checking test {id} (the kernel stopped, for example "
+                  "out of memory or past a time limit), so its pass could not be counted",
 }
 
 
