@@ -299,7 +299,8 @@ def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
         shared_memory.SharedMemory.__init__ = init
         from course_lib.distributed import allreduce
         print("PID", os.getpid(), flush=True)
-        allreduce([np.ones(100)] * 3, transport={transport!r}, timeout=60, _fault=(1, 0, "hang"))
+        allreduce([np.ones(100)] * 3, transport={transport!r}, timeout=60, _fault=(1, 0, "hang"),
+                  start_method="fork")          # the workers are the parent's children (3.14: forkserver)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})

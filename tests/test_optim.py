@@ -175,6 +175,8 @@ def test_viz_rotated_bowl():
     f.backward()
     assert viz.loss(w.detach().numpy(), 45) == pytest.approx(f.item())
     np.testing.assert_allclose(viz.grad(w.detach().numpy(), 45), w.grad.numpy(), atol=1e-12)
+    points = np.array([[0.7, -1.3], [2.0, 0.5], [0.0, 0.0]])                 # loss and grad take rows alike
+    np.testing.assert_allclose(viz.grad(points, 45), [viz.grad(p, 45) for p in points], atol=1e-15)
     # SGD, momentum and Nesterov are linear in the gradient, so they do not see a rotation;
     # Adagrad's per-coordinate division does
     for name, lr in [("SGD", 0.07), ("momentum", 0.01), ("Nesterov", 0.01), ("Adagrad", 1.0)]:

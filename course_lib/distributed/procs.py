@@ -14,8 +14,8 @@ P return values, or raises ``CollectiveError`` naming the rank that failed:
 In every case, in ``finally``, the parent terminates and joins every child
 with a timeout (SIGTERM, then SIGKILL), so no process is left behind. Each
 child dies with its parent (``die_with_parent``: ``prctl(PR_SET_PDEATHSIG)`` on
-Linux, a thread watching ``os.getppid()`` everywhere), so workers never outlive
-a killed notebook kernel. Targets must be functions
+Linux, and a thread watching the parent on Linux and macOS), so workers never
+outlive a killed notebook kernel. Targets must be functions
 of an importable module (``course_lib``), never of a notebook: under the
 spawn start method a child imports the target by name.
 """
@@ -72,15 +72,26 @@ def die_with_parent(parent_pid: int) -> None:
     A killed parent never says "stop", and under fork no pipe shows end-of-file
     (every later child holds a copy of its ends), so nothing else would end a
     worker blocked on a pipe. Linux: the kernel SIGKILLs us
-    (``set_parent_death_signal``). Everywhere (macOS has no prctl): an orphan is
-    re-parented, so ``os.getppid()`` changes; a daemon thread polls it every
-    0.1 s and exits at once, even while the main thread is blocked in a pipe.
+    (``set_parent_death_signal``). On Linux and macOS (which has no prctl) a
+    daemon thread also polls every 0.1 s and exits at once, even while the
+    main thread is blocked in a pipe, when ``parent_pid`` is gone or we were
+    re-parented (``os.getppid()`` changed: our starter, the parent or a fork
+    server, died). Not on Windows, where neither happens.
     """
     set_parent_death_signal(parent_pid)
     ppid = os.getppid()                                 # the process that started us
 
+    def parent_alive() -> bool:
+        try:
+            os.kill(parent_pid, 0)                      # signal 0: only "does it exist?"
+        except ProcessLookupError:
+            return False
+        except PermissionError:                         # exists, owned by someone else
+            pass
+        return os.getppid() == ppid
+
     def watch():
-        while os.getppid() == ppid:
+        while parent_alive():
             time.sleep(0.1)
         os._exit(1)
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -313,8 +313,8 @@ def im2col_memory(layers=REAL_LAYERS, itemsize: int = 4) -> list[dict]:
     """
     rows = []
     for layer in layers:
-        H_out = conv_output_size(layer.H, layer.KH, layer.P, layer.S, floor=True)
         W_out = conv_output_size(layer.W, layer.KW, layer.P, layer.S, floor=True)
+        H_out = conv_output_size(layer.H, layer.KH, layer.P, layer.S, floor=True, axis="height")
         input_bytes = layer.N * layer.C * layer.H * layer.W * itemsize
         cols_bytes = layer.N * layer.C * layer.KH * layer.KW * H_out * W_out * itemsize
         rows.append({"layer": layer.name, "N": layer.N, "input_bytes": input_bytes, "cols_bytes": cols_bytes,

@@ -47,11 +47,12 @@ def loss(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
 
 
 def grad(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
-    """Its gradient: ``a * w`` elementwise; rotated, ``R^T (a * (R w))``."""
+    """Its gradient for w of shape (..., 2): ``a * w`` elementwise; rotated, ``R^T (a * (R w))``."""
+    w = np.asarray(w)
     if not angle:
         return CURVATURES * w
     R = rotation(angle)
-    return R.T @ (CURVATURES * (R @ w))
+    return (CURVATURES * (w @ R.T)) @ R            # R^T (a * (R w)), for every row of w
 
 
 def make_optimizer(name: str, params: list[np.ndarray], lr: float):
