@@ -68,7 +68,7 @@ def check_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, analytic: np
     analytic = np.asarray(analytic, dtype=np.float64)
     err = rel_error(numeric, analytic)
     if not err <= tol:
-        worst = np.unravel_index(np.argmax(np.abs(numeric - analytic)), numeric.shape)
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(numeric - analytic)), numeric.shape))
         raise AssertionError(
             f"{name}: relative error {err:.2e} > tol {tol:.0e}; worst element {worst}: "
             f"expected (numerical) {numeric[worst]:.6g}, received (analytic) {analytic[worst]:.6g}")
