@@ -84,6 +84,13 @@ def answered(nb=None, **answers: str):
 GOOD_ADD = "def add(a, b):\n    return np.add(a, b)"
 GOOD_MUL = "def mul(a, b):\n    return np.multiply(a, b)"
 BAD_ADD = "def add(a, b):\n    return np.subtract(a, b)"
+# A student who prints the hidden tests: the test cell's own source (In[-1]), markers included;
+# one hidden line without markers; and, from an answer cell, an earlier test cell's source.
+LEAK_ADD = ("def add(a, b):\n    src = get_ipython().user_ns['In'][-1]\n    i = src.find('### BEGIN')\n"
+            "    raise AssertionError(src[i:] if i >= 0 else 'nothing to see')")
+LEAK_MUL = ("def mul(a, b):\n    src = [s for s in In if 'HIDDEN' in s][0]\n"
+            "    raise AssertionError('look: ' + [l for l in src.splitlines() if 'add(-1.5' in l][0])\n"
+            "raise RuntimeError([s for s in In if 'HIDDEN' in s][0][-60:])")
 
 
 def fake_submissions() -> dict[str, object]:
@@ -119,6 +126,7 @@ def fake_submissions() -> dict[str, object]:
         "patch_in_test": answered(add="def add(a, b):\n    import numpy\n"
                                       "    numpy.allclose = lambda *a, **k: True\n    return a - b",
                                   mul=GOOD_MUL),
+        "leaker": answered(add=LEAK_ADD, mul=LEAK_MUL),
     }
 
 
@@ -139,8 +147,12 @@ EXPECTED = {
     "edited": (3, "graded", {"test_add": (0, "failed"), "test_add_hidden": (0, "failed")}),
     "patched": (3, "graded", {"test_add": (0, "failed"), "test_add_hidden": (0, "failed")}),
     "patch_in_test": (3, "graded", {"test_add": (0, "tampered"), "test_add_hidden": (0, "tampered")}),
+    "leaker": (0, "graded", {"test_add": (0, "failed"), "test_add_hidden": (0, "failed"), "test_mul": (0, "failed")}),
     "erin": (6, "graded", {"test_mul": (3, "passed")}),      # folder layout, notebook in a subfolder
-    "frank": (0, "missing", {"test_mul": (0, "ungraded")}),  # empty folder
+    "frank": (0, "no_notebook", {"test_mul": (0, "ungraded")}),  # empty folder
+    "pete": (0, "no_notebook", {"test_mul": (0, "ungraded")}),   # a folder with no notebook in it
+    "hugo": (0, "no_notebook", {"test_mul": (0, "ungraded")}),   # hugo.pdf
+    "olga": (0, "no_notebook", {"test_mul": (0, "ungraded")}),   # olga.py
 }
 
 
@@ -152,7 +164,13 @@ def write_submissions(folder: Path) -> None:
     (folder / "erin" / "work").mkdir(parents=True)
     nbformat.write(fake_submissions()["perfect"], folder / "erin" / "work" / f"{EXERCISE}.ipynb")
     (folder / "frank").mkdir()
-    (folder / "README.txt").write_text("not a submission: ignored")
+    (folder / "pete").mkdir()
+    (folder / "pete" / "readme.txt").write_text("I could not get Jupyter to work")
+    (folder / "pete" / ".DS_Store").write_bytes(b"\0")
+    (folder / "hugo.pdf").write_bytes(b"%PDF-1.4 a printout of the notebook")
+    (folder / "olga.py").write_text(GOOD_ADD + "\n" + GOOD_MUL + "\n")
+    (folder / ".DS_Store").write_bytes(b"\0")               # hidden entries are not submissions
+    (folder / ".ipynb_checkpoints").mkdir()
 
 
 @pytest.fixture(scope="module")
@@ -344,10 +362,28 @@ def test_find_submissions_layouts(tmp_path):
     for name in ("a.ipynb", "b.ipynb"):  # two notebooks, neither named like the exercise
         nbformat.write(nbformat.v4.new_notebook(), tmp_path / "gina" / name)
     subs = {s.student: s for s in submission.find_submissions(tmp_path, f"{EXERCISE}.ipynb")}
-    assert set(subs) == set(fake_submissions()) | {"erin", "frank", "gina"}
+    assert set(subs) == set(fake_submissions()) | {"erin", "frank", "gina", "hugo", "olga", "pete"}
     assert subs["erin"].path.name == f"{EXERCISE}.ipynb" and not subs["erin"].problem
-    assert subs["frank"].problem.startswith("missing:") and "no .ipynb file" in subs["frank"].problem
-    assert "a.ipynb, b.ipynb" in subs["gina"].problem
+    assert subs["frank"].problem == f"no_notebook: the folder frank/ is empty; expected {EXERCISE}.ipynb in it"
+    assert subs["gina"].problem.startswith("missing:") and "a.ipynb, b.ipynb" in subs["gina"].problem
+
+
+def test_files_that_are_not_notebooks_are_submissions_without_a_notebook(tmp_path):
+    """A PDF, a .py or a folder of other files gets a row that says what was found; hidden
+    entries do not; a file next to a student's notebook never takes the notebook's place."""
+    write_submissions(tmp_path)
+    (tmp_path / "perfect.html").write_text("<html>an export of perfect.ipynb</html>")  # sorts first
+    subs = {s.student: s for s in submission.find_submissions(tmp_path, f"{EXERCISE}.ipynb")}
+    assert not [name for name in subs if name.startswith(".")]
+    expected = f"expected hugo.ipynb (a Jupyter notebook), or a folder hugo/ with {EXERCISE}.ipynb in it"
+    assert subs["hugo"].path is None and subs["hugo"].problem == \
+        f"no_notebook: hugo.pdf is not a notebook; {expected}"
+    assert subs["olga"].problem.startswith("no_notebook: olga.py is not a notebook; expected olga.ipynb")
+    assert subs["pete"].problem == (f"no_notebook: the folder pete/ holds no .ipynb file (found readme.txt); "
+                                    f"expected {EXERCISE}.ipynb in it")
+    assert subs["perfect"].path.name == "perfect.ipynb" and not subs["perfect"].problem
+    assert subs["perfect (perfect.html)"].problem == \
+        "duplicate: perfect.html is not a notebook and was not graded; 'perfect' also submitted perfect.ipynb"
 
 
 def test_instructor_notebook_is_checked(tmp_path):
@@ -362,14 +398,26 @@ def test_cli_writes_csv_and_feedback_without_running_kernels(tmp_path):
     nbformat.write(solution_notebook(), tmp_path / f"{EXERCISE}.ipynb")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "zoe.ipynb").write_text("not json")
+    (tmp_path / "in" / "hugo.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "in" / "pete").mkdir()
+    (tmp_path / "in" / "pete" / "notes.txt").write_text("see attached")
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"\0")
     proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / f"{EXERCISE}.ipynb"),
                            str(tmp_path / "in"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "out" / "grades.csv").open()))
-    assert [(r["student"], r["test_id"], r["points"], r["status"]) for r in rows][-1] == \
-        ("zoe", "TOTAL", "0", "unreadable")
-    assert "Score: 0 / 6" in (tmp_path / "out" / "feedback" / "zoe.txt").read_text()
+    assert [(r["student"], r["points"], r["status"]) for r in rows if r["test_id"] == "TOTAL"] == \
+        [("hugo", "0", "no_notebook"), ("pete", "0", "no_notebook"), ("zoe", "0", "unreadable")]
+    assert "3 submissions: 0 graded, 3 not gradable (no_notebook 2, unreadable 1)" in proc.stdout, proc.stdout
+    zoe = (tmp_path / "out" / "feedback" / "zoe.txt").read_text()
+    assert "Score: 0 / 6" in zoe and "Grading stopped" not in zoe, zoe
+    assert "Not graded: the grader could not read your file: zoe.ipynb is not JSON" in zoe, zoe
+    hugo = (tmp_path / "out" / "feedback" / "hugo.txt").read_text()
+    assert "Not graded: no notebook was found: hugo.pdf is not a notebook; expected hugo.ipynb" in hugo, hugo
+    assert "none of the tests ran" in hugo, hugo
+    pete = (tmp_path / "out" / "feedback" / "pete.txt").read_text()
+    assert "pete/ holds no .ipynb file (found notes.txt)" in pete, pete
     bad = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / "nope.ipynb"),
                           str(tmp_path / "in")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr
@@ -399,6 +447,8 @@ def test_exact_points(batch, student):
     ("edited", ["edited_test:test_add", "deleted_test:test_add_hidden", "dropped_cells:1"]),
     ("patched", ["patched:numpy.allclose"]),
     ("patch_in_test", ["tampered:test_add", "tampered:test_add_hidden"]),
+    ("syntax", ["answer_error:add"]), ("import_error", ["answer_error:add"]),
+    ("leaker", ["answer_error:mul", "withheld:test_add_hidden", "withheld:test_mul", "withheld:mul"]),
 ])
 def test_flags(batch, student, flags):
     assert batch[1][student].flags == flags
@@ -438,6 +488,37 @@ def test_feedback_explains_but_never_shows_hidden_tests(batch):
     partial = (folder / "partial.txt").read_text()
     assert "Score: 3 / 6" in partial and "mul(full(2, 3), 2) should be all 6" in partial
     assert "you changed test cell 'test_add'" in (folder / "edited.txt").read_text()
+
+
+@pytest.mark.slow
+def test_messages_that_quote_hidden_tests_are_withheld_from_feedback_and_csv(batch):
+    """The student's own exception may carry the hidden test's source (In[-1]): it is replaced."""
+    base, grades = batch
+    leaker = {t.test_id: t for t in grades["leaker"].tests}
+    for test_id in ("test_add_hidden", "test_mul"):
+        assert leaker[test_id].detail == f"AssertionError: {grade.WITHHELD}", leaker[test_id].detail
+    assert leaker["test_add"].detail == "AssertionError: nothing to see"   # an ordinary message is kept
+    assert grades["leaker"].answer_errors == {"mul": f"RuntimeError: {grade.WITHHELD}"}
+    for text in ((base / "out" / "grades.csv").read_text(), (base / "out" / "feedback" / "leaker.txt").read_text()):
+        for secret in ("### BEGIN HIDDEN", "### END HIDDEN", "add(-1.5, 1.5)"):
+            assert secret not in text, text
+    assert "withheld" in (base / "out" / "feedback" / "leaker.txt").read_text()
+
+
+@pytest.mark.slow
+def test_errors_in_answer_cells_are_reported(batch):
+    """A SyntaxError in an answer cell makes the test fail with a NameError: the student must see both."""
+    base, grades = batch
+    assert grades["syntax"].answer_errors == {"add": "SyntaxError: expected ':' (line 1)"}
+    assert grades["import_error"].answer_errors == \
+        {"add": "ModuleNotFoundError: No module named 'numpy_does_not_exist'"}
+    assert grades["perfect"].answer_errors == {} and grades["blank"].answer_errors == {}
+    rows = list(csv.DictReader((base / "out" / "grades.csv").open()))
+    total = next(r for r in rows if r["student"] == "syntax" and r["test_id"] == "TOTAL")
+    assert (total["status"], total["flags"]) == ("graded", "answer_error:add")
+    assert total["detail"] == "answer cell 'add' raised SyntaxError: expected ':' (line 1)"
+    feedback = (base / "out" / "feedback" / "syntax.txt").read_text()
+    assert "your answer cell 'add' raised SyntaxError: expected ':' (line 1)" in feedback, feedback
 
 
 @pytest.mark.slow
@@ -594,3 +675,92 @@ def test_score_flags_what_the_answers_patched_and_passes_clean_tests():
     status, _, flags = grade.score(nb, runs, tests, TEST_LIMITS)
     assert [t.points for t in tests] == [1, 2, 3] and status == "graded"
     assert flags == ["patched:numpy.allclose"]
+
+
+def test_answer_errors_name_the_cell_and_the_error_line():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    syntax_error = execute.CellRun("error", "SyntaxError", "expected ':' (2031782527.py, line 2)")
+    runs = _synthetic_runs(nb, test__add=syntax_error,
+                           test__test_add=execute.CellRun("error", "NameError", "name 'add' is not defined"))
+    assert grade.answer_errors(nb, runs) == {"add": "SyntaxError: expected ':' (line 2)"}  # test cells are not answers
+    assert grade.answer_errors(nb, _synthetic_runs(nb)) == {}
+
+
+def test_secret_lines_are_the_hidden_tests_and_the_model_answers():
+    secrets = grade.secret_lines(solution_notebook())
+    assert HIDDEN_LINE + ", 'a hidden check failed'" in secrets
+    assert "return np.multiply(a, b)" in secrets
+    assert "import numpy as np" not in secrets          # shown to students anyway
+    assert set(grade.MARKERS) <= set(secrets)
+
+
+@pytest.mark.parametrize("message, withheld", [
+    ("AssertionError: ### BEGIN HIDDEN TESTS assert x", True),
+    ("AssertionError: ...### END SOLUTION", True),
+    ("ValueError: ### BEGIN SOLUTION", True),
+    ("ValueError: ### END HIDDEN TESTS", True),
+    (f"AssertionError: look: {HIDDEN_LINE}, 'a hidden check failed'", True),
+    ("RuntimeError: x = 1 return np.multiply(a, b) y = 2", True),
+    ("AssertionError: a hidden check failed", False),  # the hidden test's own message is for the student
+    ("NotImplementedError: exercise 'add' is not done yet: replace this line with your code "
+     "(the lesson is notebooks/00_fixture.ipynb)", False),
+    ("NameError: name 'add' is not defined", False),
+])
+def test_withhold_replaces_messages_that_quote_hidden_code(message, withheld):
+    secrets = grade.secret_lines(solution_notebook())
+    expected = message.split(":", 1)[0] + ": " + grade.WITHHELD if withheld else message
+    assert grade.withhold(message, secrets) == expected
+
+
+def _grade(student, status):
+    return grade.Grade(student, EXERCISE, [], status)
+
+
+def test_summary_tells_graded_from_not_gradable():
+    grades = [_grade("a", "graded"), _grade("b", "graded"), _grade("c", "timeout"), _grade("d", "kernel_died"),
+              _grade("e", "unreadable"), _grade("f", "wrong_exercise"), _grade("g", "no_notebook"),
+              _grade("h", "no_notebook")]
+    assert grade.summary(grades) == ("8 submissions: 4 graded (of which timeout 1, kernel_died 1), "
+                                     "4 not gradable (no_notebook 2, unreadable 1, wrong_exercise 1)")
+    assert grade.summary([_grade("a", "graded")]) == "1 submission: 1 graded, 0 not gradable"
+
+
+def test_feedback_of_a_submission_that_never_ran_says_why():
+    feedback = grade.feedback_text(grade.Grade("leo", EXERCISE, grade.test_cells(solution_notebook()),
+                                               "wrong_exercise", "the notebook belongs to notebooks/99_other.ipynb"))
+    assert "Grading stopped" not in feedback
+    assert "Not graded: this is not this exercise's notebook: the notebook belongs to notebooks/99_other" in feedback
+    stopped = grade.feedback_text(grade.Grade("erin", EXERCISE, [], "timeout", "cell 'mul' ran past the limit"))
+    assert "Grading stopped: timeout: cell 'mul' ran past the limit" in stopped
+
+
+def test_kernel_gets_the_checkout_on_pythonpath_only_when_course_lib_needs_it(monkeypatch):
+    """The checkout also holds solutions/: a kernel that imports course_lib without it does not get it."""
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setattr(execute, "_imports_checkout", lambda python_path: True)
+    assert execute.kernel_env()["PYTHONPATH"] == "/elsewhere"
+    monkeypatch.setattr(execute, "_imports_checkout", lambda python_path: False)
+    assert execute.kernel_env()["PYTHONPATH"] == os.pathsep.join([str(execute.CHECKOUT), "/elsewhere"])
+    assert execute.kernel_env()["COURSE_DEVICE"] == os.environ.get("COURSE_DEVICE", "cpu")
+
+
+@pytest.mark.slow
+def test_the_kernel_imports_this_checkouts_course_lib(tmp_path):
+    cell = nbformat.v4.new_code_cell("import os, course_lib\nprint(course_lib.__file__)\n"
+                                     "print(os.environ.get('PYTHONPATH', ''))")
+    run, = execute.run_notebook(nbformat.v4.new_notebook(cells=[cell]), tmp_path, 60, 120)
+    path, python_path = run.stdout.splitlines()
+    assert Path(path).resolve() == (execute.CHECKOUT / "course_lib" / "__init__.py").resolve()
+    installed = execute._imports_checkout(os.environ.get("PYTHONPATH", ""))
+    assert (str(execute.CHECKOUT) in python_path.split(os.pathsep)) == (not installed), (python_path, installed)
+
+
+def test_readme_step_4_describes_the_csv_as_written():
+    text = (ROOT / "README.md").read_text()
+    step = " ".join(text.split("4. **Read**")[1].split("5. **Return**")[0].split())
+    assert f"`{','.join(grade.COLUMNS)}`" in step
+    for status in (*grade.TEST_STATUSES, *grade.RAN_STATUSES, *grade.NOT_GRADED):
+        assert f"`{status}`" in step, status
+    for kind in grade.FLAG_NOTES:
+        assert f"`{kind}" in step, kind
+    assert "`patched:NAME` is on the `TOTAL` row" in step

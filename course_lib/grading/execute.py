@@ -6,8 +6,8 @@ Reading order
 2. ``instrument``: the notebook actually run: a preamble that snapshots those
    modules (``guard.take_snapshot``, ``guard.forget_volatile``), then every cell, with a guard cell
    (``guard.check_and_restore``) just before and just after each test cell.
-3. ``run_notebook``: a fresh kernel of this environment, started in its own
-   folder (the caller's temporary folder), runs the cells in order. Errors
+3. ``run_notebook``: a fresh kernel of this environment (``kernel_env``),
+   started in its own folder (the caller's temporary folder), runs the cells in order. Errors
    do not stop it (a test is judged by whether *it* raised); a cell past
    its time limit, or past what is left of the notebook's, or a dead kernel
    does: every later cell is reported ``not_run``.
@@ -33,10 +33,13 @@ import ast
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -183,16 +186,43 @@ def _stdout(cell) -> str:
                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
 
 
+@functools.lru_cache(maxsize=8)
+def _imports_checkout(python_path: str) -> bool:
+    """Whether this Python, with ``python_path`` as PYTHONPATH and started outside the
+    checkout, imports course_lib from this checkout (true after ``pip install -e .``)."""
+    probe = "import importlib.util as u; s = u.find_spec('course_lib'); print(s.origin if s else '')"
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    if python_path:
+        env["PYTHONPATH"] = python_path
+    with tempfile.TemporaryDirectory() as elsewhere:
+        try:
+            origin = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True,
+                                    text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return bool(origin) and Path(origin).resolve() == (CHECKOUT / "course_lib" / "__init__.py").resolve()
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel's environment: ours, on the CPU unless COURSE_DEVICE says otherwise, no GUI.
+
+    The kernel must import course_lib (the guard, the tests' references) from
+    this very checkout. The checkout goes on PYTHONPATH only when that is needed:
+    it also holds solutions/, and a student's code should not find it in its environment.
+    """
+    env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg")
+    if not _imports_checkout(env.get("PYTHONPATH", "")):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) -> list[CellRun]:
     runs = [CellRun() for _ in nb.cells]
     replies: dict[int, dict] = {}
     client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
                            record_timing=False, resources={"metadata": {"path": str(workdir)}})
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
-    # the kernel imports course_lib (the guard, the tests' references) from this very checkout
-    python_path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, COURSE_DEVICE=os.environ.get("COURSE_DEVICE", "cpu"), MPLBACKEND="Agg",
-               PYTHONPATH=python_path)
+    env = kernel_env()
     client.km = client.create_kernel_manager()
     try:
         # the kernel process's own stdout/stderr (start-up banners) are not the cells' output

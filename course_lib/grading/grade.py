@@ -14,21 +14,29 @@ Reading order
    the guard cells around it found nothing patched *during* it; a test not
    reached (time limit, dead kernel) scores zero, and so does a pass whose
    guard check afterwards did not finish (``unverified``).
-3. ``grade_all``: every submission, ``jobs`` at a time; a bad submission is a
+   ``answer_errors``: the answer cells that raised (a SyntaxError, say).
+3. ``secret_lines`` / ``withhold``: a message that quotes the hidden tests or
+   the model answers (a student's code can read them) is replaced.
+4. ``grade_all``: every submission, ``jobs`` at a time; a bad submission is a
    row with a reason, never a stopped batch.
-4. ``write_csv`` / ``feedback_text``: the outputs, written atomically.
+5. ``write_csv`` / ``feedback_text`` / ``summary``: the outputs, the files
+   written atomically.
 
-CSV columns: student, exercise, test_id, points, max_points, status, flags,
-detail; one row per test cell and one ``TOTAL`` row per student. Test
-statuses: passed, failed (AssertionError), error (another exception),
-timeout, kernel_died, not_run, tampered, unverified (it passed, but the
-grader's check after it did not finish, so the pass is not counted),
-ungraded. TOTAL statuses: graded, timeout, kernel_died, unreadable, missing,
-wrong_exercise, duplicate, grader_error. Flags are listed in
-``course_lib.grading.submission``, plus ``patched:NAME`` when the answer
-cells replaced a function the tests use, ``tampered:TEST`` when the code
-under test did so while TEST ran, and ``unverified:TEST`` when the check
-after TEST did not finish (TEST scores 0 in both cases).
+CSV columns (``COLUMNS``): student, exercise, test_id, points, max_points,
+status, flags, detail; one row per test cell and one ``TOTAL`` row per
+student. Test statuses (``TEST_STATUSES``): passed, failed (AssertionError),
+error (another exception), timeout, kernel_died, not_run, tampered,
+unverified (it passed, but the grader's check after it did not finish, so
+the pass is not counted), ungraded. TOTAL statuses: ``RAN_STATUSES`` (the
+notebook ran: graded, timeout, kernel_died) or ``NOT_GRADED`` (no test ran:
+no_notebook, missing, unreadable, wrong_exercise, duplicate, grader_error).
+Flags are listed in ``course_lib.grading.submission``, plus ``patched:NAME``
+when the answer cells replaced a function the tests use, ``tampered:TEST``
+when the code under test did so while TEST ran, ``unverified:TEST`` when the
+check after TEST did not finish (TEST scores 0 in both cases),
+``answer_error:ID`` when answer cell ID raised (the error is in the TOTAL
+row's detail), and ``withheld:ID`` when ID's message was withheld. Every flag
+is on the TOTAL row; a flag that names a test is also on that test's row.
 """
 
 from __future__ import annotations
@@ -38,22 +46,39 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
-from course_lib.grading.build import BEGIN_HIDDEN, cell_role, student_notebook
+from course_lib.grading.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
+    student_notebook
 from course_lib.grading.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
 from course_lib.grading.submission import Submission, find_submissions, grade_id, merge, \
     read_submission, wrong_exercise
 
 COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail"]
 MAX_DETAIL = 300
+TEST_STATUSES = ("passed", "failed", "error", "timeout", "kernel_died", "not_run", "tampered", "unverified",
+                 "ungraded")
+RAN_STATUSES = ("graded", "timeout", "kernel_died")   # TOTAL: the notebook ran, maybe not to the end
+NOT_GRADED = {   # TOTAL: no test ran, and what the student's feedback says about it
+    "no_notebook": "no notebook was found",
+    "missing": "the grader could not tell which notebook to grade",
+    "unreadable": "the grader could not read your file",
+    "wrong_exercise": "this is not this exercise's notebook",
+    "duplicate": "you submitted more than once",
+    "grader_error": "the grader itself failed on your submission (not your fault; your instructor has the details)",
+}
+MARKERS = (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION)
+MIN_SECRET_LINE = 12   # characters; shorter lines ('return x') give nothing away
+WITHHELD = "[message withheld: it quoted the instructor's hidden tests or model answer]"
 
 
 @dataclass
@@ -82,6 +107,7 @@ class Grade:
     status: str
     detail: str = ""
     flags: list[str] = field(default_factory=list)
+    answer_errors: dict[str, str] = field(default_factory=dict)   # answer cell id -> 'ename: evalue'
 
     @property
     def points(self) -> float:
@@ -99,9 +125,21 @@ def test_cells(instructor) -> list[TestResult]:
             for c in instructor.cells if cell_role(c) == "test" and c.cell_type == "code"]
 
 
+def _squash(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def _short(text: str) -> str:
-    text = " ".join(str(text).split())
+    text = _squash(text)
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
+
+
+def _error_text(run: CellRun) -> str:
+    """'ename: evalue', shortened; a SyntaxError's place loses IPython's file name: '(line 2)'."""
+    evalue = run.evalue
+    if run.ename in ("SyntaxError", "IndentationError", "TabError"):
+        evalue = re.sub(r"\([^(),]+, line (\d+)\)$", r"(line \1)", evalue)   # '(2031782527.py, line 2)'
+    return _short(f"{run.ename}: {evalue}" if evalue else run.ename)
 
 
 def _guard_report(run: CellRun) -> list[str] | None:
@@ -167,7 +205,7 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
                 test.status, test.points = "passed", test.max_points
             else:
                 test.status = "failed" if run.ename == "AssertionError" else "error"
-                test.detail = _short(f"{run.ename}: {run.evalue}" if run.evalue else run.ename)
+                test.detail = _error_text(run)
         if run.status in ("timeout", "died"):
             status = "timeout" if run.status == "timeout" else "kernel_died"
             detail = _stop_detail(run, cell, limits)
@@ -183,6 +221,60 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
         if test.status == "not_run":
             test.detail = "not reached: " + (detail or "the notebook stopped before it")
     return status, detail, flags
+
+
+def answer_errors(nb, runs: list[CellRun]) -> dict[str, str]:
+    """Answer cell grade_id -> 'ename: evalue', for each answer (solution) cell of ``nb`` that raised.
+
+    The tests that use such a cell fail on their own terms (a SyntaxError in
+    the answer shows up as a NameError in the test), so the cause is reported apart.
+    """
+    return {grade_id(cell): _error_text(run) for cell, run in zip(nb.cells, runs)
+            if cell_role(cell) == "solution" and run.status == "error"}
+
+
+def secret_lines(instructor) -> list[str]:
+    """What no message may quote: the markers, and every line (whitespace collapsed) of a
+    hidden test or a model answer that the students' copy does not show anyway.
+
+    Lines shorter than MIN_SECRET_LINE, and lines of numbers alone (rows of an
+    array that a test may print), are left out: they give nothing away.
+    """
+    shown = {_squash(line) for cell in student_notebook(instructor).cells for line in cell.source.splitlines()}
+    secrets = set(MARKERS)
+    for cell in instructor.cells:
+        inside = False
+        for line in map(_squash, cell.source.splitlines()):
+            if line in MARKERS:
+                inside = line in (BEGIN_HIDDEN, BEGIN_SOLUTION)
+            elif inside and len(line) >= MIN_SECRET_LINE and line not in shown and re.search(r"[A-Za-z_]{2}", line):
+                secrets.add(line)
+    return sorted(secrets)
+
+
+def withhold(message: str, secrets: list[str]) -> str:
+    """``message``, or its exception name and WITHHELD when it quotes one of ``secrets``."""
+    text = _squash(message)
+    if not any(secret in text for secret in secrets):
+        return message
+    name = message.split(":", 1)[0]
+    return f"{name}: {WITHHELD}" if name.isidentifier() else WITHHELD
+
+
+def _withhold_all(tests: list[TestResult], errors: dict[str, str], secrets: list[str]) -> list[str]:
+    """Withhold (in place) every test message and answer error that quotes a secret; the flags."""
+    flags = []
+    for test in tests:
+        clean = withhold(test.detail, secrets)
+        if clean != test.detail:
+            test.detail = clean
+            flags.append(f"withheld:{test.test_id}")
+    for key, message in errors.items():
+        clean = withhold(message, secrets)
+        if clean != message:
+            errors[key] = clean
+            flags.append(f"withheld:{key}")
+    return flags
 
 
 def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
@@ -208,10 +300,13 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
     with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
         runs = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook)
     status, detail, patched = score(runnable, runs, tests, limits)
-    flags = merged.flags + patched
+    errors = answer_errors(runnable, runs)
+    withheld = _withhold_all(tests, errors, secret_lines(instructor))
+    flags = merged.flags + patched + [f"answer_error:{key}" for key in errors] + withheld
     for test in tests:
         test.flags = [f for f in flags if f.split(":", 1)[-1] == test.test_id]
-    return Grade(sub.student, exercise, tests, status, detail, flags)
+    reasons = ([detail] if detail else []) + [f"answer cell {key!r} raised {error}" for key, error in errors.items()]
+    return Grade(sub.student, exercise, tests, status, _short("; ".join(reasons)), flags, errors)
 
 
 def _grade_safely(instructor, sub, exercise, limits, modules) -> Grade:
@@ -301,6 +396,9 @@ FLAG_NOTES = {
     "tampered": "while test {id} ran, your code replaced something the test uses, so the test scores 0",
     "unverified": "the grader could not finish checking test {id} (the kernel stopped, for example "
                   "out of memory or past a time limit), so its pass could not be counted",
+    "answer_error": "your answer cell {id} raised {error}; the cell stopped at that error, so the tests "
+                    "could not use what it defines from there on (a test's NameError may come from this)",
+    "withheld": "the message of {id} was withheld: it quoted the hidden tests or the model answer",
 }
 
 
@@ -308,7 +406,10 @@ def feedback_text(g: Grade) -> str:
     """What the student reads: score, each test's result and why; never a hidden test's source."""
     lines = [f"Feedback for {g.student} on {g.exercise}",
              f"Score: {_points(g.points)} / {_points(g.max_points)}", ""]
-    if g.status != "graded":
+    if g.status in NOT_GRADED:
+        lines += [f"Not graded: {NOT_GRADED[g.status]}" + (f": {g.detail}" if g.detail else ""),
+                  "Every test scores 0: none of the tests ran.", ""]
+    elif g.status != "graded":
         lines += [f"Grading stopped: {g.status}" + (f": {g.detail}" if g.detail else ""), ""]
     lines.append("Tests")
     for t in g.tests:
@@ -318,7 +419,8 @@ def feedback_text(g: Grade) -> str:
     notes = []
     for flag in g.flags:
         kind, _, ident = flag.partition(":")
-        notes.append("  - " + FLAG_NOTES.get(kind, flag).format(id=repr(ident) if kind != "dropped_cells" else ident))
+        notes.append("  - " + FLAG_NOTES.get(kind, flag).format(id=repr(ident) if kind != "dropped_cells" else ident,
+                                                                error=g.answer_errors.get(ident, "an error")))
     if notes:
         lines += ["", "Notes", *notes]
     return "\n".join(lines) + "\n"
@@ -330,6 +432,19 @@ def write_outputs(out: Path, grades: list[Grade]) -> Path:
         write_atomically(out / "feedback" / f"{g.student}.txt", feedback_text(g))
     write_csv(out / "grades.csv", grades)
     return out / "grades.csv"
+
+
+def summary(grades: list[Grade]) -> str:
+    """'13 submissions: 9 graded (of which timeout 1), 4 not gradable (no_notebook 2, unreadable 1, ...)'."""
+    counts = Counter(g.status for g in grades)
+
+    def breakdown(statuses, lead: str = "") -> str:   # ' (timeout 1, kernel_died 2)', or '' when none
+        listed = ", ".join(f"{status} {counts[status]}" for status in statuses if counts[status])
+        return f" ({lead}{listed})" if listed else ""
+    ran = sum(counts[status] for status in RAN_STATUSES)
+    plural = "s" if len(grades) != 1 else ""
+    return (f"{len(grades)} submission{plural}: {ran} graded{breakdown(RAN_STATUSES[1:], 'of which ')}, "
+            f"{len(grades) - ran} not gradable{breakdown(NOT_GRADED)}")
 
 
 def main(argv=None) -> int:
@@ -351,7 +466,7 @@ def main(argv=None) -> int:
     for g in grades:
         print(f"{g.student:<24} {_points(g.points):>5} / {_points(g.max_points):<5} {g.status}"
               + (f"  [{';'.join(g.flags)}]" if g.flags else ""))
-    print(f"{len(grades)} submission(s) graded in {time.perf_counter() - start:.0f} s; wrote {csv_path}")
+    print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}")
     return 0
 
 

@@ -3,7 +3,8 @@
 Reading order
 -------------
 1. ``find_submissions``: one notebook per student, as ``alice.ipynb`` or as a
-   folder ``alice/`` holding the exercise's notebook.
+   folder ``alice/`` holding the exercise's notebook; any other file
+   (``gina.pdf``) is a submission without a notebook, reported as such.
 2. ``read_submission``: any file in, a notebook or a reason out (never raises).
 3. ``merge``: the rule that makes grading trustworthy. Start from the
    instructor's notebook and copy in **only** the student's solution cells,
@@ -43,7 +44,7 @@ class Submission:
     """One student's entry: the notebook's path, or why there is none."""
     student: str
     path: Path | None
-    problem: str = ""   # non-empty: the submission cannot be graded (e.g. 'missing: ...')
+    problem: str = ""   # non-empty: the submission cannot be graded ('STATUS: why', e.g. 'no_notebook: ...')
 
 
 @dataclass
@@ -62,23 +63,34 @@ def find_submissions(folder: Path, notebook_name: str) -> list[Submission]:
 
     ``folder/alice.ipynb`` is Alice's notebook; in ``folder/bob/`` the
     notebook named ``notebook_name`` (searched below it) is Bob's, or the
-    only ``.ipynb`` there. Hidden entries and other files are ignored.
+    only ``.ipynb`` there. Any other file (``gina.pdf``) is Gina's
+    submission with no notebook, status ``no_notebook``; so is a folder with
+    no ``.ipynb`` in it. Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``)
+    are ignored.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"submissions folder {folder} does not exist")
+
+    def other_file(entry: Path) -> bool:  # neither a notebook nor a folder: gina.pdf, olga.py
+        return not (entry.is_dir() or entry.suffix == ".ipynb")
+
+    # notebooks and folders first, so that alice.html never takes the name of alice.ipynb
+    entries = sorted((e for e in folder.iterdir() if not e.name.startswith(".")), key=lambda e: (other_file(e), e))
     found: dict[str, Submission] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and entry.suffix == ".ipynb":
-            sub = Submission(entry.stem, entry)
-        elif entry.is_dir():
+    for entry in entries:
+        if entry.is_dir():
             sub = _folder_submission(entry, notebook_name)
+        elif entry.suffix == ".ipynb":
+            sub = Submission(entry.stem, entry)
         else:
-            continue
-        if sub.student in found:  # alice.ipynb and alice/ both present
+            sub = Submission(entry.stem, None, f"no_notebook: {entry.name} is not a notebook; expected "
+                                               f"{entry.stem}.ipynb (a Jupyter notebook), or a folder "
+                                               f"{entry.stem}/ with {notebook_name} in it")
+        if sub.student in found:  # alice.ipynb and alice/ (or alice.pdf) both present
+            earlier = (found[sub.student].path or folder / sub.student).relative_to(folder)
+            what = f"{entry.name} is not a notebook and was not graded; " if other_file(entry) else ""
             sub = Submission(f"{sub.student} ({entry.name})", None,
-                             f"duplicate: {sub.student!r} also submitted {found[sub.student].path}")
+                             f"duplicate: {what}{sub.student!r} also submitted {earlier}")
         found[sub.student] = sub
     return sorted(found.values(), key=lambda s: s.student)
 
@@ -88,9 +100,16 @@ def _folder_submission(folder: Path, notebook_name: str) -> Submission:
     named = [p for p in notebooks if p.name == notebook_name]
     if len(named) == 1 or (not named and len(notebooks) == 1):
         return Submission(folder.name, (named or notebooks)[0])
-    listing = ", ".join(str(p.relative_to(folder)) for p in notebooks) or "no .ipynb file"
-    return Submission(folder.name, None, f"missing: expected one {notebook_name} in {folder.name}/, "
-                                         f"found {listing}")
+    if notebooks:
+        listing = ", ".join(str(p.relative_to(folder)) for p in notebooks)
+        return Submission(folder.name, None, f"missing: expected one {notebook_name} in {folder.name}/, "
+                                             f"found {listing}")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    found = (f"holds no .ipynb file (found {', '.join(files[:5])}{', ...' if len(files) > 5 else ''})"
+             if files else "is empty")
+    return Submission(folder.name, None, f"no_notebook: the folder {folder.name}/ {found}; "
+                                         f"expected {notebook_name} in it")
 
 
 def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
