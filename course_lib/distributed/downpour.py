@@ -566,7 +566,8 @@ def _check_shards(shards, bounds, steps_done, abort, stopped=None) -> None:
             abort.set()
             lo, hi = bounds[s]
             raise ShardFailure(f"shard {s} (parameters [{lo}:{hi}]) exited with code {p.exitcode} "
-                               f"after {steps_done} steps; Downpour tolerates dead replicas, not dead "
+                               f"when the replicas had claimed {steps_done} steps between them; Downpour "
+                               f"tolerates dead replicas, not dead "
                                f"shards: that slice of the model and its optimizer state are lost "
                                f"(restart from a checkpoint)")
 
