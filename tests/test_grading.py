@@ -303,6 +303,60 @@ def test_output_cap_cuts_whole_characters_drops_big_displays_and_keeps_errors():
     assert client.dropped_bytes[0] == 3 * MiB - 3 * (MiB // 3) + MiB + len("<Figure>")
 
 
+def test_output_cap_after_a_clear_that_waits_for_the_next_output():
+    """tqdm's pattern: the outputs are full, ``clear_output(wait=True)``, then more prints.
+    The pending clear happens even when the next message would have been dropped."""
+    line = "progress " + "z" * 100 + "\n"                     # 110 bytes
+    outs, client = _capped_outputs(*[_message("stream", name="stdout", text=f"line {i}\n") for i in range(60)])
+    assert len(outs) == execute.MAX_OUTPUTS and client.dropped_bytes[0] == 10 * len("line 50\n")
+    client.clear_output(outs, _message("clear_output", wait=True), 0)
+    for _ in range(5):
+        client.output(outs, _message("stream", name="stdout", text=line), None, 0)
+    assert _text(outs) == 5 * line and not client.clear_before_next_output
+    assert (client.kept_bytes[0], client.dropped_bytes[0]) == (5 * len(line), 0)
+    client.clear_output(outs, _message("clear_output", wait=True), 0)
+    for _ in range(60):                                     # the cap counts from the clear on
+        client.output(outs, _message("stream", name="stdout", text=line), None, 0)
+    assert len(outs) == execute.MAX_OUTPUTS and client.dropped_bytes[0] == 10 * len(line)
+    client.clear_output(outs, _message("clear_output", wait=True), 0)   # what was dropped is cleared too
+    error = _message("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
+    client.output(outs, error, None, 0)
+    assert [o["output_type"] for o in outs] == ["error"] and client.dropped_bytes[0] == 0
+
+
+def test_output_cap_applies_to_display_updates():
+    """``h = display(..., display_id=True); h.update(big)`` rewrites the output in place, past ``output``."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
+    cell, client = nb.cells[0], execute._CappedClient(nb)
+    client.clear_before_next_output = False
+    shown = {"metadata": {}, "transient": {"display_id": "d"}}
+    client.process_message(_message("display_data", data={"text/plain": "small"}, **shown), cell, 0)
+    client.process_message(_message("update_display_data", data={"text/plain": "x" * 1000}, **shown), cell, 0)
+    assert cell.outputs[0]["data"] == {"text/plain": "x" * 1000} and client.kept_bytes[0] == 1000
+    for _ in range(3):
+        client.process_message(_message("update_display_data", data={"text/plain": "x" * (5 * MiB)}, **shown), cell, 0)
+    assert cell.outputs[0]["data"] == {"text/plain": "x" * 1000}, "an update past the cap is dropped"
+    assert client.kept_bytes[0] == 1000 and client.dropped_bytes[0] == 3 * 5 * MiB
+    client.process_message(_message("update_display_data", data={"text/plain": "y" * MiB}, **shown), cell, 0)
+    assert cell.outputs[0]["data"] == {"text/plain": "y" * MiB} and client.kept_bytes[0] == MiB
+
+
+def test_output_cap_does_not_copy_a_huge_non_ascii_message_whole():
+    """Counting and cutting 10 M euro signs (30 MB in UTF-8) encodes a piece at a time, not all of it."""
+    import tracemalloc
+    euro = "\u20ac"
+    message = _message("stream", name="stdout", text=euro * 10**7)
+    tracemalloc.start()
+    try:
+        outs, client = _capped_outputs(message)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * MiB, f"peak {peak / MiB:.0f} MiB to keep 1 MiB of a 30 MB message"
+    assert outs[0]["text"] == euro * (MiB // 3) and client.dropped_bytes[0] == 3 * 10**7 - 3 * (MiB // 3)
+    assert execute._size(euro * 10**7 + "\ud800") == 3 * 10**7 + 1   # a lone surrogate becomes '?'
+
+
 @pytest.mark.slow
 def test_a_huge_print_and_a_print_loop_are_capped_in_a_real_kernel(tmp_path):
     code = nbformat.v4.new_code_cell
@@ -644,7 +698,45 @@ def test_score_voids_a_test_whose_guard_was_removed_and_stops_at_a_dead_kernel()
     status, detail, flags = grade.score(nb, runs, tests, TEST_LIMITS)
     got = [(t.test_id, t.points, t.status) for t in tests]
     assert got == [("test_add", 0, "tampered"), ("test_add_hidden", 0, "kernel_died"), ("test_mul", 0, "not_run")]
-    assert status == "kernel_died" and "test_add_hidden" in detail and flags == []
+    assert status == "kernel_died" and "test_add_hidden" in detail and flags == ["tampered:test_add"]
+    feedback = grade.feedback_text(grade.Grade("amy", EXERCISE, tests, status, detail, flags))
+    assert "the grader's check around it" in feedback and "tampered:" not in feedback, feedback
+
+
+@pytest.mark.parametrize("role, run, expected", [
+    ("after", execute.CellRun("error", "MemoryError", ""), ("unverified", ["unverified:test_add"])),
+    ("before", execute.CellRun("error", "RecursionError", "maximum recursion depth exceeded"),
+     ("unverified", ["unverified:test_add"])),
+    ("after", execute.CellRun("ok", stdout="no report\n"), ("tampered", ["tampered:test_add"])),
+    ("after", execute.CellRun("error", "AttributeError",
+                              "module 'course_lib.grading.guard' has no attribute 'SNAPSHOT'"),
+     ("tampered", ["tampered:test_add"])),
+    ("before", execute.CellRun("error", "RuntimeError", "no snapshot: the grader's preamble cell did not run"),
+     ("tampered", ["tampered:test_add"])),
+])
+def test_score_tells_a_check_that_raised_from_a_guard_that_was_removed(role, run, expected):
+    """A check that raised (out of memory, say) leaves the pass unverified, in neutral words;
+    only a guard that is gone or replaced makes the test ``tampered``. Both are flagged."""
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    tests = grade.test_cells(solution_notebook())
+    status, detail, flags = grade.score(nb, _synthetic_runs(nb, **{f"{role}__test_add": run}), tests, TEST_LIMITS)
+    assert (tests[0].status, flags) == expected and tests[0].points == 0, (tests[0], flags)
+    assert [t.points for t in tests[1:]] == [2, 3] and status == "graded"
+    feedback = grade.feedback_text(grade.Grade("amy", EXERCISE, tests, status, detail, flags))
+    if expected[0] == "unverified":
+        assert "could not be counted" in tests[0].detail and run.ename in tests[0].detail
+        assert "tamper" not in feedback and "remove" not in feedback and "replace" not in feedback, feedback
+        assert "the grader could not finish checking test 'test_add'" in feedback, feedback
+
+
+def test_score_keeps_a_failure_whose_check_raised():
+    """Only a pass needs the check: a failed test keeps its own status and message."""
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    runs = _synthetic_runs(nb, test__test_add=execute.CellRun("error", "AssertionError", "add(1, 2) gave -1"),
+                           after__test_add=execute.CellRun("error", "MemoryError", ""))
+    tests = grade.test_cells(solution_notebook())
+    _, _, flags = grade.score(nb, runs, tests, TEST_LIMITS)
+    assert (tests[0].status, tests[0].detail, flags) == ("failed", "AssertionError: add(1, 2) gave -1", [])
 
 
 def test_score_voids_a_pass_whose_after_check_never_finished():

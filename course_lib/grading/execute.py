@@ -19,12 +19,15 @@ name and message), ``timeout``, ``died`` or ``not_run``. Output sent to stderr
 What the grader keeps of a cell's output is bounded (``_CappedClient``): at
 most ``MAX_OUTPUT_BYTES`` of text (stdout, stderr and displayed data, counted
 in UTF-8 bytes) and at most ``MAX_OUTPUTS`` outputs. The output that crosses
-the byte cap is cut there (a display that does not fit is dropped whole),
-later ones are dropped, and the cell's outputs end with the line
+the byte cap is cut there (a display that does not fit is dropped whole, and
+so is a display update, ``handle.update(...)``, that would not fit), later
+ones are dropped, and the cell's outputs end with the line
 ``[output truncated: N bytes dropped]``. The error output (the traceback) is
-always kept, whatever its size. So neither one ``print('x' * 10**9)`` nor a
-print loop can fill the grader's memory (each message still arrives whole,
-and is cut before it is stored).
+always kept, whatever its size. A ``clear_output`` empties the cell and
+starts the count again. The cap bounds what is *kept*, so a print loop cannot
+pile output up in the grader's memory; it does not bound what arrives: each
+message still arrives whole (one ``print('x' * 10**9)`` is one 1 GB message,
+which the grader receives and decodes before cutting it).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ from course_lib.grading.build import cell_role
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 MAX_OUTPUT_BYTES = 2**20   # bytes of text kept per cell (1 MiB); errors are always kept
+_PIECE = 2**20         # characters encoded at a time to count a message's UTF-8 bytes
 ROLE_KEY = "course_kit_grader"
 CHECKOUT = Path(__file__).resolve().parents[2]   # the folder holding course_lib/
 _AST_LOCK = threading.Lock()
+_OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error")   # what nbclient stores
 GUARD_CALL = ("import course_lib.grading.guard as _course_kit_guard\n"
               "_course_kit_guard.check_and_restore(_course_kit_guard.SNAPSHOT)")
 
@@ -121,15 +126,21 @@ def instrument(nb, modules: list[str]):
 
 
 def _size(text: str) -> int:
-    """Bytes of ``text`` in UTF-8 (without a copy when it is ASCII, as print output usually is)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+    """Bytes of ``text`` in UTF-8: no copy when it is ASCII (as print output usually is),
+    else encoded ``_PIECE`` characters at a time, never the whole of a huge message at once."""
+    if text.isascii():
+        return len(text)
+    return sum(len(text[i:i + _PIECE].encode("utf-8", "replace")) for i in range(0, len(text), _PIECE))
 
 
 def _clip(text: str, room: int) -> str:
-    """The longest start of ``text`` that fits in ``room`` UTF-8 bytes (never half a character)."""
+    """The longest start of ``text`` that fits in ``room`` UTF-8 bytes (never half a character).
+
+    Every character takes at least one byte, so only ``text[:room]`` is encoded.
+    """
     if text.isascii():
         return text[:room]
-    return text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+    return text[:room].encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
 
 
 def _data_size(data: dict) -> int:
@@ -148,10 +159,9 @@ class _CappedClient(NotebookClient):
 
     def output(self, outs, msg, display_id, cell_index):
         msg_type, content = msg["msg_type"], msg["content"]
+        self._clear_if_pending(outs, msg, cell_index)
         if msg_type == "error":
             return super().output(outs, msg, display_id, cell_index)
-        if self.clear_before_next_output:     # nbclient empties outs before adding this one
-            self.kept_bytes[cell_index] = self.dropped_bytes[cell_index] = 0
         kept = self.kept_bytes.get(cell_index, 0)
         dropped = self.dropped_bytes.get(cell_index, 0)
         size = _size(content["text"]) if msg_type == "stream" else _data_size(content.get("data", {}))
@@ -166,6 +176,39 @@ class _CappedClient(NotebookClient):
             size = _size(text)
         self.kept_bytes[cell_index] = kept + size
         return super().output(outs, msg, display_id, cell_index)
+
+    def _clear_if_pending(self, outs, msg, cell_index):
+        """The clear that ``clear_output(wait=True)`` left for the next output, done now,
+        as nbclient would, and whether or not the cap then keeps that output."""
+        hooked = self.output_hook_stack[msg["parent_header"].get("msg_id")]   # an Output widget's
+        if self.clear_before_next_output and not hooked and msg["msg_type"] in _OUTPUT_TYPES:
+            outs[:] = []
+            self.clear_display_id_mapping(cell_index)
+            self.clear_before_next_output = False
+            self.kept_bytes[cell_index] = self.dropped_bytes[cell_index] = 0
+
+    def _update_display_id(self, display_id, msg):
+        """``handle.update(data)`` rewrites in place every output shown under ``display_id``
+        (it never reaches ``output``); where the new data would take a cell past
+        MAX_OUTPUT_BYTES, that output keeps its old data and the new bytes count as dropped."""
+        shown = self._display_id_map.get(display_id)
+        if not shown:
+            return super()._update_display_id(display_id, msg)
+        size, fits = _data_size(msg["content"].get("data", {})), {}
+        for cell_index, output_indices in shown.items():
+            outputs = self.nb.cells[cell_index].outputs
+            kept = self.kept_bytes.get(cell_index, 0) + sum(size - _data_size(outputs[i].get("data", {}))
+                                                            for i in output_indices)
+            if kept <= MAX_OUTPUT_BYTES:
+                self.kept_bytes[cell_index], fits[cell_index] = kept, output_indices
+            elif output_indices:
+                dropped = self.dropped_bytes.get(cell_index, 0)
+                self.dropped_bytes[cell_index] = dropped + size * len(output_indices)
+        self._display_id_map[display_id] = fits   # nbclient updates the outputs listed here
+        try:
+            super()._update_display_id(display_id, msg)
+        finally:
+            self._display_id_map[display_id] = shown
 
     def clear_output(self, outs, msg, cell_index):
         super().clear_output(outs, msg, cell_index)

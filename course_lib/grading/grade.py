@@ -11,9 +11,10 @@ Reading order
    merge into the instructor's notebook (``submission.merge``), run it in a
    fresh kernel in a temporary folder (``execute.run_notebook``), ``score``.
 2. ``score``: a test cell earns its points only if it ran without raising and
-   the guard cells around it found nothing patched *during* it; a test not
-   reached (time limit, dead kernel) scores zero, and so does a pass whose
-   guard check afterwards did not finish (``unverified``).
+   the guard cells around it found nothing patched *during* it and the guard
+   itself in place (else ``tampered``); a test not reached (time limit, dead
+   kernel) scores zero, and so does a pass whose guard check before or after
+   it did not finish (it raised, the kernel died, a time limit: ``unverified``).
    ``answer_errors``: the answer cells that raised (a SyntaxError, say).
 3. ``secret_lines`` / ``withhold``: a message that quotes the hidden tests or
    the model answers (a student's code can read them) is replaced.
@@ -26,14 +27,15 @@ CSV columns (``COLUMNS``): student, exercise, test_id, points, max_points,
 status, flags, detail; one row per test cell and one ``TOTAL`` row per
 student. Test statuses (``TEST_STATUSES``): passed, failed (AssertionError),
 error (another exception), timeout, kernel_died, not_run, tampered,
-unverified (it passed, but the grader's check after it did not finish, so
+unverified (it passed, but the grader's check around it did not finish, so
 the pass is not counted), ungraded. TOTAL statuses: ``RAN_STATUSES`` (the
 notebook ran: graded, timeout, kernel_died) or ``NOT_GRADED`` (no test ran:
 no_notebook, missing, unreadable, wrong_exercise, duplicate, grader_error).
 Flags are listed in ``course_lib.grading.submission``, plus ``patched:NAME``
 when the answer cells replaced a function the tests use, ``tampered:TEST``
-when the code under test did so while TEST ran, ``unverified:TEST`` when the
-check after TEST did not finish (TEST scores 0 in both cases),
+when the code under test did so while TEST ran, or the grader's guard around
+TEST was removed or replaced, ``unverified:TEST`` when TEST passed but the
+check before or after it did not finish (TEST scores 0 in both cases),
 ``answer_error:ID`` when answer cell ID raised (the error is in the TOTAL
 row's detail), and ``withheld:ID`` when ID's message was withheld. Every flag
 is on the TOTAL row; a flag that names a test is also on that test's row.
@@ -79,6 +81,10 @@ NOT_GRADED = {   # TOTAL: no test ran, and what the student's feedback says abou
 MARKERS = (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION)
 MIN_SECRET_LINE = 12   # characters; shorter lines ('return x') give nothing away
 WITHHELD = "[message withheld: it quoted the instructor's hidden tests or model answer]"
+# a guard cell's error that names one of these found the guard removed or replaced (tampered);
+# any other error is the check's own failure (MemoryError, RecursionError: unverified)
+GUARD_NAMES = ("_course_kit_guard", "course_lib.grading.guard", "check_and_restore", "SNAPSHOT",
+               "no snapshot")
 
 
 @dataclass
@@ -168,30 +174,54 @@ def _stop_detail(run: CellRun, cell, limits: Limits) -> str:
     return f"{what} ran past the {seconds:g} s {run.limit} time limit; the tests after it score 0"
 
 
-def _void(test: TestResult, why: str, status: str = "tampered") -> None:
+def _void(test: TestResult, why: str, status: str, flags: list[str]) -> None:
+    """Score ``test`` 0 with ``status`` ('tampered' or 'unverified') and flag it 'STATUS:TEST'."""
     test.status, test.points, test.detail = status, 0.0, _short(why)
+    if f"{status}:{test.test_id}" not in flags:
+        flags.append(f"{status}:{test.test_id}")
 
 
-def _apply_guard(role: str, run: CellRun, test: TestResult | None, flags: list[str]) -> None:
+def _unverified(test: TestResult, when: str, why: str, flags: list[str]) -> None:
+    """A pass whose guard check (``when``: 'before' or 'after' it) did not finish: not counted."""
+    if test.status == "passed":
+        _void(test, f"the test passed, but the grader's check {when} it did not finish ({why}), "
+                    "so the pass could not be counted", "unverified", flags)
+
+
+def _guard_gone(run: CellRun) -> bool:
+    """Whether a guard cell that gave no report found the guard removed or replaced: it ran
+    and printed nothing, or its error names the guard (not, say, a MemoryError of its own)."""
+    return run.status == "ok" or any(name in f"{run.ename}: {run.evalue}" for name in GUARD_NAMES)
+
+
+def _apply_guard(role: str, run: CellRun, test: TestResult | None, flags: list[str]) -> bool:
     """A guard cell's report. Before a test: what the answer cells patched (flagged,
-    undone). After it: what the code under test patched while it ran (the test is void)."""
+    undone). After it: what the code under test patched while it ran (the test is void).
+
+    Returns whether the check raised for a reason of its own (out of memory, say), so
+    that a pass around it cannot be vouched for (``unverified``, decided by ``score``).
+    """
     if test is None or run.status not in ("ok", "error"):
-        return
+        return False
     restored = _guard_report(run)
+    if restored is None and not _guard_gone(run):
+        return True
     if restored is None:
-        _void(test, f"the grader could not check the test's environment ({run.ename or 'no report'}): "
-                    "did the answer cells remove the grader's guard?")
+        _void(test, f"the grader's check {role} the test found its guard removed or replaced "
+                    f"({_error_text(run) if run.ename else 'no report'}), so the test's environment "
+                    "could not be checked", "tampered", flags)
     elif role == "before":
         flags += [f"patched:{name}" for name in restored if f"patched:{name}" not in flags]
     elif restored:
-        _void(test, f"the code under test replaced {', '.join(restored)} while the test ran")
-        flags.append(f"tampered:{test.test_id}")
+        _void(test, f"the code under test replaced {', '.join(restored)} while the test ran", "tampered", flags)
+    return False
 
 
 def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> tuple[str, str, list[str]]:
     """Fill ``tests`` in place from the runs of the instrumented ``nb``; return (status, detail, flags)."""
     by_id = {t.test_id: t for t in tests}
     status, detail, flags = "graded", "", []
+    unchecked: dict[str, tuple[str, CellRun]] = {}   # test id -> (role, run) of a check that raised
     for cell, run in zip(nb.cells, runs):
         role = cell.metadata.get(ROLE_KEY, {}).get("role")
         test = by_id.get(grade_id(cell)) if cell_role(cell) == "test" else None
@@ -199,7 +229,9 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
             raise RuntimeError(f"the grader's preamble failed before any student code ran: "
                                f"{run.ename}: {run.evalue}")
         if role in ("before", "after"):
-            _apply_guard(role, run, by_id.get(cell.metadata[ROLE_KEY]["test_id"]), flags)
+            test_id = cell.metadata[ROLE_KEY]["test_id"]
+            if _apply_guard(role, run, by_id.get(test_id), flags):
+                unchecked.setdefault(test_id, (role, run))
         elif test is not None and test.status == "not_run" and run.status in ("ok", "error"):
             if run.status == "ok":
                 test.status, test.points = "passed", test.max_points
@@ -212,11 +244,11 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
             if test is not None and test.status == "not_run":
                 test.status, test.detail = status, detail
             guarded = by_id.get(cell.metadata.get(ROLE_KEY, {}).get("test_id")) if role == "after" else None
-            if guarded is not None and guarded.status == "passed":   # its check never finished:
-                _void(guarded, f"the test passed, but the grader's check after it did not finish "
-                               f"({detail}), so the pass could not be counted", "unverified")
-                flags.append(f"unverified:{guarded.test_id}")        # a pass we cannot vouch for
+            if guarded is not None:   # its check never finished: a pass we cannot vouch for
+                _unverified(guarded, "after", detail, flags)
             break
+    for test_id, (role, run) in unchecked.items():   # a check that raised: the same
+        _unverified(by_id[test_id], role, _error_text(run), flags)
     for test in tests:
         if test.status == "not_run":
             test.detail = "not reached: " + (detail or "the notebook stopped before it")
@@ -393,9 +425,10 @@ FLAG_NOTES = {
     "dropped_cells": "{id} code cell(s) you added outside the answer cells were not run: "
                      "put everything your answer needs inside the answer cells",
     "patched": "your answer cells replaced {id}, which the tests use; it was put back before each test",
-    "tampered": "while test {id} ran, your code replaced something the test uses, so the test scores 0",
-    "unverified": "the grader could not finish checking test {id} (the kernel stopped, for example "
-                  "out of memory or past a time limit), so its pass could not be counted",
+    "tampered": "your code replaced something test {id} uses while it ran, or removed the grader's check "
+                "around it, so the test scores 0",
+    "unverified": "the grader could not finish checking test {id} (for example it ran out of memory, or the "
+                  "kernel died or ran past a time limit), so its pass could not be counted",
     "answer_error": "your answer cell {id} raised {error}; the cell stopped at that error, so the tests "
                     "could not use what it defines from there on (a test's NameError may come from this)",
     "withheld": "the message of {id} was withheld: it quoted the hidden tests or the model answer",
