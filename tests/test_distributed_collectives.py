@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from course_lib.distributed import (CollectiveError, allreduce, launch, ps_bytes
                                     ring_bytes_per_rank)
 from course_lib.distributed import runner as launch_module
 from course_lib.distributed.workers import data_parallel_least_squares, least_squares_reference
+from procfs import kill_left, still_alive, wait_for_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 IS_LINUX = sys.platform.startswith("linux")
@@ -304,21 +304,14 @@ def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = set()
+    workers = {}
     try:
-        names, deadline = [], time.monotonic() + 30
-        while len(workers) < 3 and time.monotonic() < deadline:     # wait for the 3 workers
-            time.sleep(0.1)
-            workers = {int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid
-                       and b"resource_tracker" not in _cmdline(int(p))}
-        assert len(workers) >= 3, f"workers did not start: {workers}"
+        workers = wait_for_workers(proc.pid, 3)                      # pid -> start time
+        assert len(workers) >= 3, f"workers did not start: {sorted(workers)}"
         proc.kill()
         proc.wait(timeout=10)
         names = [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("SHM")]
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed parent"
+        assert not still_alive(workers), "workers outlived their killed parent"
         deadline = time.monotonic() + 10
         while any(os.path.exists(f"/dev/shm/{n}") for n in names) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -327,33 +320,7 @@ def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        for pid in workers:              # a failed test must not leave its workers behind either
-            if _alive(pid) and _ppid(pid) in (proc.pid, 1):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return -1
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        kill_left(workers)
 
 
 # ---------------------------------------------------------------- the lesson's pipe variants

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from course_lib.data import load_digits
 from course_lib.distributed.downpour import (Replica, Shard, ShardFailure, TinyNet, make_shards,
                                              run_processes, simulate, stale_lr, train_synchronous)
 from course_lib.gradcheck import check_gradient
+from procfs import kill_left, still_alive, wait_for_workers
 
 
 @pytest.fixture(scope="module")
@@ -209,21 +209,6 @@ def test_processes_report_a_dead_shard(digits):
     assert not mp.active_children()
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name: [state, ppid, ..., starttime at 19]; None once gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _alive(pid: int, started: str) -> bool:
-    """The process we saw start at ``started`` still runs (a zombie is dead; a reused pid is not it)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[19] == started
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
@@ -246,33 +231,20 @@ def test_workers_die_with_a_killed_parent(prctl, tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = {}                                         # pid -> start time
+    workers = {}
     try:
-        deadline = time.monotonic() + 30
-        while len(workers) < 4 and time.monotonic() < deadline:        # 2 shards + 2 replicas
-            time.sleep(0.1)
-            for p in filter(str.isdigit, os.listdir("/proc")):
-                stat = _stat(int(p))
-                if stat is not None and int(stat[1]) == proc.pid:
-                    with open(f"/proc/{p}/cmdline", "rb") as f:
-                        if b"resource_tracker" not in f.read():
-                            workers[int(p)] = stat[19]
+        workers = wait_for_workers(proc.pid, 4)                      # 2 shards + 2 replicas: pid -> start time
         assert len(workers) >= 4, f"workers did not start: {sorted(workers)}"
         time.sleep(0.5)                                  # let them train a little
         proc.kill()
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(_alive(pid, t) for pid, t in workers.items()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = [pid for pid, t in workers.items() if _alive(pid, t)]
+        left = still_alive(workers)
         assert not left, f"workers {left} outlived their killed parent (of {sorted(workers)})"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        for pid, t in workers.items():                   # a failed test must not leave them behind
-            if _alive(pid, t):
-                os.kill(pid, signal.SIGKILL)
+        kill_left(workers)
 
 
 def test_robustness_sweep_and_figures(digits):
