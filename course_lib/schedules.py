@@ -90,10 +90,9 @@ def torch_warmup_scheduler(optimizer, target_lr: float, warmup_steps: int, start
     import torch
     _check_torch_lr(optimizer, target_lr)
     warmup_lr(0, target_lr, warmup_steps, start_lr)               # the same checks
-    if warmup_steps == 0:                                          # no warm-up: target_lr from step 0
-        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
-    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=start_lr / target_lr,
-                                             end_factor=1.0, total_iters=warmup_steps)
+    start_factor = start_lr / target_lr if warmup_steps else 1.0   # no warm-up: target_lr from step 0
+    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=start_factor,
+                                             end_factor=1.0, total_iters=max(warmup_steps, 1))
 
 
 def torch_goyal_scheduler(optimizer, target_lr: float, warmup_steps: int, start_lr: float,

@@ -566,10 +566,9 @@ def _check_shards(shards, bounds, steps_done, abort, stopped=None) -> None:
             abort.set()
             lo, hi = bounds[s]
             raise ShardFailure(f"shard {s} (parameters [{lo}:{hi}]) exited with code {p.exitcode} "
-                               f"when the replicas had claimed {steps_done} steps between them; Downpour "
-                               f"tolerates dead replicas, not dead "
-                               f"shards: that slice of the model and its optimizer state are lost "
-                               f"(restart from a checkpoint)")
+                               f"when the replicas had claimed {steps_done} steps between them; "
+                               f"Downpour tolerates dead replicas, not dead shards: that slice of the "
+                               f"model and its optimizer state are lost (restart from a checkpoint)")
 
 
 def _observe(model, controls, shards, steps_done, elapsed, x, y, abort, timeout):
