@@ -385,3 +385,102 @@ def test_release_scratch_frees_what_the_thread_held(rng):
     assert held > 0 and release_scratch() == held
     assert not _scratch_arrays.__dict__ and release_scratch() == 0
     np.testing.assert_allclose(conv2d(x, w, None, 1, 1), conv2d_im2col(x, w, None, 1, 1), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- behaviour pinned down by mutation testing
+
+def test_non_integer_error_counts_the_columns_or_rows_pytorch_drops():
+    # (10 - 3)/4 + 1 = 2.75: PyTorch keeps 2 windows (columns 0-2 and 4-6) and drops the last 3 columns
+    assert F.conv2d(torch.zeros(1, 1, 1, 10), torch.zeros(1, 1, 1, 3), stride=4).shape[-1] == 2
+    with pytest.raises(ValueError, match=r"drop the last 3 column\(s\)\)$"):
+        conv_output_size(10, 3, 0, 4)
+    with pytest.raises(ValueError, match=r"drop the last 1 row\(s\)\)$"):
+        conv_output_size(7, 3, 0, 3, axis="height")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(padding=(0, -1)), r"padding = \(0, -1\) must be >= 0"),
+    (dict(stride=(1, 0)), r"stride = \(1, 0\) must be >= 1 \(a stride of 0"),
+])
+def test_both_elements_of_a_stride_or_padding_pair_are_checked(kwargs, pattern):
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    for f in FORWARDS + [lambda x, w, **k: conv2d_backward(np.ones((1, 1, 3, 3)), x, w, **k)]:
+        with pytest.raises(ValueError, match=pattern):
+            f(x, w, **kwargs)
+    if "padding" in kwargs:
+        with pytest.raises(ValueError, match=pattern):
+            pad2d(x, kwargs["padding"])
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_mixed_precision_operands_give_the_wider_dtype_in_every_forward(rng, x_dtype, w_dtype):
+    x = rng.standard_normal((2, 2, 6, 5)).astype(x_dtype)
+    w = rng.standard_normal((3, 2, 3, 2)).astype(w_dtype)
+    expected = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64),
+                        stride=(1, 2), padding=1).numpy()
+    for f in FORWARDS:
+        out = f(x, w, stride=(1, 2), padding=1)
+        assert out.dtype == np.float64, f.__name__
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=f.__name__)
+
+
+def test_col2im_rejects_rows_that_are_not_whole_kernels():
+    with pytest.raises(ValueError, match=r"cols has shape \(1, 10, 9\).*C\*9"):
+        col2im(np.ones((1, 10, 9)), (5, 5), 3)          # L = 9 is right, but 10 rows are not C*3*3
+
+
+def test_dout_must_be_a_floating_numpy_array():
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    with pytest.raises(TypeError, match="dout has dtype int64"):
+        conv2d_backward(np.ones((1, 1, 3, 3), dtype=np.int64), x, w)
+    with pytest.raises(TypeError, match="dout must be a numpy array.*detach"):
+        conv2d_backward(torch.ones(1, 1, 3, 3), x, w)
+
+
+def test_dout_with_the_wrong_spatial_shape_is_refused():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 3, 4\).*\(1, 3, 3, 3\)"):
+        conv2d_backward(np.ones((1, 3, 3, 4)), x, w)
+
+
+# ---------------------------------------------------------------- course_lib.gradcheck
+
+def test_numerical_gradient_refuses_integers_and_works_in_float64(rng):
+    from course_lib.gradcheck import numerical_gradient
+    with pytest.raises(TypeError, match="needs a floating x, got dtype int64"):
+        numerical_gradient(lambda v: float(np.sum(v)), np.arange(3))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    before = x.copy()
+    grad = numerical_gradient(lambda v: float(np.sum(v.astype(np.float64) ** 2)), x)
+    assert grad.dtype == np.float64 and grad.shape == x.shape
+    np.testing.assert_allclose(grad, 2 * x.astype(np.float64), rtol=1e-8, atol=1e-8)   # float64 steps: no float32 rounding
+    np.testing.assert_array_equal(x, before)
+
+
+def test_rel_error_shapes_and_empty_arrays():
+    from course_lib.gradcheck import rel_error
+    with pytest.raises(ValueError, match=r"shapes differ, \(3,\) vs \(3, 1\)"):
+        rel_error(np.zeros(3), np.zeros((3, 1)))
+    assert rel_error(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+    assert check_gradient(lambda v: float(np.sum(v)), np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+
+
+def test_check_gradient_fails_on_nan_and_on_small_errors_by_default():
+    x = np.arange(1.0, 7.0).reshape(2, 3)
+    f = lambda v: float(np.sum(v * x))                          # gradient: x itself
+    with pytest.raises(AssertionError, match="relative error nan"):
+        check_gradient(f, x, np.full(x.shape, np.nan))
+    slightly_off = x * (1 + 2e-4)                               # relative error 1e-4: wrong at tol 1e-6
+    with pytest.raises(AssertionError, match="relative error 1.00e-04 > tol 1e-06"):
+        check_gradient(f, x, slightly_off)
+    assert check_gradient(f, x, slightly_off, tol=1e-3) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_check_gradient_message_names_the_worst_element_and_both_values():
+    x = np.arange(1.0, 7.0).reshape(2, 3)
+    analytic = x.copy()
+    analytic[1, 2] = 10.0                                       # numerical 6, analytic 10
+    analytic[0, 1] = 2.5                                        # a smaller error elsewhere
+    with pytest.raises(AssertionError, match=r"worst element \(1, 2\): expected \(numerical\) 6, "
+                                             r"received \(analytic\) 10$"):
+        check_gradient(lambda v: float(np.sum(v * x)), x, analytic, name="g")

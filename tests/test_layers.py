@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,44 @@ def test_teaching_errors(rng):
         softmax_cross_entropy(np.zeros((2, 10)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="one shape"):
         relu_backward(np.zeros(3), np.zeros(4))
+
+
+# --------------------------------------------------------------------------
+# Behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_shapes_that_would_broadcast_are_refused():
+    x, w = np.ones((2, 3)), np.ones((4, 3))
+    for b in (np.zeros(1), np.zeros((4, 1))):                  # numpy would broadcast either silently
+        with pytest.raises(ValueError, match=r"linear: b has shape .*, expected \(4,\)"):
+            linear(x, w, b)
+    for dout in (np.ones((2, 5)), np.ones((1, 4))):
+        with pytest.raises(ValueError, match=r"linear_backward: dout has shape .*expected \(2, 4\)"):
+            linear_backward(dout, x, w)
+
+
+def test_negative_labels_are_refused_as_torch_does():
+    with pytest.raises(IndexError, match="out of bounds"):
+        F.cross_entropy(torch.zeros(2, 10), torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"labels must be in 0..9, got -1..0"):
+        softmax_cross_entropy(np.zeros((2, 10)), np.array([0, -1]))
+
+
+def test_rows_far_apart_are_each_shifted_by_their_own_max():
+    logits = np.array([[0.0, 1.0, 2.0], [-1000.0, -999.0, -1001.0], [800.0, 799.0, 790.0]])
+    y = np.array([2, 0, 1])
+    lt = torch.tensor(logits, requires_grad=True)
+    loss_t = F.cross_entropy(lt, torch.tensor(y))
+    loss_t.backward()
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    assert loss == pytest.approx(loss_t.item(), rel=1e-12)
+    np.testing.assert_allclose(dlogits, lt.grad.numpy(), rtol=0, atol=1e-15)
+
+
+def test_an_empty_batch_gives_nan_like_torch():
+    loss_t = F.cross_entropy(torch.zeros(0, 10, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)             # numpy's "Mean of empty slice"
+        loss, dlogits = softmax_cross_entropy(np.zeros((0, 10)), np.zeros(0, dtype=np.int64))
+    assert np.isnan(loss) and np.isnan(loss_t.item())
+    assert dlogits.shape == (0, 10)

@@ -178,3 +178,87 @@ def test_viz_figures_and_timings(digits):
             assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     for fig in figs:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# Behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_architecture_follows_size_and_classes_like_torch():
+    net = TorchLeNet5(classes=5)
+    x = torch.zeros(1, 1, 36, 36)
+    with torch.no_grad():
+        c1 = F.relu(net.c1(x)); s2 = F.max_pool2d(c1, 2)
+        c3 = F.relu(net.c3(s2)); s4 = F.max_pool2d(c3, 2)
+        c5 = F.relu(net.c5(s4))
+    table = architecture(size=36, classes=5)
+    assert [layer.output for layer in table[:5]] == [tuple(t.shape[1:]) for t in (c1, s2, c3, s4, c5)]
+    assert table[4].output == (120, 2, 2)
+    assert table[5].params == 120 * 2 * 2 * 84 + 84                   # F6 sees the flattened C5 volume
+    assert (table[6].output, table[6].params) == ((5,), 84 * 5 + 5)
+    assert table[6].params == sum(p.numel() for p in net.out.parameters())
+
+
+def test_numpy_lenet_with_other_class_counts_equals_torch(digits):
+    ours, theirs = LeNet5(seed=3, dtype=np.float64, classes=3), TorchLeNet5(classes=3).double()
+    assert [p.shape for p in ours.params] == [tuple(p.shape) for p in theirs.parameters()]
+    copy_weights(ours, theirs)
+    x = digits.x_train[:4].astype(np.float64)
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"copy_weights: unexpected parameter out.weight \(3, 84\)"):
+        copy_weights(theirs, LeNet5())                                 # 3 classes into a 10-class net
+
+
+def test_initial_weights_follow_pytorchs_bound_and_dtype():
+    """Weights and biases uniform in +-1/sqrt(fan_in), as PyTorch's nn.Conv2d and nn.Linear."""
+    ours, theirs = LeNet5(seed=0), TorchLeNet5()
+    assert all(p.dtype == np.float32 for p in ours.params)
+    assert all(p.dtype == np.float64 for p in LeNet5(dtype=np.float64).params)
+    params_t = dict(theirs.named_parameters())
+    for name, p in ours.named_params().items():
+        weight = params_t[name.replace(".bias", ".weight")]
+        bound = 1 / np.sqrt(np.prod(weight.shape[1:]))               # fan_in = C*KH*KW or in_features
+        assert np.abs(p).max() <= bound, name
+        assert np.abs(params_t[name].detach().numpy()).max() <= bound, name   # PyTorch's rule is this one
+        if name.endswith("weight"):
+            assert np.abs(p).max() > 0.9 * bound, name                # and the whole range is used
+
+
+def test_lr_decay_scales_the_learning_rate_after_each_epoch(digits):
+    """lr_decay = 0: the second epoch has learning rate 0, so it changes nothing."""
+    small = Digits(digits.x_train[:16], digits.y_train[:16], digits.x_test[:8], digits.y_test[:8])
+    for make in (lambda: twins()[0], lambda: twins()[1]):
+        one, two = make(), make()
+        train(one, small, epochs=1, lr=0.05, batch_size=8, lr_decay=0.0, progress=False)
+        train(two, small, epochs=2, lr=0.05, batch_size=8, lr_decay=0.0, progress=False)
+        params = (lambda m: m.params if isinstance(m, LeNet5) else [p.detach().numpy() for p in m.parameters()])
+        moved = False
+        for p1, p2, p0 in zip(params(one), params(two), params(make())):
+            np.testing.assert_array_equal(p1, p2)
+            moved |= not np.array_equal(p1, p0)
+        assert moved, "the first epoch did not train"
+
+
+def test_history_records_the_epochs_loss_and_accuracy(digits):
+    """With a learning rate too small to move a float64 weight (SGD refuses lr = 0), every batch
+    sees the initial weights: the epoch's loss is the mean over all examples (batches weighted by
+    their size: 8, 8 and 4 here), its accuracy their fraction correct."""
+    small = Digits(digits.x_train[:20], digits.y_train[:20], digits.x_test[:7], digits.y_test[:7])
+    ours, theirs = twins()
+    loss, _, logits = ours.loss_and_grads(small.x_train.astype(np.float64), small.y_train)
+    acc = float((logits.argmax(1) == small.y_train).mean())
+    test_acc = float((ours.predict(small.x_test.astype(np.float64)) == small.y_test).mean())
+    for model in (ours, theirs):
+        h = train(model, small, epochs=1, lr=1e-300, batch_size=8, progress=False)
+        assert h.train_loss[0] == pytest.approx(loss, rel=1e-12)
+        assert h.train_acc == [acc] and h.test_acc == [test_acc]
+
+
+def test_history_seconds_are_cumulative(digits, monkeypatch):
+    import itertools
+    import types
+    from course_lib import lenet
+    monkeypatch.setattr(lenet, "time", types.SimpleNamespace(perf_counter=itertools.count().__next__))
+    small = Digits(digits.x_train[:4], digits.y_train[:4], digits.x_test[:4], digits.y_test[:4])
+    h = train(LeNet5(), small, epochs=3, lr=0.01, batch_size=4, progress=False)
+    assert h.seconds == [1, 2, 3]                                      # a fake clock: each epoch takes 1 tick

@@ -222,3 +222,72 @@ def test_viz_next_layer_params_and_figures(rng):
         for ax in fig.axes:
             assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), ax
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# Behaviour pinned down by mutation testing: rectangular windows, per-axis rules
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, s, p", [((2, 3), None, 0), ((3, 2), None, (1, 0)), ((2, 3), (1, 2), (1, 1)),
+                                     ((3, 1), (2, 3), 0)])
+def test_rectangular_windows_naive_and_fast_equal_torch(rng, k, s, p):
+    """Kernel, stride and padding with different heights and widths (stride defaults to the kernel)."""
+    x = rng.standard_normal((2, 3, 8, 9))
+    ref = torch_pool(x, k, s if s is not None else k, p)       # torch's default stride is the kernel too
+    np.testing.assert_array_equal(max_pool2d(x, k, s, p), ref)
+    np.testing.assert_array_equal(max_pool2d_naive(x, k, s, p), ref)
+    dout = rng.standard_normal(ref.shape)
+    _, dx_ref = torch_pool(x, k, s if s is not None else k, p, dout)
+    np.testing.assert_allclose(max_pool2d_backward(dout, x, k, s, p), dx_ref, rtol=0, atol=1e-12)
+
+
+def test_the_half_kernel_padding_rule_is_checked_per_axis(rng):
+    x = rng.standard_normal((1, 2, 5, 6))
+    for k, p in (((1, 3), (0, 1)), ((3, 1), (1, 0))):          # allowed: each padding is half its own kernel side
+        np.testing.assert_array_equal(max_pool2d(x, k, 1, p), torch_pool(x, k, 1, p))
+    for k, p in (((3, 1), (0, 1)), ((1, 3), (1, 0))):          # refused, by PyTorch too
+        with pytest.raises(ValueError, match="more than half the kernel"):
+            max_pool2d(x, k, 1, p)
+        with pytest.raises(RuntimeError, match="at most half"):
+            F.max_pool2d(torch.tensor(x), k, 1, p)
+
+
+@pytest.mark.parametrize("k, s, p", [((2, 3), (1, 2), (1, 1)), ((3, 4), (3, 1), (1, 2))])
+def test_rectangular_windows_of_minus_infinity_give_the_gradient_to_their_first_input(k, s, p):
+    x = np.full((1, 2, 5, 7), -np.inf)
+    x[0, 0, 3, 4], x[0, 1, 0, 6] = 1.0, 2.0
+    shape = max_pool2d(x, k, s, p).shape
+    dout = np.arange(1.0, 1 + np.prod(shape)).reshape(shape)
+    _, expected = torch_pool(x, k, s, p, dout)
+    dx = max_pool2d_backward(dout, x, k, s, p)
+    np.testing.assert_array_equal(dx, expected)
+    assert dx.sum() == dout.sum()
+
+
+@pytest.mark.parametrize("s", [(2, 1), (1, 2)])
+def test_windows_that_overlap_along_one_axis_only_accumulate(rng, s):
+    x = rng.integers(0, 3, (2, 3, 6, 7)).astype(np.float64)   # many ties: shared winners
+    out = max_pool2d(x, 2, s)
+    dout = rng.standard_normal(out.shape)
+    ref, dx_ref = torch_pool(x, 2, s, 0, dout)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(max_pool2d_backward(dout, x, 2, s), dx_ref, rtol=0, atol=1e-12)
+
+
+def test_large_windows_index_past_int8():
+    """A 12x12 window has 144 elements: the winner's index 143 needs an int16."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 12, 12))
+    x[0, 0, 11, 11] = x[0, 1, 10, 3] = 100.0
+    out, argmax = max_pool2d(x, 12, return_indices=True)
+    _, idx = F.max_pool2d(torch.tensor(x), 12, return_indices=True)   # one window: flat index = u*KW + v
+    np.testing.assert_array_equal(argmax, idx.numpy())
+    assert argmax.ravel().tolist() == [143, 123] and argmax.dtype == np.int16
+    dout = np.array([2.0, 3.0]).reshape(1, 2, 1, 1)
+    _, dx_ref = torch_pool(x, 12, 12, 0, dout)
+    np.testing.assert_array_equal(max_pool2d_backward(dout, x, 12, argmax=argmax), dx_ref)
+
+
+def test_argmax_of_the_wrong_shape_is_refused(rng):
+    x = rng.standard_normal((1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 1\); it must match dout \(1, 1, 2, 2\)"):
+        max_pool2d_backward(np.ones((1, 1, 2, 2)), x, 2, argmax=np.zeros((1, 1, 1, 1), np.int8))
