@@ -190,8 +190,8 @@ class Adagrad:
         self.steps = 0
 
     def effective_lr(self) -> list[np.ndarray]:
-        """``eta_ik = lr / (sqrt(state_sum) + eps)`` per element: the step size the next
-        update would apply to a unit gradient, one array per parameter (new arrays)."""
+        """``eta_ik = lr / (sqrt(state_sum) + eps)`` per element: the rate of step k, the one
+        just taken (its sum includes dw_ik), one array per parameter (new arrays)."""
         return [self.lr / (np.sqrt(s) + self.eps) for s in self.state_sum]
 
     def step(self, grads: list[np.ndarray]) -> None:

@@ -110,7 +110,13 @@ def torch_goyal_scheduler(optimizer, target_lr: float, warmup_steps: int, start_
 
 
 def _check_torch_lr(optimizer, target_lr: float) -> None:
-    lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    if any("initial_lr" in group for group in optimizer.param_groups):
+        raise ValueError(
+            "this optimizer already has a learning-rate scheduler (its param groups carry "
+            "'initial_lr'), perhaps from a cell run twice; a second scheduler would multiply its "
+            "factor into the first's lowered rate. Create a new optimizer with lr = target_lr "
+            "for each scheduler")
+    lrs = [group["lr"] for group in optimizer.param_groups]
     if not np.allclose(lrs, target_lr):
         raise ValueError(f"create the optimizer with lr = target_lr = {target_lr}; it has {lrs}")
 

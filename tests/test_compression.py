@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,49 @@ def test_coinciding_ps_curves_stay_distinguishable():
         assert len(styles) == 3, "each compressed scheme has its own line style and marker"
     assert any("coincide" in t.get_text() for t in ps.texts), "the panel says why they overlap"
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_bad_inputs_are_explained():
+    with pytest.raises(ValueError, match="flat float gradient"):
+        sign_compress(np.ones((2, 3), dtype=np.float32))                 # 2-D: flatten first
+    with pytest.raises(ValueError, match="flat float gradient"):
+        sign_compress(np.array([1, 2, 3]))                               # integers
+    with pytest.raises(ValueError, match="residual has shape"):
+        topk_compress(np.ones(4, dtype=np.float32), np.zeros(1, dtype=np.float32), 2)  # would broadcast
+    with pytest.raises(ValueError, match=r"\[1, 4\]"):
+        topk_compress(np.ones(4, dtype=np.float32), None, 5)             # more than n
+    msg, _ = sign_compress(np.ones(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="unknown kind 'dense'"):
+        decompress(dataclasses.replace(msg, kind="dense"))
+    with pytest.raises(ValueError, match="scheme 'qsgd'"):
+        train_compressed(TinyNet(), None, "qsgd")
+
+
+def test_train_compressed_applies_the_mean_of_the_workers_messages(data):
+    # the docstring's loop written out: the workers draw their minibatches in turn from one seeded
+    # generator, each compresses with its own residual, and w <- w - lr * mean_r q_r
+    model, world_size, steps, lr, tau, batch = TinyNet(), 3, 5, 0.3, 0.05, 16
+    run = train_compressed(model, data, "threshold", world_size=world_size, steps=steps, lr=lr,
+                           batch=batch, tau=tau, eval_every=2, seed=1)
+    x, y = data[0], data[1]
+    rng = np.random.default_rng(1)
+    w = model.init(np.random.default_rng(1))
+    errors, sent, losses = [None] * world_size, [], []
+    for t in range(steps):
+        total = np.zeros_like(w)
+        for r in range(world_size):
+            idx = rng.integers(0, len(x), batch)
+            _, g = model.loss_and_grad(w, x[idx], y[idx])
+            msg, errors[r] = threshold_compress(g, errors[r], tau)
+            total += decompress(msg)
+            sent.append(msg.nbytes)
+        w = w - lr * total / world_size
+        losses.append(model.loss(w, x, y))
+    assert run.curve[:, 0].tolist() == [2, 4, 5], "every eval_every steps, and the last step"
+    np.testing.assert_allclose(run.curve[:, 1], [losses[1], losses[3], losses[4]], rtol=1e-12)
+    assert len(set(sent)) > 1, "threshold messages vary in size, so the mean is not the max"
+    assert run.bytes_per_worker_step == pytest.approx(np.mean(sent))

@@ -136,3 +136,56 @@ def test_read_idx_rejects_bad_files(tmp_path):
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-2])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short")
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_odd_margins_put_the_extra_row_at_the_bottom_right(tmp_path):
+    # the digits and MNIST follow one rule: top/left margin (size - inner) // 2, the rest bottom/right
+    out = resize_and_pad(np.ones((1, 8, 8)), inner=8, size=11)          # margin 3: 1 above, 2 below
+    assert out[0, 1:9, 1:9].min() == 1 and out[0].sum() == 64
+    arrays = write_fake_mnist(tmp_path)
+    d = load_mnist(tmp_path, size=31)                                    # margin 3 around 28x28
+    assert d.x_train.shape == (5, 1, 31, 31)
+    np.testing.assert_allclose(d.x_train[:, 0, 1:29, 1:29] * 255, arrays["train-images-idx3-ubyte"], atol=1e-4)
+
+
+def test_mnist_labels_are_int64_for_both_splits(tmp_path):
+    write_fake_mnist(tmp_path)
+    d = load_mnist(tmp_path)
+    assert d.y_train.dtype == np.int64 and d.y_test.dtype == np.int64   # torch's cross_entropy wants int64
+
+
+def test_read_idx_big_endian_types(tmp_path):
+    # IDX stores multi-byte values big-endian; read_idx returns them in native byte order
+    values = np.array([[-2, 70000], [3, -40000]], dtype=np.int32)
+    header = bytes([0, 0, 0x0C, 2]) + struct.pack(">II", 2, 2)
+    (tmp_path / "ints").write_bytes(header + values.astype(">i4").tobytes())
+    read = read_idx(tmp_path / "ints")
+    np.testing.assert_array_equal(read, values)
+    assert read.dtype == np.int32 and read.dtype.isnative
+    (tmp_path / "bad_type").write_bytes(bytes([0, 0, 0x07, 1]) + struct.pack(">I", 1) + b"\x00")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "bad_type")
+
+
+def test_load_mnist_accepts_dotted_names_and_checks_counts(tmp_path):
+    # some mirrors name the files train-images.idx3-ubyte (a dot instead of the dash)
+    arrays = write_fake_mnist(tmp_path)
+    for name in arrays:
+        (tmp_path / name).rename(tmp_path / name.replace("-idx", ".idx"))
+    assert load_mnist(tmp_path).x_train.shape == (5, 1, 32, 32)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2))        # 3 test images, 2 labels
+    with pytest.raises(ValueError, match="3 test images but 2 test labels"):
+        load_mnist(tmp_path)
+
+
+def test_size_checks_name_their_own_limits():
+    with pytest.raises(ValueError, match=r"must be an int >= 8"):
+        load_digits(size=7)
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits(test_fraction=0.0)
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        bilinear_matrix(0, 4)

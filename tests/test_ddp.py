@@ -134,3 +134,56 @@ def test_the_same_script_runs_under_torchrun(digits, capsys):
     assert checksum == pytest.approx(single["params"].sum(), abs=1e-4), (line, single["params"].sum())
     assert ddp.main(["--steps", "2", "--batch-size", "8"]) == 0              # alone: starts 2 local ranks
     assert "largest parameter difference" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_batch_size_must_be_a_positive_int():
+    for bad in (0, True, 8.0):
+        with pytest.raises(ValueError, match="positive int"):
+            ddp._check_batch(bad, 2)
+    with pytest.raises(ValueError, match="positive int"):                # the twin checks it too
+        ddp.train_single(np.zeros((8, 1, 32, 32), np.float32), np.zeros(8, np.int64), 1, 0)
+
+
+def test_global_batches_reshuffle_every_epoch_from_the_seed():
+    idx = ddp.global_batches(10, 5, 4, seed=0)                     # two epochs of two batches
+    first, second = idx[:2].ravel(), idx[2:].ravel()
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert not np.array_equal(first, np.arange(10)), "the first epoch is not shuffled"
+    assert not np.array_equal(first, second), "the second epoch repeats the first one's order"
+    assert not np.array_equal(ddp.global_batches(100, 10, 3, seed=0), ddp.global_batches(100, 10, 3, seed=1))
+
+
+def test_flat_parameters_are_float64_whatever_the_model_dtype():
+    model = TorchLeNet5()                                           # float32
+    flat = ddp.flat_parameters(model)
+    assert flat.dtype == np.float64 and flat.shape == (61_706,)
+    assert flat[0] == np.float64(next(model.parameters()).reshape(-1)[0].item())
+
+
+def test_ddp_worker_passes_its_hyperparameters_on(digits, tmp_path):
+    # one rank, in this process (gloo, world_size = 1): DDP on a single rank is the single-process
+    # twin, so every setting ddp_worker is given (here a momentum other than the default) must reach SGD
+    import torch.distributed as dist
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    threads = torch.get_num_threads()                               # ddp_worker sets 1 for its process
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        out = ddp.ddp_worker(0, 1, x, y, steps=3, batch_size=16, lr=0.1, momentum=0.5, dtype="float64")
+    finally:
+        dist.destroy_process_group()
+        torch.set_num_threads(threads)
+    single = ddp.train_single(x, y, steps=3, batch_size=16, lr=0.1, momentum=0.5, dtype="float64")
+    np.testing.assert_allclose(out["params"], single["params"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["losses"], single["losses"], rtol=1e-12)
+
+
+def test_torchrun_is_recognised_by_rank_and_world_size(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    assert not ddp._under_torchrun(), "torchrun sets both RANK and WORLD_SIZE; RANK alone is not it"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert ddp._under_torchrun()

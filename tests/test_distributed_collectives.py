@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from functools import partial
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -23,7 +25,13 @@ from hypothesis import given, settings, strategies as st
 
 from course_lib.distributed import (CollectiveError, allreduce, launch, ps_bytes_at_server, ps_bytes_per_rank,
                                     ring_bytes_per_rank)
+from course_lib.distributed import measure as measure_module
+from course_lib.distributed import procs as procs_module
 from course_lib.distributed import runner as launch_module
+from course_lib.distributed.collectives import ProcessGroup, ps_allreduce_, ring_allreduce_
+from course_lib.distributed.measure import bus_bandwidth, default_repeats, format_table
+from course_lib.distributed.runner import AllreduceResult, check_arrays
+from course_lib.distributed.transport import PipeTransport, ShmTransport
 from course_lib.distributed.workers import data_parallel_least_squares, least_squares_reference
 from procfs import kill_left, still_alive, wait_for_workers
 
@@ -390,3 +398,384 @@ def test_exit_now_flushes_and_skips_the_interpreters_shutdown(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert (done.returncode, done.stdout, done.stderr) == (3, "work done", "a warning")
+
+
+# ---- behaviour pinned down by mutation testing
+#
+# Most of these drive two endpoints of one transport from two threads of this process
+# (an endpoint only needs the transport's shared objects), so that an interleaving the
+# processes above reach only by chance can be made certain: rank 1 pauses after each
+# barrier, as a slow or descheduled reader would.
+
+class _SlowAfterBarrier:
+    """Wraps a transport's barrier: this rank leaves every barrier ``pause`` seconds late."""
+
+    def __init__(self, barrier, pause=0.3):
+        self.barrier, self.pause = barrier, pause
+
+    def wait(self, rank, timeout):
+        self.barrier.wait(rank, timeout)
+        time.sleep(self.pause)
+
+
+def _in_threads(*fns, timeout=20.0):
+    """Run fns[i]() in thread i; return their results, re-raise the first error, fail on a hang."""
+    results, errors = [None] * len(fns), [None] * len(fns)
+
+    def run(i):
+        try:
+            results[i] = fns[i]()
+        except BaseException as exc:         # noqa: BLE001 (handed back to the test)
+            errors[i] = exc
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"still running after {timeout} s: a hang"
+    return results, errors
+
+
+def _shm_pair(capacity, dtype=np.float32, timeout=10.0, slow_rank=1):
+    transport = ShmTransport(2, capacity, dtype, timeout=timeout)
+    eps = [transport.endpoint(0), transport.endpoint(1)]
+    if slow_rank is not None:
+        eps[slow_rank]._barrier = _SlowAfterBarrier(eps[slow_rank]._barrier)
+    return transport, eps
+
+
+def _close_all(transport, eps):
+    for ep in eps:
+        ep.close()
+    transport.close()
+
+
+def test_shm_a_slow_reader_reads_its_own_step_and_the_fence_protects_the_buffer():
+    """Rank 0 posts [0:2] then [2:5], fences, then overwrites its buffer; rank 1 reads each
+    step late. The two halves of the posting table keep step 1's post intact while rank 0
+    posts step 2, and the fence keeps rank 0 from overwriting what rank 1 still reads."""
+    transport, (ep0, ep1) = _shm_pair(8)
+    try:
+        ep0.buffer[:] = np.arange(1, 9)
+
+        def rank0():
+            ep0.step(sends=[(1, 0, 2)])
+            ep0.step(sends=[(1, 2, 5)])
+            ep0.fence()
+            ep0.buffer[:] = -1                      # allowed once the fence returned
+
+        def rank1():
+            first = ep1.step(recvs=[(0, 2)])[0]
+            writeable = first.flags.writeable
+            first = first.copy()
+            second = ep1.step(recvs=[(0, 3)])[0].copy()
+            ep1.fence()
+            return first, second, writeable
+        (_, got), errors = _in_threads(rank0, rank1)
+        assert errors == [None, None], errors
+        first, second, writeable = got
+        np.testing.assert_array_equal(first, [1, 2])
+        np.testing.assert_array_equal(second, [3, 4, 5])
+        assert not writeable, "a received shm array is the sender's memory: it must be read-only"
+    finally:
+        _close_all(transport, [ep0, ep1])
+
+
+@pytest.mark.parametrize("collective", ["ring", "ps", "broadcast"])
+def test_collectives_fence_before_returning(collective):
+    """After a collective returns, a rank may reuse its buffer at once: the collective must
+    have fenced, or the slow peer reads the new contents instead of the result."""
+    transport, (ep0, ep1) = _shm_pair(6)
+    try:
+        def rank(ep, r):
+            if collective == "broadcast":
+                x = np.full(6, 7.0 if r == 0 else 0.0, np.float32)
+                ProcessGroup(ep).broadcast_(x, root=0)
+            else:
+                ep.buffer[:6] = np.arange(6) * (r + 1)
+                (ring_allreduce_ if collective == "ring" else ps_allreduce_)(ep, 6)
+                x = ep.buffer[:6].copy()
+            ep.buffer[:] = -1e9                     # the next collective's input
+            return x
+        (x0, x1), errors = _in_threads(partial(rank, ep0, 0), partial(rank, ep1, 1))
+        assert errors == [None, None], errors
+        expected = np.full(6, 7.0) if collective == "broadcast" else np.arange(6) * 3.0
+        np.testing.assert_array_equal(x0, expected)
+        np.testing.assert_array_equal(x1, expected)
+    finally:
+        _close_all(transport, [ep0, ep1])
+
+
+def test_shm_a_count_mismatch_is_an_error_not_a_wrong_view():
+    transport, (ep0, ep1) = _shm_pair(4, slow_rank=None)
+    try:
+        (_, _), errors = _in_threads(lambda: ep0.step(sends=[(1, 0, 3)]), lambda: ep1.step(recvs=[(0, 2)]))
+        assert errors[0] is None
+        assert isinstance(errors[1], RuntimeError) and "expected 2 elements from rank 0" in str(errors[1])
+        assert "[0:3]" in str(errors[1])
+    finally:
+        _close_all(transport, [ep0, ep1])
+
+
+@pytest.mark.parametrize("sends, recvs, match", [
+    ([(1, 0, 1), (1, 1, 2)], [], "send to each other rank at most once"),
+    ([], [(1, 1), (1, 1)], "receive from each other rank at most once"),
+    ([(0, 0, 1)], [], "send to"),                       # to itself
+    ([(2, 0, 1)], [], "send to"),                       # no rank 2 in a world of 2
+    ([], [(-1, 1)], "receive from"),
+    ([(1, 2, 5)], [], r"send region \[2:5\] to rank 1 is outside the buffer of 4"),
+    ([(1, 3, 2)], [], r"send region \[3:2\]"),
+])
+def test_a_malformed_step_is_refused_before_anything_moves(sends, recvs, match):
+    """Checked in the endpoint, before the barrier: a bad step raises at once (the peer,
+    here absent, is never waited for)."""
+    transport = ShmTransport(2, 4, np.float32, timeout=0.5)
+    ep = transport.endpoint(0)
+    try:
+        with pytest.raises(ValueError, match=match):
+            ep.step(sends=sends, recvs=recvs)
+        assert ep.steps == 0 and ep.bytes_sent == 0
+    finally:
+        _close_all(transport, [ep])
+
+
+def test_a_worker_gives_up_on_its_own_timeout():
+    """Every blocking wait inside a worker honours the transport's timeout: a barrier, a
+    receive and a send whose peer never comes raise TimeoutError instead of blocking forever."""
+    shm = ShmTransport(2, 4, np.float32, timeout=0.2)
+    ep = shm.endpoint(0)
+    try:
+        _, errors = _in_threads(ep.barrier, timeout=10)
+        assert isinstance(errors[0], TimeoutError) and "rank 1" in str(errors[0])
+        _, errors = _in_threads(lambda: ep.step(sends=[(1, 0, 2)]), timeout=10)
+        assert isinstance(errors[0], TimeoutError)
+    finally:
+        _close_all(shm, [ep])
+
+    pipe = PipeTransport(2, 1 << 20, np.float32, timeout=0.2)      # 4 MiB: more than a pipe holds
+    keep = [os.dup(pipe.pipes[1][0][1].fileno()),                 # rank 1's writer to us: no EOF
+            os.dup(pipe.pipes[0][1][0].fileno())]                 # rank 1's reader: sends block, no EPIPE
+    ep = pipe.endpoint(0)
+    try:
+        _, errors = _in_threads(lambda: ep.step(recvs=[(1, 3)]), timeout=10)
+        assert isinstance(errors[0], TimeoutError) and "no data from rank(s) [1]" in str(errors[0])
+        _, errors = _in_threads(lambda: ep.step(sends=[(1, 0, 1 << 20)]), timeout=10)
+        assert isinstance(errors[0], TimeoutError) and "could not send to rank(s) [1]" in str(errors[0])
+    finally:
+        for fd in keep:
+            os.close(fd)                                           # the blocked send now fails: EPIPE
+        ep.close()
+        pipe.close()
+
+
+@pytest.mark.parametrize("transport", ["pipe", "pipe-pickle"])
+def test_pipe_messages_larger_than_one_segment(transport):
+    """Chunks of 3 MiB travel as several 1 MiB segments and arrive whole."""
+    arrays = [np.arange(3 << 19, dtype=np.float32) * (r + 1) for r in range(2)]   # 6 MiB each
+    res = allreduce(arrays, transport=transport, timeout=60)
+    for out in res.outputs:
+        np.testing.assert_array_equal(out, np.arange(3 << 19, dtype=np.float32) * 3)
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="pipes are grown to 1 MiB only on Linux")
+def test_send_first_works_below_the_grown_pipe_size():
+    """Messages of 512 KiB (8 times the default pipe buffer) fit the grown 1 MiB pipes:
+    sending first deadlocks only above 1 MiB, as the lesson says."""
+    arrays = [np.full(3 << 17, r + 1.0, np.float32) for r in range(3)]           # chunks of 512 KiB
+    res = allreduce(arrays, transport="pipe-sendfirst", timeout=20)
+    for out in res.outputs:
+        np.testing.assert_array_equal(out, np.full(3 << 17, 6.0, np.float32))
+
+
+def _process_group_checks(pg):
+    """In a worker: a sharded PS all-reduce through the ProcessGroup, a broadcast from the
+    last rank, and the errors the group must raise for misuse."""
+    x = np.full(6, pg.rank + 1.0, np.float32)
+    pg.allreduce_(x, algorithm="ps", shards=3)
+    sent = pg.bytes_sent
+    b = np.full(4, float(pg.rank), np.float32)
+    pg.broadcast_(b, root=pg.world_size - 1)
+    errors = []
+    for arr, kwargs in [(np.ones(6, np.float32), dict(algorithm="ps", shards=pg.world_size + 1)),
+                        (np.ones(6, np.float64), {}),
+                        (np.ones(6, np.float32), dict(algorithm="tree"))]:
+        try:
+            pg.allreduce_(arr, **kwargs)
+            errors.append("none")
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return x, sent, b, errors
+
+
+def test_process_group_allreduce_options_and_misuse():
+    results = launch(_process_group_checks, 3, capacity=6, timeout=30, start_method="fork")
+    sent_expected, _ = ps_bytes_per_rank(6, 3, shards=3, itemsize=4)
+    for rank, (x, sent, b, errors) in enumerate(results):
+        np.testing.assert_array_equal(x, np.full(6, 6.0))
+        assert sent == sent_expected[rank], f"rank {rank}: shards=3 must reach ps_allreduce_"
+        np.testing.assert_array_equal(b, np.full(4, 2.0))
+        assert errors[0].startswith("ValueError: shards = 4 must be between 1 and world_size = 3"), errors
+        assert errors[1].startswith("TypeError") and "float64" in errors[1], errors
+        assert errors[2].startswith("ValueError: algorithm must be one of"), errors
+
+
+def test_progress_report_names_the_rank_that_hung():
+    class Table:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def progress_table(self):
+            return self.rows
+    report = launch_module._progress_report
+    rank, text = report(Table([(3, True), (2, False), (3, True)]), [0, 1, 2])
+    assert rank == 1 and "rank 1 stopped responding" in text and "rank 1 busy in step 1" in text
+    rank, text = report(Table([(4, True), (2, True), (3, True)]), [0, 1, 2])
+    assert rank == 1 and "deadlock" in text and "rank 1 is furthest behind" in text
+    rank, text = report(Table([(2, True), (2, True)]), [0, 1])
+    assert rank is None and "deadlock" in text
+    rank, _ = report(Table([(2, False), (2, False), (1, True)]), [0, 1, 2])
+    assert rank is None
+
+
+def test_world_size_limit_and_boolean_options(monkeypatch):
+    monkeypatch.setattr(launch_module, "run_processes", lambda *a, **k: pytest.fail("started"))
+    assert len(check_arrays([np.zeros(2)] * launch_module.MAX_WORLD_SIZE)) == launch_module.MAX_WORLD_SIZE
+    with pytest.raises(ValueError, match="more than this kit starts"):
+        check_arrays([np.zeros(2)] * (launch_module.MAX_WORLD_SIZE + 1))
+    with pytest.raises(ValueError, match="shards"):
+        allreduce([np.zeros(4), np.zeros(4)], algorithm="ps", shards=True)
+    with pytest.raises(ValueError, match="repeats"):
+        allreduce([np.zeros(4), np.zeros(4)], repeats=True)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "ps"])
+def test_bytes_are_counted_per_collective_when_repeated(algorithm, rng):
+    arrays = [rng.standard_normal(33).astype(np.float32) for _ in range(3)]
+    res = allreduce(arrays, algorithm=algorithm, repeats=3, timeout=30)
+    _check_sum(res, arrays)
+    sent = ring_bytes_per_rank(33, 3, itemsize=4) if algorithm == "ring" else ps_bytes_per_rank(33, 3, 1, 4)[0]
+    np.testing.assert_array_equal(res.bytes_sent, sent)
+    assert res.elapsed.shape == (3, 3)
+
+
+def test_result_time_is_the_median_of_the_slowest_rank():
+    elapsed = np.array([[1.0, 3.0], [2.0, 5.0], [10.0, 1.0]])         # (repeats, P)
+    res = AllreduceResult([np.zeros(1)] * 2, np.zeros(2, np.int64), np.zeros(2, np.int64), elapsed, "ring", "shm")
+    assert res.time == 5.0 and res.world_size == 2                    # median of (3, 5, 10)
+
+
+def _sleep_then_return(rank, seconds):
+    time.sleep(seconds)
+    return rank
+
+
+def _raise_by_rank(rank):
+    if rank == 0:
+        raise ConnectionError("lost my peer")                       # a consequence, reported first
+    time.sleep(0.1)
+    raise ValueError("the real cause")
+
+
+def _ignore_sigterm_and_hang(rank):
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+
+
+def test_run_processes_honours_its_timeout():
+    with pytest.raises(CollectiveError, match="timed out after 1 s") as info:
+        procs_module.run_processes(_sleep_then_return, [(1.6,)], timeout=1.0, start_method="fork")
+    assert info.value.reason == "timeout" and info.value.rank == 0
+
+
+def test_run_processes_blames_the_cause_not_the_lost_connection():
+    with pytest.raises(CollectiveError, match="the real cause") as info:
+        procs_module.run_processes(_raise_by_rank, [(), ()], timeout=20, start_method="fork")
+    assert info.value.rank == 1 and info.value.reason == "raised"
+
+
+def test_run_processes_kills_a_worker_that_ignores_sigterm():
+    """The autouse fixture then finds no child left."""
+    with pytest.raises(CollectiveError, match="timed out"):
+        procs_module.run_processes(_ignore_sigterm_and_hang, [()], timeout=0.5, start_method="fork")
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="prctl and /proc are Linux's")
+def test_a_worker_whose_parent_died_before_prctl_exits(tmp_path):
+    """set_parent_death_signal arms the signal, then checks that its parent still lives:
+    a parent that already died (gone, or a zombie nobody reaped) would never send it."""
+    script = textwrap.dedent("""
+        import os, sys
+        from course_lib.distributed.procs import set_parent_death_signal
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        import time; time.sleep(0.3)              # the child is now a zombie: not reaped
+        which = sys.argv[1]
+        set_parent_death_signal(pid if which == "zombie" else 2 ** 22 + 1)
+        print("still running")
+    """)
+    for which in ("zombie", "gone"):
+        done = subprocess.run([sys.executable, "-c", script, which], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        assert (done.returncode, done.stdout) == (1, ""), (which, done)
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="finds the workers through /proc")
+def test_workers_leave_a_killed_parent_that_is_not_yet_reaped(tmp_path):
+    """Without the parent-death signal (as on macOS), a killed parent that nobody has reaped
+    yet is a zombie: its pid still answers ``kill(pid, 0)``. The workers must see that they
+    were re-parented and exit anyway."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from course_lib.distributed import procs
+        procs.set_parent_death_signal = lambda parent_pid: None
+        from course_lib.distributed import allreduce
+        allreduce([np.ones(10)] * 2, transport="pipe", timeout=60, _fault=(1, 0, "hang"), start_method="fork")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    workers = {}
+    try:
+        workers = wait_for_workers(proc.pid, 2)
+        assert len(workers) >= 2, f"workers did not start: {sorted(workers)}"
+        proc.kill()                                  # not reaped: proc.wait() comes after the check
+        left = still_alive(workers)
+        assert not left, f"workers {left} outlived their killed (zombie) parent"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        kill_left(workers)
+
+
+# measure.sweep's bookkeeping, with a stand-in for the collectives (no process is started)
+
+def _fake_method(method, arrays, repeats, timeout=120.0):
+    """rank 1 is the slow one; the first (warm-up) collective takes 100 s; "broken" returns
+    a sum off by 0.5 on rank 1 only."""
+    P = len(arrays)
+    elapsed = np.ones((repeats, P))
+    elapsed[:, 1] = 2.0 + np.arange(repeats)                       # 2, 3, 4, ...
+    elapsed[0] = 100.0                                             # the warm-up
+    exact = np.sum(np.stack(arrays).astype(np.float64), axis=0)
+    outputs = [exact.copy() for _ in range(P)]
+    if method == "broken":
+        outputs[1] = outputs[1] + 0.5
+    _fake_method.calls.append((method, repeats))
+    return AllreduceResult(outputs, np.zeros(P, np.int64), np.zeros(P, np.int64), elapsed, "ring", "shm")
+
+
+def test_sweep_excludes_the_warm_up_and_reports_errors(monkeypatch):
+    _fake_method.calls = []
+    monkeypatch.setattr(measure_module, "run_method", _fake_method)
+    rows = measure_module.sweep([48], [3], methods=("good", "broken"), repeats=6, rounds=2, dtype=np.float32)
+    assert _fake_method.calls == [("good", 4), ("broken", 4)] * 2        # 6 / 2 rounds + 1 warm-up
+    good, broken = rows
+    assert good["time"] == 4.0                                          # median of 3, 4, 5, 3, 4, 5
+    assert good["max_error"] == 0.0 and good["identical"]               # against the float64 sum
+    assert broken["max_error"] == 0.5 and not broken["identical"]
+    assert good["algbw"] == 48 / 4.0 and good["busbw"] == pytest.approx(12.0 * 2 * 2 / 3)
+    assert bus_bandwidth(1200, 2.0, 3) == (600.0, 800.0)
+    assert default_repeats(1 << 30) == 5 and default_repeats(1) == 200
+    table = format_table([dict(good, time=1e-3)]).splitlines()
+    assert table[1].split()[:4] == ["48", "3", "good", "1000.0"]        # microseconds

@@ -185,3 +185,44 @@ def test_time_models():
     assert ps_ring_ratio(N, 8, alpha, beta) == pytest.approx(ps_time(N, 8, alpha, beta) / ring_time(N, 8, alpha, beta))
     with pytest.raises(ValueError, match="world_size >= 2"):
         ps_ring_ratio(N, 1, alpha, beta)
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_ring_schedule_prints_the_documented_table():
+    # the table of ring_schedule's docstring, row by row: rank 0 before rank 1, send before receive
+    expected = """phase           step  rank   sends chunk -> to   receives chunk <- from
+                  scatter-reduce     0     0        0   ->   1            1   <-   1
+                  scatter-reduce     0     1        1   ->   0            0   <-   0
+                  allgather          0     0        1   ->   1            0   <-   1
+                  allgather          0     1        0   ->   0            1   <-   0"""
+    assert [l.split() for l in str(ring_schedule(2)).splitlines()] == [l.split() for l in expected.splitlines()]
+
+
+def test_ring_schedule_rows_come_from_the_step_functions():
+    rows = ring_schedule(4)
+    assert [(r.phase, r.step, r.rank) for r in rows[:5]] == \
+        [("scatter-reduce", 0, r) for r in range(4)] + [("scatter-reduce", 1, 0)]
+    for row in rows:
+        step_fn = scatter_reduce_step if row.phase == "scatter-reduce" else allgather_step
+        assert (row.send_chunk, row.recv_chunk) == step_fn(row.rank, row.step, 4), row
+
+
+def test_simulator_labels_name_each_step():
+    trace = simulate_ring_allreduce([np.zeros(3)] * 3)
+    assert trace.labels == ["start", "scatter-reduce step 0", "scatter-reduce step 1",
+                            "allgather step 0", "allgather step 1"]
+
+
+def test_cost_functions_check_their_inputs():
+    with pytest.raises(ValueError, match="world_size = 0"):
+        ring_bytes_per_rank(10, 0)
+    with pytest.raises(TypeError, match="N must be an int"):
+        ring_bytes_per_rank(10.5, 2)
+    with pytest.raises(ValueError, match="world_size = 0"):
+        ring_time(1000, 0, 1e-6, 1e-9)
+    with pytest.raises(ValueError, match="shards = 0"):
+        ps_time(1000, 4, 1e-6, 1e-9, shards=0)
+    assert isinstance(ps_ring_ratio(1000, 4, 1e-6, 1e-9), float)        # one P: a plain float

@@ -284,3 +284,119 @@ def test_curve_and_staleness_figures_say_what_they_count(digits):
         assert any(list(line.get_xdata()) == [30.0, 30.0] for line in ax.lines), "the mark is a vertical line"
         assert any(t.get_text() == "replica 2 dies" for t in ax.texts)
         plt.close(fig)
+
+
+# ---- behaviour pinned down by mutation testing
+
+def test_shards_copy_the_initial_parameters(rng):
+    w0 = rng.standard_normal(10)
+    before = w0.copy()
+    shards = make_shards(w0, 3, optimizer="sgd", lr=0.5)
+    for sh in shards:
+        sh.push(np.ones(sh.hi - sh.lo), sh.version)
+    np.testing.assert_array_equal(w0, before)                   # the caller's vector is untouched
+    np.testing.assert_allclose(np.concatenate([sh.params for sh in shards]), before - 0.5)
+
+
+def test_a_push_sends_the_mean_of_the_accumulated_gradients(digits):
+    x, y = digits
+    model = TinyNet(n_hidden=0)
+    w = model.init(np.random.default_rng(1))
+    rep = Replica(1, model, x, y, batch=8, n_fetch=100, n_push=3, seed=5)
+    twin = np.random.default_rng([5, 1])                         # the replica's own stream
+    rep.set_params([(0, w)])
+    grads = [model.loss_and_grad(w, x[idx], y[idx])[1] for idx in (twin.integers(0, len(x), 8) for _ in range(3))]
+    assert rep.compute() is None and rep.compute() is None
+    np.testing.assert_allclose(rep.compute(), np.mean(grads, axis=0), rtol=1e-12)
+    assert rep.n_pending == 0 and rep.steps == 3
+
+
+def test_replica_r_trains_on_every_rth_example():
+    from course_lib.distributed.downpour import _split_data
+    parts = _split_data(np.arange(7), np.arange(7) * 10, 3)
+    assert [p[0].tolist() for p in parts] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [p[1].tolist() for p in parts] == [[0, 30, 60], [10, 40], [20, 50]]
+
+
+def test_a_replica_that_dies_mid_step_is_reported_even_if_its_step_never_ends(digits):
+    """Replica 1's first step would end at t = 1000, long after the run; it died at t = 5."""
+    res = simulate(TinyNet(), *digits, n_replicas=2, n_shards=1, total_steps=20, optimizer="sgd",
+                   step_time=[1.0, 1000.0], jitter=0.0, replica_failures={1: 5.0}, eval_every=10)
+    assert res.failed == [1] and res.steps_per_replica == [20, 0]
+
+
+def test_the_curve_ends_at_the_last_step(digits):
+    res = simulate(TinyNet(), *digits, n_replicas=2, n_shards=2, total_steps=45, optimizer="sgd",
+                   eval_every=20)
+    np.testing.assert_array_equal(res.curve[:, 0], [20, 40, 45])
+    assert res.curve[-1, 2] == pytest.approx(res.final_loss, rel=1e-12)
+
+
+def test_synchronous_sgd_applies_the_mean_gradient(digits):
+    """R replicas at the same parameters, their mean gradient applied once per round; the
+    last round uses only the replicas still needed for the budget (10 = 4 + 4 + 2)."""
+    x, y = digits
+    model = TinyNet(n_hidden=0)
+    res = train_synchronous(model, x, y, n_replicas=4, total_steps=10, lr=0.2, batch=8, eval_every=5)
+    assert res.steps_per_replica == [3, 3, 2, 2]
+    w = model.init(np.random.default_rng(0))
+    reps = [Replica(r, model, x[r::4], y[r::4], 8, 1, 1, 0) for r in range(4)]
+    for active in (4, 4, 2):
+        grads = []
+        for rep in reps[:active]:
+            rep.set_params([(0, w)])
+            grads.append(rep.compute())
+        w = w - 0.2 * np.mean(grads, axis=0)
+    np.testing.assert_allclose(res.params, w, rtol=1e-12)
+
+
+def test_a_fetch_from_a_dead_shard_is_an_error_too(digits):
+    """No push ever happens (n_push larger than the budget): the fetch must notice the dead shard."""
+    with pytest.raises(ShardFailure, match=r"shard 0 .* died at t = 5.00"):
+        simulate(TinyNet(), *digits, n_replicas=2, n_shards=2, total_steps=40, optimizer="sgd",
+                 n_push=1000, shard_failures={0: 5.0})
+
+
+def test_a_delayed_push_is_as_stale_as_the_updates_it_missed(digits):
+    """With network delays a push still carries the version its replica fetched: 4 replicas
+    keep about 3 updates of staleness per shard, not 0."""
+    res = simulate(TinyNet(), *digits, n_replicas=4, network_delay=0.5, **KW)
+    for s in range(3):
+        stale = res.staleness[res.staleness[:, 0] == s, 1]
+        assert stale.mean() > 1.5, (s, stale[:20])
+
+
+def test_a_stopped_shard_applies_the_pushes_still_in_its_pipes():
+    """shard_worker on its own: five pushes and the "stop" are already waiting when it starts,
+    and a second replica has closed its pipe (it died). All five pushes must be applied
+    before the shard answers the stop, and the dead replica must not break it."""
+    from course_lib.distributed.downpour import shard_worker
+    ctx = mp.get_context("fork")
+    (replica, shard_end), (dead, dead_end), (control, control_end) = ctx.Pipe(), ctx.Pipe(), ctx.Pipe()
+    for _ in range(5):
+        replica.send(("push", np.ones(3), 0))              # all fetched version 0
+    dead.close()
+    control.send(("stop",))
+    proc = ctx.Process(target=shard_worker, daemon=True,
+                       args=(os.getpid(), 0, 0, 3, np.zeros(3), dict(optimizer="sgd", lr=0.1),
+                             [shard_end, dead_end], control_end, ctx.Event(), None))
+    proc.start()
+    try:
+        assert control.poll(20), f"the shard did not answer the stop (exit code {proc.exitcode})"
+        params, staleness = control.recv()
+        assert staleness == [0, 1, 2, 3, 4]
+        np.testing.assert_allclose(params, -0.5)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        for end in (replica, shard_end, dead_end, control, control_end):
+            end.close()
+    assert proc.exitcode == 0
+
+
+@pytest.mark.parametrize("n_fetch, n_push", [(0, 1), (1, 0)])
+def test_fetch_and_push_periods_must_be_positive(n_fetch, n_push):
+    with pytest.raises(ValueError, match="n_fetch and n_push count steps"):
+        Replica(0, TinyNet(), np.zeros((4, 64)), np.zeros(4, int), 2, n_fetch, n_push, 0)

@@ -210,3 +210,85 @@ def test_viz_figures_have_titles_and_labels():
         plt.close(fig)
     with pytest.raises(ValueError, match="needs an Adagrad run"):
         viz.plot_effective_lr(runs[0])
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_adagrad_defaults_are_torchs():
+    # Adagrad(params) with no hyper-parameters must take torch's defaults (lr 0.01, eps 1e-10, sum from 0)
+    ours, theirs, _, _ = run_both(lambda p: Adagrad(p), lambda p: torch.optim.Adagrad(p), steps=20)
+    np.testing.assert_allclose(ours, theirs, atol=1e-12, rtol=0)
+
+
+def test_effective_lr_is_the_rate_of_the_step_just_taken():
+    # eta_ik = lr / (sqrt(sum_{j<=k} dw_ij^2) + eps): after step k it is the rate that step applied.
+    # A large eps makes its place visible (outside the square root, as in torch).
+    lr, eps = 0.5, 0.5
+    ours, theirs, opt, topt = run_both(lambda p: Adagrad(p, lr=lr, eps=eps),
+                                       lambda p: torch.optim.Adagrad(p, lr=lr, eps=eps), steps=5)
+    for eta, p in zip(opt.effective_lr(), topt.param_groups[0]["params"]):
+        np.testing.assert_allclose(eta, lr / (np.sqrt(topt.state[p]["sum"].numpy()) + eps), rtol=1e-12)
+    w = np.array([1.0, -2.0])
+    opt = Adagrad([w], lr=lr, eps=eps)
+    g = np.array([3.0, -0.25])
+    opt.step([g])
+    np.testing.assert_allclose(([1.0, -2.0] - w) / g, opt.effective_lr()[0], rtol=1e-12)
+
+
+def test_gradients_are_cast_to_the_parameter_dtype():
+    # the module promises float64 gradients on float32 parameters are cast first: the update and
+    # the state are then float32, bit for bit what the caller would get by casting them itself
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=50).astype(np.float32)
+    grads = [rng.normal(size=50) for _ in range(5)]                       # float64
+    for make in (lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adagrad(p, lr=0.1)):
+        given64, given32 = [w0.copy()], [w0.copy()]
+        opt64, opt32 = make(given64), make(given32)
+        for g in grads:
+            opt64.step([g])
+            opt32.step([g.astype(np.float32)])
+        np.testing.assert_array_equal(given64[0], given32[0])
+        state = opt64.velocity if isinstance(opt64, SGD) else opt64.state_sum
+        assert state[0].dtype == np.float32, f"{type(opt64).__name__} state is {state[0].dtype}"
+
+
+def test_momentum_owns_its_velocity():
+    # a training loop often writes every gradient into one preallocated buffer; the velocity
+    # must be the optimizer's own copy, and step must not change the caller's gradient arrays
+    A = np.diag([1.0, 10.0, 0.1])
+    w = np.array([1.0, -1.0, 2.0])
+    opt = SGD([w], lr=0.05, momentum=0.9)
+    w_t = torch.tensor(w.copy(), requires_grad=True)
+    topt = torch.optim.SGD([w_t], lr=0.05, momentum=0.9)
+    buffer = np.empty(3)
+    for _ in range(10):
+        np.matmul(A, w, out=buffer)                                        # the gradient, in place
+        passed = buffer.copy()
+        opt.step([buffer])
+        np.testing.assert_array_equal(buffer, passed, err_msg="step changed the caller's gradient")
+        topt.zero_grad()
+        (0.5 * w_t @ torch.tensor(A) @ w_t).backward()
+        topt.step()
+    np.testing.assert_allclose(w, w_t.detach().numpy(), atol=1e-12, rtol=0)
+
+
+def test_sgd_counts_its_steps():
+    _, _, opt, _ = run_both(lambda p: SGD(p, lr=0.05, momentum=0.9),
+                            lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=7)
+    assert opt.steps == 7
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda w: SGD([], lr=0.1), ValueError, "params is empty"),
+    (lambda w: Adagrad([w.copy()], lr=0.0), ValueError, "lr"),
+    (lambda w: SGD([w.copy()], lr=0.0), ValueError, "lr = 0"),
+    (lambda w: SGD([w.copy()], lr=float("nan")), ValueError, "finite"),
+    (lambda w: Adagrad([w.copy()], eps=float("inf")), ValueError, "finite"),
+    (lambda w: SGD([w.copy()], lr=0.1, momentum=1.0), ValueError, "momentum = 1.0 must be < 1"),
+    (lambda w: SGD([np.broadcast_to(w, (2, 3))], lr=0.1), ValueError, "read-only"),
+], ids=["empty", "adagrad-lr-0", "sgd-lr-0", "nan-lr", "inf-eps", "momentum-1", "read-only"])
+def test_teaching_errors_at_the_boundaries(make, error, message):
+    with pytest.raises(error, match=message):
+        make(np.zeros(3))

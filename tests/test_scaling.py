@@ -151,3 +151,44 @@ def test_what_if_widget_follows_its_sliders(capsys):
     assert viz.what_if_report(1.0, 64).splitlines()[1] in box.report.value
     box.nodes.value = 1
     assert "efficiency 100.0%" in box.report.value
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_definitions_at_their_boundaries():
+    with pytest.raises(ValueError, match="positive"):
+        speedup(1.0, 0.0)                                              # the parallel time, too
+    assert scaling_efficiency(1.0, 4, 4) == 1.0                        # P = P0: the baseline itself
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        ring_allreduce_time(4e6, 0, CommModel(alpha=1e-6, bandwidth=1e9))
+    with pytest.raises(ValueError, match="compute_s > 0"):
+        scaling.what_if(0.2, 4, compute_s=0.0)
+
+
+def test_check_table_divides_by_the_tables_own_baseline():
+    # a table whose baseline is 2 nodes of 4 GPUs (P0 = 8): E = S / (P / 8)
+    table = dataclasses.replace(POWERAI_CAFFE, gpus=(8, 16, 32), nodes=(2, 4, 8),
+                                speedup=(1.0, 1.9, 3.6), efficiency=(1.00, 0.95, 0.90))
+    rows = check_table(table)
+    assert [r["recomputed"] for r in rows] == pytest.approx([1.0, 0.95, 0.90])
+    assert all(r["consistent"] for r in rows), rows
+
+
+def test_a_bucket_of_exactly_bucket_bytes_is_closed():
+    # "buckets of at least bucket_bytes": fc's gradients alone fill a bucket of fc's size
+    layers = resnet50_layers()
+    fc_bytes = 4 * layers[-1].params
+    comm = CommModel(alpha=0.0, bandwidth=1e9, bucket_bytes=fc_bytes)
+    tl = iteration_timeline(layers, 0.1, 4, comm, overlap=True)
+    assert tl.allreduce[0][0].endswith("up to fc"), tl.allreduce[:2]
+
+
+def test_bytes_per_param_sets_the_message_size():
+    # float16 gradients (2 bytes each) take half the bandwidth time of float32
+    layers = resnet50_layers()
+    comm = CommModel(alpha=0.0, bandwidth=1e10, bytes_per_param=2)
+    tl = iteration_timeline(layers, 0.1, 8, comm, overlap=False)
+    n_bytes = 2 * sum(l.params for l in layers)
+    assert tl.total == pytest.approx(0.1 + 2 * n_bytes * 7 / 8 / 1e10)

@@ -132,3 +132,69 @@ def test_schedule_figure_shows_the_linear_warmup_on_linear_axes():
     ramp = x < 2
     assert np.allclose(np.diff(y[ramp]), np.diff(y[ramp])[0]), "the warm-up is a straight line"
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# ---- behaviour pinned down by mutation testing
+# --------------------------------------------------------------------------
+
+def test_schedule_inputs_are_checked():
+    with pytest.raises(ValueError, match="positive int"):
+        linear_scaling_lr(True)                                       # a bool is not a batch size
+    with pytest.raises(ValueError, match="base_lr > 0"):
+        linear_scaling_lr(256, base_lr=0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        warmup_lr(-1, 1.0, 5, 0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="start_lr <= target_lr"):    # the torch twins check as ours do
+        torch_warmup_scheduler(opt, 1.0, 5, 2.0)
+    with pytest.raises(ValueError, match="after the warm-up"):
+        torch_goyal_scheduler(opt, 1.0, 10, 0.1, milestones=(5,))
+
+
+def test_a_milestone_may_fall_where_the_warmup_ends():
+    # a decay right at the end of the warm-up (milestone == warmup_steps) is allowed, and torch agrees
+    ours = [goyal_lr(t, 2.0, 5, 0.2, milestones=(5, 8)) for t in range(12)]
+    theirs = _torch_lrs(lambda opt: torch_goyal_scheduler(opt, 2.0, 5, 0.2, milestones=(5, 8)), 2.0, 12)
+    assert ours == pytest.approx(theirs, rel=1e-9)
+    assert ours[4] == pytest.approx(0.2 + 1.8 * 4 / 5) and ours[5] == pytest.approx(0.2)
+
+
+@pytest.fixture(scope="module")
+def few_digits(digits):
+    """256 training images: enough to tell two runs apart, fast enough for a unit test."""
+    return digits._replace(x_train=digits.x_train[:256], y_train=digits.y_train[:256])
+
+
+def test_train_digits_start_lr_default_and_cap(few_digits):
+    kw = dict(batch=64, lr=0.4, epochs=2, warmup_epochs=1, data=few_digits)
+    default = train_digits(**kw)
+    assert default == train_digits(**kw, start_lr=0.04), "start_lr defaults to lr / 10"
+    no_warmup = train_digits(64, 0.4, epochs=2, data=few_digits)
+    assert default.train_error != no_warmup.train_error, "the warm-up must change this run"
+    capped = train_digits(**kw, start_lr=1.0)                        # above lr: lowered to lr, no ramp
+    assert (capped.train_error, capped.test_error) == (no_warmup.train_error, no_warmup.test_error)
+
+
+def test_test_error_is_measured_on_the_test_images(digits):
+    # relabel the test set (every label + 1): a model that learned the digits gets it mostly wrong
+    shifted = digits._replace(y_test=(digits.y_test + 1) % 10)
+    run = train_digits(256, 0.8, epochs=3, data=shifted)
+    assert run.train_error < 0.5 and run.test_error > 0.5, run
+
+
+def test_a_second_scheduler_on_the_same_optimizer_is_refused():
+    """A re-run cell that attaches a second LinearLR would compound the two start factors: the
+    warm-up would start at start_lr**2 / target_lr (here 0.01 instead of 0.1)."""
+    for attach_first in (lambda opt: torch_warmup_scheduler(opt, 1.0, 4, 0.1),
+                         lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        attach_first(opt)
+        for make in (lambda: torch_warmup_scheduler(opt, 1.0, 4, 0.1),
+                     lambda: torch_goyal_scheduler(opt, 1.0, 4, 0.1, milestones=(6,)),
+                     lambda: torch_goyal_scheduler(opt, 1.0, 0, 1.0, milestones=(6,))):
+            with pytest.raises(ValueError, match="already has a learning-rate scheduler"):
+                make()
+    # a fresh optimizer for the second scheduler gives warmup_lr's rates again
+    assert _torch_lrs(lambda opt: torch_warmup_scheduler(opt, 1.0, 4, 0.1), 1.0, 6) == pytest.approx(
+        [warmup_lr(t, 1.0, 4, 0.1) for t in range(6)], rel=1e-12)

@@ -205,3 +205,51 @@ def test_a_child_forked_while_the_lock_is_held_still_works(monkeypatch):
         pytest.skip("this platform cannot fork")
     monkeypatch.setenv("COURSE_LIB_THREADS", "2")
     _assert_a_forked_child_splits(threads._lock)   # as if another thread were inside _executor at fork time
+
+
+# ---- behaviour pinned down by mutation testing
+
+def test_a_slice_may_split_twice_inline(monkeypatch):
+    """After a nested pass returns, the slice is still inside one: a second nested pass
+    must run inline too (not be handed to the pool, whose only thread may be this one)."""
+    monkeypatch.setenv("COURSE_LIB_THREADS", "2")
+    out = np.zeros((4, 4))
+
+    def inner_rows(s: slice) -> None:
+        for _ in range(2):
+            def cells(t: slice, rows=s) -> None:
+                out[rows, t] += 1
+            for_each_slice(cells, 4, 1 << 40)
+    _in_a_thread(lambda: for_each_slice(inner_rows, 4, 1 << 40))
+    np.testing.assert_array_equal(out, 2)
+
+
+def test_default_caps_many_cores_at_eight(monkeypatch):
+    monkeypatch.delenv("COURSE_LIB_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert num_threads() == threads.MAX_THREADS == 8
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert num_threads() == 3
+
+
+def test_the_pool_follows_a_changed_thread_count(monkeypatch):
+    """The pool is made again when COURSE_LIB_THREADS changes: num_threads() - 1 helpers."""
+    for count in (3, 2, 4):
+        monkeypatch.setenv("COURSE_LIB_THREADS", str(count))
+        _split_all_at_once(count)            # needs count - 1 helper threads at once, else it times out
+        assert threads._pool_workers == count - 1
+
+
+def test_the_callers_exception_wins_over_a_helpers(monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_THREADS", "3")
+
+    def fn(s: slice) -> None:
+        raise (KeyError if s.start == 0 else ValueError if s.start == 1 else OSError)(f"slice {s.start}")
+    with pytest.raises(KeyError, match="slice 0"):
+        for_each_slice(fn, 3, 1 << 40)
+
+    def helpers_only(s: slice) -> None:
+        if s.start:
+            raise (ValueError if s.start == 1 else OSError)(f"slice {s.start}")
+    with pytest.raises(ValueError, match="slice 1"):                 # the first slice's, in order
+        for_each_slice(helpers_only, 3, 1 << 40)

@@ -6,7 +6,9 @@ A collective is a sequence of *steps*. In each step every rank calls
     sends : list of (dst, start, stop)   send ``endpoint.buffer[start:stop]`` to rank dst
     recvs : list of (src, count)         receive ``count`` elements from rank src
 
-and gets back one read-only array per receive, valid until its next ``step``.
+and gets back one array per receive, valid until its next ``step``: treat it as
+read-only (the shared-memory transport's arrays are the sender's memory and are
+marked read-only; the pipe transport's are private scratch buffers).
 At most one message per (src, dst) pair per step. The contract that makes
 zero-copy possible: a region you sent in step k stays unchanged until your
 step k + 1 has returned (the receiver may still be reading it); after a
