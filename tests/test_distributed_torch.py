@@ -6,8 +6,10 @@ import time
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
 
-from course_lib.distributed import CollectiveError, allreduce
+from course_lib.distributed import CollectiveError, allreduce, torch_dist
 from course_lib.distributed.torch_dist import (ddp_linear_worker, default_backend, failing_worker, launch_torch,
                                                linear_reference, torch_allreduce)
 
@@ -94,3 +96,42 @@ def test_sweep_reports_bandwidths_and_checks_results():
         assert r["identical"] and r["max_error"] < 1e-5 and r["time"] > 0
         assert r["algbw"] == pytest.approx(r["nbytes"] / r["time"]) and r["busbw"] == pytest.approx(r["algbw"])
     assert len(format_table(rows).splitlines()) == 1 + len(rows)
+
+
+# ---- behaviour pinned down by mutation testing
+
+@pytest.mark.parametrize("cuda, gpus, nccl, expected", [
+    (True, 2, True, "nccl"), (True, 3, True, "nccl"), (True, 1, True, "gloo"),
+    (False, 2, True, "gloo"), (True, 2, False, "gloo"),
+])
+def test_default_backend_wants_nccl_and_one_gpu_per_rank(monkeypatch, cuda, gpus, nccl, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: nccl)
+    assert default_backend(2) == expected
+
+
+def test_launch_torch_spawns_for_nccl_and_passes_the_backend_on(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch_dist, "run_processes",
+                        lambda worker, rank_args, timeout, start_method: calls.append((rank_args, start_method)) or [])
+    launch_torch(failing_worker, 2, args=(0,), backend="nccl")
+    launch_torch(failing_worker, 2, args=(0,), backend="nccl", start_method="forkserver")
+    launch_torch(failing_worker, 2, args=(0,), backend="gloo")
+    assert [method for _, method in calls] == ["spawn", "forkserver", None]   # CUDA cannot fork
+    assert [rank_args[0][2] for rank_args, _ in calls] == ["nccl", "nccl", "gloo"]
+    assert all(len(rank_args) == 2 for rank_args, _ in calls)
+
+
+def test_torch_allreduce_uses_the_default_backend_and_validates_repeats(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch_dist, "default_backend", lambda P: "nccl")
+    monkeypatch.setattr(torch_dist, "launch_torch",
+                        lambda fn, P, args, backend, timeout, start_method: seen.append(backend) or [[0.1, 0.2]] * P)
+    result = torch_allreduce([np.zeros(4, np.float32)] * 3, repeats=2)
+    assert seen == ["nccl"] and result.transport == "nccl"
+    assert np.asarray(result.elapsed).shape == (2, 3)                 # (repeats, P)
+    assert result.nbytes == 4 * 4                                     # N * itemsize of one rank's array
+    with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
+        torch_allreduce([np.zeros(2)] * 2, repeats=0)
+

@@ -6,8 +6,10 @@ import re
 
 import nbformat
 import pytest
+import torch
 
 from conftest import ROOT
+from course_lib import device as course_device
 
 KERNEL = "dlsys-perf"
 
@@ -88,3 +90,45 @@ def test_library_does_not_import_plotting():
             "print(sorted({'matplotlib', 'ipywidgets'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"course_lib (outside viz/) imported {out.stdout.strip()}"
+
+
+# ---- behaviour pinned down by mutation testing
+
+def _fake_accelerators(monkeypatch, cuda: bool, mps: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_get_device_picks_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.delenv(course_device.ENV_VAR, raising=False)
+    _fake_accelerators(monkeypatch, cuda, mps)
+    assert course_device.get_device() == torch.device(expected)
+
+
+def test_course_device_forces_the_choice_and_explains_a_bad_one(monkeypatch):
+    _fake_accelerators(monkeypatch, cuda=True, mps=True)
+    monkeypatch.setenv(course_device.ENV_VAR, " CPU ")       # a GPU machine behaving like a laptop
+    assert course_device.get_device() == torch.device("cpu")
+    monkeypatch.setenv(course_device.ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match="'gpu' is not a device; use cpu, cuda or mps"):
+        course_device.get_device()
+    _fake_accelerators(monkeypatch, cuda=False, mps=False)
+    monkeypatch.setenv(course_device.ENV_VAR, "cuda")
+    with pytest.raises(ValueError, match=r"COURSE_DEVICE=cuda but torch.cuda.is_available\(\) is False"):
+        course_device.get_device()
+
+
+def test_describe_names_the_given_device_and_synchronize_waits_on_the_right_one(monkeypatch):
+    monkeypatch.setenv(course_device.ENV_VAR, "cpu")
+    assert course_device.describe(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+    assert course_device.describe(torch.device("mps")) == "mps"    # the device given, not get_device()'s
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    course_device.synchronize(torch.device("cpu"))
+    assert calls == []
+    course_device.synchronize(torch.device("cuda", 0))
+    course_device.synchronize(torch.device("mps"))
+    assert calls == [("cuda", torch.device("cuda", 0)), ("mps", None)]
+

@@ -8,6 +8,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import ROOT
 from course_lib.grading.build import BEGIN_SOLUTION, build, cell_role, student_notebook
+from course_lib.grading.build import main as build_main
 
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
@@ -119,3 +120,60 @@ def test_solution_notebook_follows_the_format(path):
     text = nbformat.writes(exercise)
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
     assert all(not c.get("outputs") for c in exercise.cells if c.cell_type == "code")
+
+
+# ---- behaviour pinned down by mutation testing
+
+def test_a_block_opened_inside_another_is_rejected():
+    nb = _toy_notebook()
+    nb.cells[1].source = "### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n"
+    with pytest.raises(ValueError, match="line 2: '### BEGIN SOLUTION' inside another block"):
+        student_notebook(nb)
+
+
+def test_a_markdown_answer_becomes_your_answer_here():
+    nb = _toy_notebook()
+    nb.cells.append(new_markdown_cell("Why?\n### BEGIN SOLUTION\nBecause the stride is 2.\n### END SOLUTION",
+                                      metadata=_meta("why", solution=True)))
+    assert student_notebook(nb).cells[-1].source == "Why?\nYOUR ANSWER HERE"
+
+
+def test_a_manually_graded_answer_is_an_answer_not_a_test():
+    """nbgrader's 'manually graded answer' has solution and grade both true: its answer is stubbed."""
+    nb = _toy_notebook()
+    nb.cells.append(new_code_cell("### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION",
+                                  metadata=_meta("essay", solution=True, grade=True, points=1)))
+    assert cell_role(nb.cells[-1]) == "solution"
+    code = student_notebook(nb).cells[-1].source
+    assert "answer = 42" not in code and "raise NotImplementedError(" in code, code
+
+
+def test_build_of_an_empty_solutions_folder_raises_and_deletes_nothing(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "exercises").mkdir()
+    kept = tmp_path / "exercises" / "01.ipynb"
+    kept.write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no notebooks in"):
+        build(tmp_path / "solutions", tmp_path / "exercises")
+    assert kept.exists()
+
+
+def test_build_check_exits_1_when_stale_and_0_when_up_to_date(tmp_path, capsys):
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(_toy_notebook(), tmp_path / "solutions" / "toy.ipynb")
+    folders = [str(tmp_path / "solutions"), str(tmp_path / "exercises")]
+    assert build_main([*folders, "--check"]) == 1
+    assert "out of date: " in capsys.readouterr().out
+    assert build_main(folders) == 0 and (tmp_path / "exercises" / "toy.ipynb").exists()
+    assert build_main([*folders, "--check"]) == 0
+
+
+
+def test_build_check_writes_nothing(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(_toy_notebook(), tmp_path / "solutions" / "toy.ipynb")
+    (tmp_path / "exercises").mkdir()
+    stale = tmp_path / "exercises" / "toy.ipynb"
+    stale.write_text("{}")
+    assert build(tmp_path / "solutions", tmp_path / "exercises", check=True) == [stale]
+    assert stale.read_text() == "{}"

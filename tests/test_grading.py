@@ -18,6 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+import types
+from itertools import chain, repeat
 from pathlib import Path
 
 import nbformat
@@ -160,7 +162,9 @@ def write_submissions(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for student, nb in fake_submissions().items():
         path = folder / f"{student}.ipynb"
-        path.write_text(nb if isinstance(nb, str) else nbformat.writes(nb))
+        # json, not nbformat.writes: the duplicated cell keeps its id on disk, as in a file
+        # edited by hand, so the grader's own reading must repair it
+        path.write_text(nb if isinstance(nb, str) else json.dumps(nb, indent=1))
     (folder / "erin" / "work").mkdir(parents=True)
     nbformat.write(fake_submissions()["perfect"], folder / "erin" / "work" / f"{EXERCISE}.ipynb")
     (folder / "frank").mkdir()
@@ -442,8 +446,8 @@ def test_files_that_are_not_notebooks_are_submissions_without_a_notebook(tmp_pat
 
 def test_instructor_notebook_is_checked(tmp_path):
     nb = solution_notebook()
-    nb.cells.append(copy.deepcopy(_cell(nb, "test_mul")))
-    nbformat.write(nb, tmp_path / "dup.ipynb")
+    nb.cells.append(copy.deepcopy(_cell(nb, "test_mul")))          # the same cell id too
+    (tmp_path / "dup.ipynb").write_text(json.dumps(nb))
     with pytest.raises(ValueError, match="grade_id used twice"):
         grade.load_instructor(tmp_path / "dup.ipynb")
 
@@ -856,3 +860,256 @@ def test_readme_step_4_describes_the_csv_as_written():
     for kind in grade.FLAG_NOTES:
         assert f"`{kind}" in step, kind
     assert "`patched:NAME` is on the `TOTAL` row" in step
+
+
+# ---- behaviour pinned down by mutation testing
+
+def test_test_cells_mark_the_ones_with_hidden_checks():
+    tests = grade.test_cells(solution_notebook())
+    assert [(t.test_id, t.max_points, t.hidden) for t in tests] == [
+        ("test_add", 1, False), ("test_add_hidden", 2, True), ("test_mul", 3, False)]
+    feedback = grade.feedback_text(grade.Grade("amy", EXERCISE, tests, "graded"))
+    assert "test_add_hidden (includes hidden checks)" in feedback and "test_mul (includes" not in feedback, feedback
+
+
+def test_score_tells_an_assertion_from_another_exception():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    runs = _synthetic_runs(nb, test__test_add=execute.CellRun("error", "NameError", "name 'add' is not defined"),
+                           test__test_mul=execute.CellRun("error", "AssertionError", "mul(full(2, 3), 2)"))
+    tests = grade.test_cells(solution_notebook())
+    assert grade.score(nb, runs, tests, TEST_LIMITS)[0] == "graded"
+    assert [(t.status, t.points, t.detail) for t in tests] == [
+        ("error", 0, "NameError: name 'add' is not defined"), ("passed", 2, ""),
+        ("failed", 0, "AssertionError: mul(full(2, 3), 2)")]
+
+
+def test_stop_detail_names_the_limit_that_was_hit():
+    cell, limits = _cell(solution_notebook(), "mul"), Limits(cell=7, notebook=99)
+    assert grade._stop_detail(execute.CellRun("timeout", limit="cell"), cell, limits) == \
+        "cell 'mul' ran past the 7 s cell time limit; the tests after it score 0"
+    assert grade._stop_detail(execute.CellRun("timeout", limit="notebook"), cell, limits) == \
+        "cell 'mul' ran past the 99 s notebook time limit; the tests after it score 0"
+
+
+def test_secret_lines_leave_out_what_students_see_short_lines_and_numbers():
+    nb = solution_notebook()
+    shown = _cell(nb, "test_add").source.splitlines()[1]          # a visible test, repeated in a hidden block
+    _cell(nb, "test_mul").source += ("\n### BEGIN HIDDEN TESTS\n" + "\n".join(
+        [shown, "assert ok(1)", "assert ok()", "[1.5, 2.5, 3.5, 4.5]"]) + "\n### END HIDDEN TESTS")
+    secrets = grade.secret_lines(nb)
+    assert "assert ok(1)" in secrets                                # 12 characters: long enough to give away
+    assert "assert ok()" not in secrets and "[1.5, 2.5, 3.5, 4.5]" not in secrets
+    assert shown not in secrets, "a line the students' copy shows anyway is no secret"
+
+
+def test_withhold_hides_a_message_with_no_exception_name_and_sees_through_whitespace():
+    secrets = grade.secret_lines(solution_notebook())
+    assert grade.withhold("### BEGIN HIDDEN TESTS\nassert x", secrets) == grade.WITHHELD
+    assert grade.withhold("AssertionError: look\n    return   np.multiply(a, b)", secrets) == \
+        f"AssertionError: {grade.WITHHELD}"
+
+
+def test_details_are_squashed_and_cut_to_max_detail():
+    assert grade._short("a\n   b") == "a b"
+    long = grade._short("word " * 200)
+    assert len(long) == grade.MAX_DETAIL and long.endswith("...")
+
+
+def test_grade_all_and_the_cli_refuse_bad_arguments_before_running_anything(tmp_path, capsys):
+    with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
+        grade_all(tmp_path / "nope.ipynb", tmp_path, jobs=0)
+    nb = solution_notebook()
+    nb.cells = [c for c in nb.cells if not submission.grade_id(c) or not submission.grade_id(c).startswith("test_")]
+    nbformat.write(nb, tmp_path / "no_tests.ipynb")
+    with pytest.raises(ValueError, match="no test cells"):
+        grade.load_instructor(tmp_path / "no_tests.ipynb")
+    (tmp_path / "in").mkdir()
+    assert grade.main([str(tmp_path / "no_tests.ipynb"), str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    assert "error: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_guard_restores_submodules_builtins_and_sys_modules(capsys):
+    import builtins
+
+    import numpy as np
+    import numpy.testing   # noqa: F401  numpy 2 loads it lazily: the snapshot covers loaded modules only
+    snap = guard.take_snapshot(["numpy"])
+    linalg, assert_allclose, real_sorted, numpy_module = np.linalg, np.testing.assert_allclose, sorted, sys.modules["numpy"]
+    try:
+        np.linalg = types.SimpleNamespace()
+        np.testing.assert_allclose = lambda *a, **k: None
+        builtins.sorted = lambda *a, **k: []
+        sys.modules["numpy"] = types.ModuleType("numpy")
+        changed = guard.check_and_restore(snap)
+        restored = (np.linalg, np.testing.assert_allclose, builtins.sorted, sys.modules["numpy"])
+    finally:
+        np.linalg, np.testing.assert_allclose, builtins.sorted = linalg, assert_allclose, real_sorted
+        sys.modules["numpy"] = numpy_module
+    assert sorted(changed) == ["builtins.sorted", "numpy.linalg", "numpy.testing.assert_allclose",
+                               "sys.modules['numpy']"]
+    assert restored == (linalg, assert_allclose, real_sorted, numpy_module)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"course_kit_guard": changed}
+    with pytest.raises(RuntimeError, match="no snapshot"):
+        guard.check_and_restore({})
+
+
+def test_guard_restores_ipythons_cell_transformers(monkeypatch):
+    names = ("input_transformers_cleanup", "input_transformers_post", "ast_transformers")
+    shell = types.SimpleNamespace(**{name: [] for name in names})
+    monkeypatch.setattr(guard, "get_ipython", lambda: shell, raising=False)
+    snap = guard.take_snapshot([])
+    for name in names:
+        getattr(shell, name).append(lambda lines: ["assert True"])
+    assert guard.check_and_restore(snap, emit=False) == [f"IPython {name}" for name in names]
+    assert [getattr(shell, name) for name in names] == [[], [], []]
+
+
+def test_forget_volatile_stops_tracking_only_what_already_changed():
+    import numpy as np
+    snap = guard.take_snapshot(["numpy"])
+    original = np.allclose
+    try:
+        np.allclose = lambda *a, **k: True      # as the kernel rebinds builtins.input for each request
+        assert guard.forget_volatile(snap) == ["numpy.allclose"]
+        assert guard.check_and_restore(snap, emit=False) == []
+        np.isclose, isclose = None, np.isclose
+        assert guard.check_and_restore(snap, emit=False) == ["numpy.isclose"] and np.isclose is isclose
+    finally:
+        np.allclose = original
+
+
+def test_test_modules_ignores_answer_cells_and_relative_imports():
+    nb = solution_notebook()
+    _cell(nb, "add").source = "import json\n" + _cell(nb, "add").source
+    _cell(nb, "test_mul").source = "from . import sibling\nfrom os import path\n" + _cell(nb, "test_mul").source
+    assert execute.test_modules(nb) == ["numpy", "os", "sys", "warnings"]
+
+
+def test_kernel_env_keeps_a_chosen_device_and_defaults_to_the_cpu(monkeypatch):
+    monkeypatch.setattr(execute, "_imports_checkout", lambda python_path: True)
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")
+    assert execute.kernel_env()["COURSE_DEVICE"] == "cuda"
+    monkeypatch.delenv("COURSE_DEVICE")
+    env = execute.kernel_env()
+    assert (env["COURSE_DEVICE"], env["MPLBACKEND"]) == ("cpu", "Agg")
+
+
+def test_imports_checkout_is_false_for_another_course_lib(tmp_path):
+    (tmp_path / "course_lib").mkdir()
+    (tmp_path / "course_lib" / "__init__.py").write_text("")
+    assert execute._imports_checkout(str(tmp_path)) is False
+
+
+@pytest.mark.slow
+def test_a_notebook_past_its_deadline_runs_no_further_cell(tmp_path, monkeypatch):
+    """The clock says the notebook's time is up after the first cell: the next one is not started."""
+    clock = chain([0.0, 0.0], repeat(1000.0))
+    monkeypatch.setattr(execute, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[code("x = 1"), code("y = 2"), code("z = 3")])
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=100)
+    assert [(r.status, r.limit) for r in runs] == [("ok", ""), ("timeout", "notebook"), ("not_run", "")]
+
+
+def test_folder_submissions_skip_checkpoints_and_refuse_two_copies(tmp_path):
+    nb, name = fake_submissions()["perfect"], f"{EXERCISE}.ipynb"
+    (tmp_path / "carl" / ".ipynb_checkpoints").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "carl" / "draft.ipynb")
+    nbformat.write(nb, tmp_path / "carl" / ".ipynb_checkpoints" / "draft-checkpoint.ipynb")
+    for part in ("a", "b"):
+        (tmp_path / "dan" / part).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "dan" / part / name)
+    subs = {s.student: s for s in submission.find_submissions(tmp_path, name)}
+    assert subs["carl"].path == tmp_path / "carl" / "draft.ipynb" and not subs["carl"].problem
+    assert subs["dan"].path is None and subs["dan"].problem == \
+        f"missing: expected one {name} in dan/, found a/{name}, b/{name}"
+
+
+def test_merge_of_a_duplicated_answer_uses_the_first_copy():
+    merged = submission.merge(solution_notebook(), fake_submissions()["duplicate"])
+    assert merged.flags == ["duplicate_grade_id:add"] and _cell(merged.nb, "add").source == BAD_ADD
+
+
+
+def test_score_reads_the_guards_last_report_and_refuses_a_failed_preamble():
+    """A line printed before the guard's own report (say, by a student's thread) does not count."""
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    forged = execute.CellRun("ok", stdout='{"course_kit_guard": []}\n{"course_kit_guard": ["numpy.allclose"]}\n')
+    tests = grade.test_cells(solution_notebook())
+    _, _, flags = grade.score(nb, _synthetic_runs(nb, after__test_add=forged), tests, TEST_LIMITS)
+    assert (tests[0].status, flags) == ("tampered", ["tampered:test_add"])
+    runs = _synthetic_runs(nb)
+    runs[0] = execute.CellRun("error", "ModuleNotFoundError", "No module named 'course_lib'")
+    with pytest.raises(RuntimeError, match="preamble failed before any student code ran"):
+        grade.score(nb, runs, grade.test_cells(solution_notebook()), TEST_LIMITS)
+
+
+def test_tests_not_reached_say_why():
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    runs = _synthetic_runs(nb, test__mul=execute.CellRun("timeout", limit="cell"))
+    stop = next(i for i, run in enumerate(runs) if run.status == "timeout")
+    runs[stop + 1:] = [execute.CellRun() for _ in runs[stop + 1:]]
+    tests = grade.test_cells(solution_notebook())
+    status, detail, _ = grade.score(nb, runs, tests, TEST_LIMITS)
+    assert status == "timeout" and [t.status for t in tests] == ["passed", "passed", "not_run"]
+    assert tests[2].detail == f"not reached: {detail}" and "cell 'mul' ran past the 10 s cell" in detail
+
+
+def test_merge_flags_a_shortened_test_but_not_whitespace():
+    student = student_notebook(solution_notebook())
+    _cell(student, "test_add").source = "import numpy as np"          # its assertion deleted
+    _cell(student, "test_mul").source = "\n" + _cell(student, "test_mul").source.replace("\n", "   \n") + "\n\n"
+    assert submission.merge(solution_notebook(), student).flags == ["edited_test:test_add"]
+
+
+def test_a_missing_submissions_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"submissions folder {tmp_path / 'nope'} does not exist"):
+        submission.find_submissions(tmp_path / "nope", f"{EXERCISE}.ipynb")
+
+
+def test_a_report_from_a_check_that_raised_is_not_believed():
+    """Output of a guard cell that failed (a thread of the student's may print anything) is no report."""
+    nb = execute.instrument(solution_notebook(), ["numpy"])
+    raised = execute.CellRun("error", "MemoryError", "", stdout='{"course_kit_guard": []}\n')
+    tests = grade.test_cells(solution_notebook())
+    _, _, flags = grade.score(nb, _synthetic_runs(nb, after__test_add=raised), tests, TEST_LIMITS)
+    assert (tests[0].status, tests[0].points, flags) == ("unverified", 0, ["unverified:test_add"])
+
+
+def test_output_cap_keeps_an_error_past_the_caps_and_restarts_after_a_clear_now():
+    error = _message("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
+    outs, client = _capped_outputs(*[_message("stream", name="stdout", text=f"line {i}\n") for i in range(60)], error)
+    assert len(outs) == execute.MAX_OUTPUTS + 1 and outs[-1]["output_type"] == "error"
+    outs, client = _capped_outputs(_message("stream", name="stdout", text="x" * (2 * MiB)), error)
+    assert [o["output_type"] for o in outs] == ["stream", "error"]
+    client.clear_output(outs, _message("clear_output", wait=False), 0)     # cleared at once
+    client.output(outs, _message("stream", name="stdout", text="after\n"), None, 0)
+    assert _text(outs) == "after\n" and (client.kept_bytes[0], client.dropped_bytes[0]) == (6, 0)
+
+
+@pytest.mark.slow
+def test_a_cell_past_the_cell_limit_stops_with_time_left_in_the_notebook(tmp_path):
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[code("import time\ntime.sleep(20)"), code("y = 2")])
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=1, notebook_timeout=120)
+    assert [(r.status, r.limit) for r in runs] == [("timeout", "cell"), ("not_run", "")]
+
+
+@pytest.mark.slow
+def test_patching_a_lazily_loaded_submodule_is_caught(tmp_path):
+    """numpy loads numpy.testing on first use, so a kernel that has only imported numpy has
+    not loaded it: the guard's snapshot must still cover ``np.testing.assert_allclose``, which
+    the test cell reaches through ``np``, or an answer that replaces it scores full marks."""
+    instructor = solution_notebook()
+    _cell(instructor, "test_add").source = "import numpy as np\nnp.testing.assert_allclose(add(1.0, 2.0), 3.0)"
+    assert "numpy.testing" in execute.test_modules(instructor)
+    nbformat.write(instructor, tmp_path / f"{EXERCISE}.ipynb")
+    (tmp_path / "in").mkdir()
+    cheat = answered(student_notebook(instructor),
+                     add="np.testing.assert_allclose = lambda *a, **k: None\n" + BAD_ADD, mul=GOOD_MUL)
+    nbformat.write(cheat, tmp_path / "in" / "mallory.ipynb")
+    g, = grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=1, limits=TEST_LIMITS)
+    tests = {t.test_id: t for t in g.tests}
+    assert g.flags == ["patched:numpy.testing.assert_allclose"], g.flags
+    assert (tests["test_add"].points, tests["test_add"].status) == (0, "failed"), tests["test_add"]
+    assert (tests["test_mul"].points, tests["test_mul"].status) == (3, "passed")

@@ -77,22 +77,56 @@ class CellRun:
 
 
 def test_modules(nb) -> list[str]:
-    """Modules imported by ``nb``'s test cells (``import a.b``, ``from a.b import c``), sorted."""
-    names = set()
+    """Modules ``nb``'s test cells use, sorted, for the guard's snapshot.
+
+    Those they import (``import a.b``, ``from a.b import c``), and the submodules
+    they reach through an imported name: ``numpy.testing`` for
+    ``np.testing.assert_allclose``. A package may load such a submodule only on
+    first use (numpy loads ``numpy.testing`` lazily), so an answer cell could
+    replace its functions before the snapshot has seen them. A reached name may
+    be an attribute rather than a module; the snapshot skips what does not import.
+    """
+    names, bound, trees = set(), {}, []   # bound: a name any code cell binds -> the module path
     for cell in nb.cells:
-        if cell_role(cell) != "test" or cell.cell_type != "code":
+        if cell.cell_type != "code":
             continue
         try:
             with _AST_LOCK:  # CPython 3.11's parser is not thread-safe (gh-106905)
                 tree = ast.parse(cell.source)
         except SyntaxError:
             continue
+        is_test = cell_role(cell) == "test"
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
+                for alias in node.names:
+                    top = alias.name.split(".")[0]
+                    bound[alias.asname or top] = alias.name if alias.asname else top
+                    if is_test:
+                        names.add(alias.name)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module)
+                bound.update({alias.asname or alias.name: f"{node.module}.{alias.name}"
+                              for alias in node.names if alias.name != "*"})
+                if is_test:
+                    names.add(node.module)
+        if is_test:
+            trees.append(tree)
+    for tree in trees:
+        for node in ast.walk(tree):
+            chain = _attribute_chain(node)
+            if chain and chain[0] in bound:          # np.testing.assert_allclose -> numpy, numpy.testing
+                names.update(".".join([bound[chain[0]], *chain[1:i]]) for i in range(1, len(chain)))
     return sorted(names)
+
+
+def _attribute_chain(node) -> list[str] | None:
+    """``a.b.c`` -> ['a', 'b', 'c']; None for anything but names joined by attributes."""
+    if not isinstance(node, ast.Attribute):
+        return None
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return [node.id, *reversed(parts)] if isinstance(node, ast.Name) else None
 
 
 def _grader_cell(source: str, role: str, test_id: str | None = None):

@@ -52,6 +52,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -353,7 +354,9 @@ def _grade_safely(instructor, sub, exercise, limits, modules) -> Grade:
 
 def load_instructor(solution: Path):
     """The instructor's notebook, checked the way ``make exercises`` checks it."""
-    nb = nbformat.read(solution, as_version=4)
+    with warnings.catch_warnings():  # duplicate cell ids, which nbformat repairs (a copied cell)
+        warnings.simplefilter("ignore", nbformat.warnings.DuplicateCellId)
+        nb = nbformat.read(solution, as_version=4)
     student_notebook(nb)  # raises ValueError on duplicated grade ids or unpaired markers
     if not test_cells(nb):
         raise ValueError(f"{solution}: no test cells (nbgrader grade: true) to grade")
