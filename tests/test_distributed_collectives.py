@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from functools import partial
 from multiprocessing import shared_memory
@@ -34,6 +33,7 @@ from course_lib.distributed.runner import AllreduceResult, check_arrays
 from course_lib.distributed.transport import PipeTransport, ShmTransport
 from course_lib.distributed.workers import data_parallel_least_squares, least_squares_reference
 from procfs import kill_left, still_alive, wait_for_workers
+from threadrun import in_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 IS_LINUX = sys.platform.startswith("linux")
@@ -418,24 +418,6 @@ class _SlowAfterBarrier:
         time.sleep(self.pause)
 
 
-def _in_threads(*fns, timeout=20.0):
-    """Run fns[i]() in thread i; return their results, re-raise the first error, fail on a hang."""
-    results, errors = [None] * len(fns), [None] * len(fns)
-
-    def run(i):
-        try:
-            results[i] = fns[i]()
-        except BaseException as exc:         # noqa: BLE001 (handed back to the test)
-            errors[i] = exc
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), f"still running after {timeout} s: a hang"
-    return results, errors
-
-
 def _shm_pair(capacity, dtype=np.float32, timeout=10.0, slow_rank=1):
     transport = ShmTransport(2, capacity, dtype, timeout=timeout)
     eps = [transport.endpoint(0), transport.endpoint(1)]
@@ -471,7 +453,7 @@ def test_shm_a_slow_reader_reads_its_own_step_and_the_fence_protects_the_buffer(
             second = ep1.step(recvs=[(0, 3)])[0].copy()
             ep1.fence()
             return first, second, writeable
-        (_, got), errors = _in_threads(rank0, rank1)
+        (_, got), errors = in_threads(rank0, rank1)
         assert errors == [None, None], errors
         first, second, writeable = got
         np.testing.assert_array_equal(first, [1, 2])
@@ -497,7 +479,7 @@ def test_collectives_fence_before_returning(collective):
                 x = ep.buffer[:6].copy()
             ep.buffer[:] = -1e9                     # the next collective's input
             return x
-        (x0, x1), errors = _in_threads(partial(rank, ep0, 0), partial(rank, ep1, 1))
+        (x0, x1), errors = in_threads(partial(rank, ep0, 0), partial(rank, ep1, 1))
         assert errors == [None, None], errors
         expected = np.full(6, 7.0) if collective == "broadcast" else np.arange(6) * 3.0
         np.testing.assert_array_equal(x0, expected)
@@ -509,7 +491,7 @@ def test_collectives_fence_before_returning(collective):
 def test_shm_a_count_mismatch_is_an_error_not_a_wrong_view():
     transport, (ep0, ep1) = _shm_pair(4, slow_rank=None)
     try:
-        (_, _), errors = _in_threads(lambda: ep0.step(sends=[(1, 0, 3)]), lambda: ep1.step(recvs=[(0, 2)]))
+        (_, _), errors = in_threads(lambda: ep0.step(sends=[(1, 0, 3)]), lambda: ep1.step(recvs=[(0, 2)]))
         assert errors[0] is None
         assert isinstance(errors[1], RuntimeError) and "expected 2 elements from rank 0" in str(errors[1])
         assert "[0:3]" in str(errors[1])
@@ -545,9 +527,9 @@ def test_a_worker_gives_up_on_its_own_timeout():
     shm = ShmTransport(2, 4, np.float32, timeout=0.2)
     ep = shm.endpoint(0)
     try:
-        _, errors = _in_threads(ep.barrier, timeout=10)
+        _, errors = in_threads(ep.barrier, timeout=10)
         assert isinstance(errors[0], TimeoutError) and "rank 1" in str(errors[0])
-        _, errors = _in_threads(lambda: ep.step(sends=[(1, 0, 2)]), timeout=10)
+        _, errors = in_threads(lambda: ep.step(sends=[(1, 0, 2)]), timeout=10)
         assert isinstance(errors[0], TimeoutError)
     finally:
         _close_all(shm, [ep])
@@ -557,9 +539,9 @@ def test_a_worker_gives_up_on_its_own_timeout():
             os.dup(pipe.pipes[0][1][0].fileno())]                 # rank 1's reader: sends block, no EPIPE
     ep = pipe.endpoint(0)
     try:
-        _, errors = _in_threads(lambda: ep.step(recvs=[(1, 3)]), timeout=10)
+        _, errors = in_threads(lambda: ep.step(recvs=[(1, 3)]), timeout=10)
         assert isinstance(errors[0], TimeoutError) and "no data from rank(s) [1]" in str(errors[0])
-        _, errors = _in_threads(lambda: ep.step(sends=[(1, 0, 1 << 20)]), timeout=10)
+        _, errors = in_threads(lambda: ep.step(sends=[(1, 0, 1 << 20)]), timeout=10)
         assert isinstance(errors[0], TimeoutError) and "could not send to rank(s) [1]" in str(errors[0])
     finally:
         for fd in keep:

@@ -168,7 +168,6 @@ def test_build_check_exits_1_when_stale_and_0_when_up_to_date(tmp_path, capsys):
     assert build_main([*folders, "--check"]) == 0
 
 
-
 def test_build_check_writes_nothing(tmp_path):
     (tmp_path / "solutions").mkdir()
     nbformat.write(_toy_notebook(), tmp_path / "solutions" / "toy.ipynb")

@@ -1030,7 +1030,6 @@ def test_merge_of_a_duplicated_answer_uses_the_first_copy():
     assert merged.flags == ["duplicate_grade_id:add"] and _cell(merged.nb, "add").source == BAD_ADD
 
 
-
 def test_score_reads_the_guards_last_report_and_refuses_a_failed_preamble():
     """A line printed before the guard's own report (say, by a student's thread) does not count."""
     nb = execute.instrument(solution_notebook(), ["numpy"])

@@ -14,6 +14,7 @@ import pytest
 
 from course_lib import threads
 from course_lib.threads import for_each_slice, num_threads
+from threadrun import in_threads
 
 
 def _record(n: int, nbytes: int) -> list[tuple[slice, str]]:
@@ -142,19 +143,9 @@ def test_one_pool_serves_every_split(monkeypatch):
 
 def _in_a_thread(target, timeout: float = 20.0) -> None:
     """Run target in a daemon thread; fail (instead of hanging the suite) if it does not finish."""
-    errors = []
-
-    def run():
-        try:
-            target()
-        except BaseException as exc:
-            errors.append(exc)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"still running after {timeout} s: deadlock"
-    if errors:
-        raise errors[0]
+    _, (error,) = in_threads(target, timeout=timeout)
+    if error is not None:
+        raise error
 
 
 def test_a_slice_that_splits_again_runs_inline_instead_of_deadlocking(monkeypatch):
