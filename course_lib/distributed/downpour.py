@@ -15,7 +15,9 @@ Reading order
 2. ``stale_lr`` and ``Shard``: one parameter-server shard. ``Shard.push`` is
    the heart of Downpour: staleness = updates this shard applied since the
    replica fetched, then one optimizer step (``course_lib.optim``'s SGD or
-   Adagrad), optionally with lr / staleness (Gupta et al. 2016).
+   Adagrad), optionally with lr / staleness ("Gupta et al. 2016" in the
+   lecture: Zhang, Gupta, Lian and Liu, "Staleness-aware Async-SGD for
+   Distributed Deep Learning", IJCAI 2016).
 3. ``Replica``: fetch/compute/push bookkeeping, shared by both modes below.
 4. ``simulate``: a seeded, event-driven simulation in virtual time. Replica
    speeds, network delays, replica and shard failures are parameters, so the
@@ -529,7 +531,9 @@ def run_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: i
         for p in shards + replicas:
             p.start()
         while any(p.is_alive() for p in replicas):
-            connection.wait([p.sentinel for p in shards + replicas], timeout=eval_interval)
+            # wake for a child that exits, else every eval_interval; a dead child's sentinel
+            # stays ready, so waiting on it too would turn this into a busy loop
+            connection.wait([p.sentinel for p in shards + replicas if p.is_alive()], timeout=eval_interval)
             _check_shards(shards, bounds, counter.value, abort)
             if time.monotonic() - start > timeout:
                 raise TimeoutError(f"Downpour did not finish {total_steps} steps in {timeout} s "

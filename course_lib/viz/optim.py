@@ -175,7 +175,7 @@ def plot_effective_lr(run: dict):
     ax.loglog(steps, run["eta"][:, 0], label="w_1 (flat, small gradients)")
     ax.loglog(steps, run["eta"][:, 1], label="w_2 (steep, large gradients)")
     ax.set_xlabel("step k (log scale)")
-    ax.set_ylabel("effective rate eta_ik = gamma / sqrt(sum dw^2) (log scale)")
+    ax.set_ylabel("eta_ik = gamma / sqrt(sum dw^2) (log scale)")
     ax.set_title(f"Adagrad gives each parameter its own rate (gamma = {run['lr']:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
