@@ -404,3 +404,16 @@ def test_a_stopped_shard_applies_the_pushes_still_in_its_pipes():
 def test_fetch_and_push_periods_must_be_positive(n_fetch, n_push):
     with pytest.raises(ValueError, match="n_fetch and n_push count steps"):
         Replica(0, TinyNet(), np.zeros((4, 64)), np.zeros(4, int), 2, n_fetch, n_push, 0)
+
+
+def test_robustness_figure_draws_every_arm():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from types import SimpleNamespace
+    from course_lib.viz import downpour as viz
+    sweep = {f"arm {i}": [SimpleNamespace(final_loss=0.1 * (i + 1)) for _ in (1, 4)] for i in range(7)}
+    fig = viz.plot_robustness([1, 4], sweep)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels[:7] == list(sweep), "no arm dropped (markers repeat)"
+    plt.close(fig)

@@ -210,6 +210,9 @@ def test_viz_figures_have_titles_and_labels():
         plt.close(fig)
     with pytest.raises(ValueError, match="needs an Adagrad run"):
         viz.plot_effective_lr(runs[0])
+    rotated = viz.run_optimizer("Adagrad", 0.5, 10, angle=45)
+    with pytest.raises(ValueError, match="unrotated bowl.*plot_losses"):       # it would draw the wrong contours
+        viz.plot_trajectories(runs + [rotated])
 
 
 # --------------------------------------------------------------------------

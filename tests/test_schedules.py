@@ -134,6 +134,32 @@ def test_schedule_figure_shows_the_linear_warmup_on_linear_axes():
     plt.close(fig)
 
 
+def test_schedule_figure_takes_small_batches_and_refuses_an_empty_epoch():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib.viz import large_minibatch as viz
+    fig = viz.plot_schedules(batches=(128, 256), iters_per_epoch_at_256=4, epochs=10, warmup_epochs=2,
+                             milestones=(5,))
+    x, y = fig.axes[0].lines[0].get_data()               # kn = 128: 0.05, no warm-up, x0.1 at epoch 5
+    assert len(x) == 80 and y[0] == pytest.approx(0.05) and y[-1] == pytest.approx(0.005)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="kn = 2048 is larger than an epoch"):
+        viz.plot_schedules(batches=(2048,), iters_per_epoch_at_256=4, epochs=10)
+
+
+def test_error_figure_draws_every_arm():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from types import SimpleNamespace
+    from course_lib.viz import large_minibatch as viz
+    arms = {f"arm {i}": [SimpleNamespace(batch=b, test_error=0.1 * i) for b in (8, 16)] for i in range(5)}
+    fig = viz.plot_error_vs_batch(arms, 8, 0.05)
+    assert fig.axes[0].get_legend_handles_labels()[1] == list(arms), "no arm dropped (markers repeat)"
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------
 # ---- behaviour pinned down by mutation testing
 # --------------------------------------------------------------------------

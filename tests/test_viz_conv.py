@@ -72,7 +72,8 @@ def torch_output_width(W, F_, P, S):
 def test_explorer_sliders_drive_the_report(capsys):
     box = viz.output_size_explorer(W=7, F=3, P=0, S=1)
     printed = capsys.readouterr().out
-    assert printed.strip() == viz.output_size_report(7, 3, 0, 1).strip()  # initial rendering
+    from course_lib.viz import INITIAL_NOTE                     # initial rendering, marked as such
+    assert printed.strip() == INITIAL_NOTE + "\n" + viz.output_size_report(7, 3, 0, 1).strip()
     assert "5 x 5 x 8" in box.report.value
     box.sliders["S"].value = 3                      # the non-integer case
     assert "ValueError" in box.report.value and "2.33" in box.report.value

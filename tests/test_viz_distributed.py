@@ -88,7 +88,8 @@ def test_cost_table_and_report_show_the_numbers():
 
 def test_cost_explorer_sliders_drive_the_report(capsys):
     box = viz.cost_explorer(N=1000, P=4)
-    assert capsys.readouterr().out.strip() == viz.cost_report(1000, 4).strip()   # initial rendering
+    from course_lib.viz import INITIAL_NOTE                     # initial rendering, marked as such
+    assert capsys.readouterr().out.strip() == INITIAL_NOTE + "\n" + viz.cost_report(1000, 4).strip()
     box.sliders["P"].value = 8
     assert "ratio PS / ring = 8.00" in box.report.value
     box.sliders["N"].value = 100
@@ -164,7 +165,8 @@ def test_stepper_prints_its_start_and_follows_the_slider(capsys):
     trace = _trace(P=4, N=9)
     box = viz.ring_stepper(trace)
     out = capsys.readouterr().out
-    assert out.strip() == viz.ring_state_text(trace, 0).strip()
+    from course_lib.viz import INITIAL_NOTE
+    assert out.strip() == INITIAL_NOTE + "\n" + viz.ring_state_text(trace, 0).strip()
     first = box.image.value
     assert first[:4] == b"\x89PNG"
     box.slider.value = 6
@@ -238,3 +240,5 @@ def test_backward_timeline_and_losses_are_labelled():
     fig = viz.plot_ddp_losses([2.3, 2.2, 2.0], {"rank 0": [2.3, 2.2, 2.0]})
     _labelled(fig)
     assert len(fig.axes[0].lines) == 2
+    fig = viz.plot_ddp_losses([2.3, 2.2], {f"rank {r}": [2.3, 2.2] for r in range(3)})
+    assert "DDP over 3 processes" in fig.axes[0].get_title()

@@ -27,6 +27,7 @@ import numpy as np
 
 from course_lib.conv import (_conv_geometry, _unfold_batched, _windows, conv2d, conv2d_im2col,
                              conv2d_naive, conv_output_size, conv_param_count, im2col)
+from course_lib.viz import print_initial
 
 
 # --------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def output_size_explorer(W: int = 7, F: int = 3, P: int = 0, S: int = 1, D1: int
     box = widgets.VBox([widgets.HBox(list(sliders.values())[:3]),
                         widgets.HBox(list(sliders.values())[3:]), report])
     box.sliders, box.report = sliders, report
-    print(output_size_report(W, F, P, S, D1, K))
+    print_initial(output_size_report(W, F, P, S, D1, K))
     return box
 
 

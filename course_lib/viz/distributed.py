@@ -27,6 +27,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from course_lib.distributed.cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_time,
                                          ring_bytes_per_rank, ring_time)
+from course_lib.viz import print_initial
 
 # A 1 GB/s link with 50 us latency: about what two processes see on one machine
 # (NOTES: gloo over loopback reaches 0.65 to 0.94 GB/s busbw at 64 MiB).
@@ -108,7 +109,7 @@ def cost_explorer(N: int = 61_706, P: int = 4, itemsize: int = 4):
     update()
     box = widgets.VBox([*sliders.values(), report])
     box.sliders, box.report = sliders, report
-    print(cost_report(N, P, itemsize))
+    print_initial(cost_report(N, P, itemsize))
     return box
 
 
@@ -335,7 +336,7 @@ def ring_stepper(trace):
     update()
     box = widgets.VBox([slider, image, report])
     box.slider, box.image, box.report = slider, image, report
-    print(ring_state_text(trace, 0))
+    print_initial(ring_state_text(trace, 0))
     plot_ring_step(trace, 0)
     plt.show()
     return box
@@ -381,7 +382,7 @@ def plot_duplex(world_size: int = 4):
                     color="tab:orange" if kind == "send" else "tab:blue",
                     label=kind if r == 0 else None)
         ax.set_xlim(0, 3.2)
-        ax.set_xlabel("time (chunk transfer times N/(P*bandwidth))")
+        ax.set_xlabel("time (chunk transfer times: bytes of one chunk / bandwidth)")
         ax.set_title(f"{mode}: the step takes {max(end for *_, end in rows):g}")
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_yticks(range(world_size))
@@ -495,7 +496,7 @@ def plot_ddp_losses(single_losses, ddp_losses: dict):
         ax.plot(steps, losses, "--", label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("mean cross-entropy over the global batch (nats)")
-    ax.set_title("LeNet-5 on the digits: DDP over 2 processes vs one process")
+    ax.set_title(f"LeNet-5 on the digits: DDP over {len(ddp_losses)} processes vs one process")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -9,6 +9,8 @@ Tested in ``tests/test_downpour.py``.
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyBboxPatch
@@ -106,7 +108,7 @@ def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
 def plot_robustness(replicas, sweep: dict):
     """Final training loss against the number of replicas, one line per arm."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (label, runs), marker in zip(sweep.items(), "osd^v"):
+    for (label, runs), marker in zip(sweep.items(), itertools.cycle("osd^v")):
         ax.plot(replicas, [r.final_loss for r in runs], marker + "-", label=label)
     ax.axhline(np.log(10), color="0.5", ls=":", label="chance: log 10 = 2.30")
     ax.set_xscale("log", base=2)

@@ -8,6 +8,8 @@ Tested in ``tests/test_schedules.py``.
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -21,7 +23,9 @@ def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200,
     """Goyal et al.'s whole schedule for several minibatch sizes: lr against epoch.
 
     Each curve warms up linearly from 0.1 to 0.1 * kn / 256 over the first
-    ``warmup_epochs``, then drops x0.1 at each milestone epoch.
+    ``warmup_epochs`` (kn <= 256: no warm-up), then drops x0.1 at each
+    milestone epoch. An epoch is ``iters_per_epoch_at_256 * 256 // kn`` whole
+    iterations.
     The log y-axis bends the linear warm-up into a curve, so an inset shows the
     first ``2 * warmup_epochs`` epochs on linear axes: the ramp is a straight line.
     """
@@ -29,10 +33,14 @@ def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200,
     inset = ax.inset_axes([0.14, 0.1, 0.28, 0.3]) if warmup_epochs else None   # lower left: empty there
     for kn in batches:
         per_epoch = iters_per_epoch_at_256 * 256 // kn                 # bigger batch, fewer iterations
+        if per_epoch < 1:                                              # (whole ones, as with drop_last)
+            raise ValueError(f"kn = {kn} is larger than an epoch ({iters_per_epoch_at_256} iterations "
+                             f"of 256 = {iters_per_epoch_at_256 * 256} examples): no whole iteration per epoch")
         steps = np.arange(epochs * per_epoch)
         target = linear_scaling_lr(kn)
         warm = warmup_epochs * per_epoch if target > 0.1 else 0
-        lr = [goyal_lr(int(t), target, warm, 0.1, tuple(m * per_epoch for m in milestones)) for t in steps]
+        lr = [goyal_lr(int(t), target, warm, min(0.1, target), tuple(m * per_epoch for m in milestones))
+              for t in steps]                                  # kn < 256: no warm-up, a lower start
         line, = ax.plot(steps / per_epoch, lr, label=f"kn = {kn}: peak {target:g}")
         if inset is not None:
             first = steps < 2 * warmup_epochs * per_epoch
@@ -55,7 +63,7 @@ def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200,
 def plot_error_vs_batch(arms: dict, base_batch: int, base_lr: float):
     """Test error against global minibatch size, one line per arm of the sweep."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (label, runs), marker in zip(arms.items(), "osd"):
+    for (label, runs), marker in zip(arms.items(), itertools.cycle("osd")):
         ax.plot([r.batch for r in runs], [100 * r.test_error for r in runs], marker + "-", label=label)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="global minibatch size kn (log scale)", ylabel="test error (%)", ylim=(0, 100),

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from course_lib.optim import SGD, Adagrad
+from course_lib.viz import print_initial
 
 CURVATURES = np.array([0.5, 25.0])
 START = np.array([-4.0, 1.5])
@@ -130,12 +131,21 @@ def gamma_explorer(gamma: float = 0.5, steps: int = 50):
     update()
     box = widgets.VBox([slider, report])
     box.slider, box.report = slider, report
-    print(adagrad_report(gamma, steps))
+    print_initial(adagrad_report(gamma, steps))
     return box
 
 
 def plot_trajectories(runs: list[dict]):
-    """The bowl's contour lines and each run's path from the start to (near) the minimum."""
+    """The bowl's contour lines and each run's path from the start to (near) the minimum.
+
+    Draws the unrotated bowl (angle 0), so it refuses rotated runs, whose
+    paths live on other contours: plot those with ``plot_losses``.
+    """
+    rotated = [run["name"] for run in runs if run.get("angle", 0)]
+    if rotated:
+        raise ValueError(f"plot_trajectories draws the unrotated bowl, but {rotated} ran on a rotated "
+                         f"one (angle != 0): their paths would lie on other contours; compare them "
+                         f"with plot_losses instead")
     w1, w2 = np.meshgrid(np.linspace(-4.5, 4.5, 200), np.linspace(-2, 2, 200))
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.contour(w1, w2, loss(np.stack([w1, w2], axis=-1)), levels=np.geomspace(0.01, 60, 14),

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from course_lib.pooling import max_pool2d, max_pool2d_backward, pool_output_shape
+from course_lib.viz import print_initial
 
 
 def pooling_report(x: np.ndarray, kernel_size: int, stride: int, C: int = 6,
@@ -74,7 +75,7 @@ def pooling_explorer(x: np.ndarray, kernel_size: int = 2, stride: int = 2):
     update()
     box = widgets.VBox([widgets.HBox(list(sliders.values())), report])
     box.sliders, box.report = sliders, report
-    print(pooling_report(x, kernel_size, stride))
+    print_initial(pooling_report(x, kernel_size, stride))
     return box
 
 

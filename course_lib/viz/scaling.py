@@ -16,6 +16,7 @@ import numpy as np
 
 from course_lib.scaling import (IMAGENET_AT_SCALE, POWERAI_CAFFE, POWERAI_MODEL, POWERAI_TORCH,
                                 Timeline, modelled_efficiency, resnet50_layers, what_if)
+from course_lib.viz import print_initial
 
 
 def plot_powerai(with_model: bool = True):
@@ -108,7 +109,7 @@ def what_if_explorer(comm_over_compute: float = 0.2, nodes: int = 64):
     update()
     box = widgets.VBox([widgets.HBox([ratio, n]), report])
     box.ratio, box.nodes, box.report = ratio, n, report
-    print(what_if_report(comm_over_compute, nodes))
+    print_initial(what_if_report(comm_over_compute, nodes))
     return box
 
 
