@@ -129,6 +129,19 @@ def test_figures_have_titles_and_labels(data):
         assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
         assert fig.axes[0].get_ylabel()
         plt.close(fig)
+    assert figs[2].axes[0].get_xlabel() == "step (each: 4 workers x 16 images)"
+    two = train_compressed(TinyNet(), data, "dense", world_size=2, batch=8, steps=10, eval_every=5)
+    fig = viz.plot_training({"2 x 8": two})
+    assert fig.axes[0].get_xlabel() == "step (each: 2 workers x 8 images)", "the label follows the run"
+    plt.close(fig)
+    silent = train_compressed(TinyNet(), data, "threshold", tau=1e9, error_feedback=False, steps=10,
+                              eval_every=5)                # sends nothing: 0 bytes
+    assert silent.bytes_per_worker_step == 0
+    fig = viz.plot_bytes_vs_error({"silent": silent, **runs})
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog" and "0: nothing sent" in ax.get_xlabel()
+    assert ax.get_xlim()[0] <= 0 <= ax.get_xlim()[1], "the 0-byte run is on the axis, not lost off a log scale"
+    plt.close(fig)
 
 
 def test_coinciding_ps_curves_stay_distinguishable():

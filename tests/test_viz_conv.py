@@ -217,7 +217,10 @@ def test_memory_blow_up_is_kernel_area_over_stride_squared_with_same_padding():
     assert rows["ResNet 3x3, 128 ch, S=2"]["ratio"] == pytest.approx(9 / 4)
     text = viz.format_memory(viz.im2col_memory())
     assert "VGG conv1_2" in text and "7056.0" in text  # 64*64*9*224*224*4 bytes in MiB
-    _assert_labelled(viz.plot_im2col_memory(viz.im2col_memory()))
+    fig = viz.plot_im2col_memory(viz.im2col_memory())
+    _assert_labelled(fig)
+    assert "float32" in fig.axes[0].get_xlabel()
+    assert "float64" in viz.plot_im2col_memory(viz.im2col_memory(itemsize=8)).axes[0].get_xlabel()
 
 
 def test_median_seconds_takes_the_median_after_warm_up(monkeypatch):

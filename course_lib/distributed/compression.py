@@ -193,6 +193,8 @@ class CompressedRun:
     test_error: float
     bytes_per_worker_step: float  # mean message size (dense: 4N)
     dense_bytes: int
+    world_size: int               # workers, each with its own minibatch of
+    batch: int                    # this many examples per step
 
 
 def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int = 300,
@@ -242,4 +244,4 @@ def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int =
         if (t + 1) % eval_every == 0 or t + 1 == steps:
             curve.append((t + 1, model.loss(w, x, y)))
     return CompressedRun(scheme, np.array(curve), model.error(w, x_test, y_test), float(np.mean(sent)),
-                         DENSE_ITEMSIZE * w.size)
+                         DENSE_ITEMSIZE * w.size, world_size, batch)

@@ -75,7 +75,12 @@ def plot_training(runs: dict):
     for label, run in runs.items():
         ax.plot(run.curve[:, 0], run.curve[:, 1], "--" if "no feedback" in label else "-", label=label)
     ax.set_yscale("log")
-    ax.set(xlabel="step (each: 4 workers x 16 images)", ylabel="training loss (cross-entropy, log scale)",
+    shapes = {(run.world_size, run.batch) for run in runs.values()}
+    xlabel = "step"
+    if len(shapes) == 1:                                 # the same for every run: say what a step is
+        (workers, batch), = shapes
+        xlabel = f"step (each: {workers} workers x {batch} images)"
+    ax.set(xlabel=xlabel, ylabel="training loss (cross-entropy, log scale)",
            title="Data-parallel SGD with compressed gradients")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -90,8 +95,13 @@ def plot_bytes_vs_error(runs: dict):
                    marker="x" if "no feedback" in label else "o", s=50)
         ax.annotate(label, (run.bytes_per_worker_step, 100 * run.test_error), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set(xlabel="bytes sent per worker per step (log scale)", ylabel="test error (%)",
+    if any(run.bytes_per_worker_step == 0 for run in runs.values()):   # a run that sent nothing would
+        ax.set_xscale("symlog", linthresh=1)                           # vanish from a log axis
+        unit = "bytes sent per worker per step (log scale above 1; 0: nothing sent)"
+    else:
+        ax.set_xscale("log")
+        unit = "bytes sent per worker per step (log scale)"
+    ax.set(xlabel=unit, ylabel="test error (%)",
            title="Bytes saved vs accuracy (o: error feedback, x: without)")
     fig.tight_layout()
     return fig

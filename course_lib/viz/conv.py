@@ -320,7 +320,7 @@ def im2col_memory(layers=REAL_LAYERS, itemsize: int = 4) -> list[dict]:
         cols_bytes = layer.N * layer.C * layer.KH * layer.KW * H_out * W_out * itemsize
         rows.append({"layer": layer.name, "N": layer.N, "input_bytes": input_bytes, "cols_bytes": cols_bytes,
                      "ratio": cols_bytes / input_bytes, "kernel_area": layer.KH * layer.KW,
-                     "stride": layer.S})
+                     "stride": layer.S, "itemsize": itemsize})
     return rows
 
 
@@ -346,7 +346,9 @@ def plot_im2col_memory(rows: list[dict]):
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlim(right=max(r["cols_bytes"] for r in rows) / 2**20 * 30)  # room for the labels
-    ax.set_xlabel("memory, float32 (MiB, log scale)")
+    sizes = sorted({r.get("itemsize", 4) for r in rows})
+    dtypes = ", ".join({2: "float16", 4: "float32", 8: "float64"}.get(s, f"{s}-byte numbers") for s in sizes)
+    ax.set_xlabel(f"memory, {dtypes} (MiB, log scale)")
     batches = sorted({r["N"] for r in rows})
     ax.set_ylabel(f"layer (batch N = {', '.join(map(str, batches))})")
     ax.set_title("im2col copies each pixel up to KH*KW times")
