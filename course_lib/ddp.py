@@ -79,7 +79,7 @@ def global_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.nda
 
 def flat_parameters(model: torch.nn.Module) -> np.ndarray:
     """Every parameter, in ``model.parameters()`` order, as one float64 vector (61,706 for LeNet-5)."""
-    return torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()]).numpy()
+    return torch.cat([p.detach().reshape(-1).cpu().double() for p in model.parameters()]).numpy()
 
 
 class BackwardLog:
@@ -89,6 +89,11 @@ class BackwardLog:
     ``events`` holds tuples ``("grad", name, t)``, ``("allreduce", bucket, names, t)``
     and ``("done", bucket, t)``, in the order they happened. Only steps between
     ``start()`` and ``stop()`` are logged.
+
+    The times are the host's clock when each hook runs. With gloo on the CPU
+    (how the lesson records it) that is when the work happened; under NCCL
+    the hooks run when GPU work is *queued*, so the log would show launch
+    times, not the overlap.
     """
 
     def __init__(self):

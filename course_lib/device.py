@@ -26,13 +26,21 @@ def get_device() -> torch.device:
         if forced == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{ENV_VAR}=cuda but torch.cuda.is_available() is False "
                              f"(torch {torch.__version__}); unset it to fall back to the CPU")
+        if forced == "mps" and not _mps_available():
+            raise ValueError(f"{ENV_VAR}=mps but torch.backends.mps.is_available() is False (MPS needs "
+                             f"an Apple-silicon Mac; torch {torch.__version__}); unset it to fall back to the CPU")
         return torch.device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    """Apple's Metal backend: present in this torch build and usable on this machine."""
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def describe(device: torch.device | None = None) -> str:
@@ -45,8 +53,9 @@ def describe(device: torch.device | None = None) -> str:
     return device.type
 
 
-def synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device | str) -> None:
     """Wait for queued GPU work, so that a timer measures the work and not its launch."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

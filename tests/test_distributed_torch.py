@@ -105,10 +105,13 @@ def test_sweep_reports_bandwidths_and_checks_results():
     (False, 2, True, "gloo"), (True, 2, False, "gloo"),
 ])
 def test_default_backend_wants_nccl_and_one_gpu_per_rank(monkeypatch, cuda, gpus, nccl, expected):
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(dist, "is_nccl_available", lambda: nccl)
     assert default_backend(2) == expected
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")          # a GPU machine told to behave like a laptop
+    assert default_backend(2) == "gloo"
 
 
 def test_launch_torch_spawns_for_nccl_and_passes_the_backend_on(monkeypatch):

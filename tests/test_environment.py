@@ -117,6 +117,11 @@ def test_course_device_forces_the_choice_and_explains_a_bad_one(monkeypatch):
     monkeypatch.setenv(course_device.ENV_VAR, "cuda")
     with pytest.raises(ValueError, match=r"COURSE_DEVICE=cuda but torch.cuda.is_available\(\) is False"):
         course_device.get_device()
+    monkeypatch.setenv(course_device.ENV_VAR, "mps")        # not a Mac: say so now, not at the first .to()
+    with pytest.raises(ValueError, match=r"COURSE_DEVICE=mps but torch.backends.mps.is_available\(\) is False"):
+        course_device.get_device()
+    _fake_accelerators(monkeypatch, cuda=False, mps=True)
+    assert course_device.get_device() == torch.device("mps")
 
 
 def test_describe_names_the_given_device_and_synchronize_waits_on_the_right_one(monkeypatch):
@@ -131,4 +136,6 @@ def test_describe_names_the_given_device_and_synchronize_waits_on_the_right_one(
     course_device.synchronize(torch.device("cuda", 0))
     course_device.synchronize(torch.device("mps"))
     assert calls == [("cuda", torch.device("cuda", 0)), ("mps", None)]
+    course_device.synchronize("cuda:0")                    # a device string, as torch accepts
+    assert calls[-1] == ("cuda", torch.device("cuda", 0))
 

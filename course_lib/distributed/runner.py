@@ -50,7 +50,7 @@ def check_arrays(arrays) -> list[np.ndarray]:
         raise ValueError(f"{len(arrays)} ranks is more than this kit starts ({MAX_WORLD_SIZE}) on one machine")
     for rank, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
-            hint = " (convert a torch tensor with .numpy())" if type(a).__module__.startswith("torch") else ""
+            hint = " (convert a torch tensor with .detach().cpu().numpy())" if type(a).__module__.startswith("torch") else ""
             raise TypeError(f"arrays[{rank}] (rank {rank}'s data) must be a numpy array, got {type(a).__name__}{hint}")
         if a.dtype.kind not in "iuf":
             raise TypeError(f"arrays[{rank}] has dtype {a.dtype}; all-reduce sums integers or floats")

@@ -32,9 +32,16 @@ from .procs import run_processes
 
 
 def default_backend(world_size: int) -> str:
-    """"nccl" when NCCL is built in and there is one GPU per rank, else "gloo"."""
+    """"nccl" when NCCL is built in and there is one GPU per rank, else "gloo".
+
+    ``COURSE_DEVICE=cpu`` (``course_lib.device``) means gloo, as on a laptop.
+    """
     import torch
     import torch.distributed as dist
+
+    from course_lib.device import ENV_VAR
+    if os.environ.get(ENV_VAR, "").strip().lower() == "cpu":
+        return "gloo"
     if torch.cuda.is_available() and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
         return "nccl"
     return "gloo"
@@ -167,18 +174,21 @@ def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int
     from torch.nn.parallel import DistributedDataParallel
 
     from .schedule import chunk_bounds
+    import torch.distributed as dist
+    on_gpu = dist.get_backend() == "nccl"           # NCCL reduces GPU tensors only: one GPU per rank
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     with seeded_torch(seed):                      # the same initial weights on every rank
         linear = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
-    model = DistributedDataParallel(linear)
+    model = DistributedDataParallel(linear.to(device), device_ids=[device] if on_gpu else None)
     a, b = chunk_bounds(len(X), world_size)[rank]
-    X_r, y_r = torch.from_numpy(X[a:b]), torch.from_numpy(y[a:b])       # (n/P, D), (n/P,)
+    X_r, y_r = torch.from_numpy(X[a:b]).to(device), torch.from_numpy(y[a:b]).to(device)   # (n/P, D), (n/P,)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(X_r).squeeze(1), y_r)
         loss.backward()                           # gradients all-reduced (averaged) here, in buckets
         opt.step()
-    return torch.cat([p.detach().reshape(-1) for p in model.module.parameters()]).numpy()
+    return torch.cat([p.detach().reshape(-1) for p in model.module.parameters()]).cpu().numpy()
 
 
 def linear_reference(X: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0) -> np.ndarray:
