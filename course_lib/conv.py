@@ -146,7 +146,7 @@ def _pair(value, name: str, low: int) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _check_array(x, name: str, ndim: int, layout: str) -> np.ndarray:
+def _check_array(x, name: str, ndim: int, layout: str, op: str = "convolution") -> np.ndarray:
     """Return x as an ndarray of a floating dtype and the given ndim, or raise a TypeError/ValueError."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of shape {layout}, got {type(x).__name__}"
@@ -156,7 +156,7 @@ def _check_array(x, name: str, ndim: int, layout: str) -> np.ndarray:
         hint = " (for a single image use x[None])" if name == "x" and x.ndim == ndim - 1 else ""
         raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {x.shape}{hint}")
     if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} has dtype {x.dtype}; convolution needs floating point "
+        raise TypeError(f"{name} has dtype {x.dtype}; {op} needs floating point "
                         f"(use {name}.astype(np.float32)) so that gradients are not truncated")
     return x
 

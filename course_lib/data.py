@@ -3,7 +3,7 @@
 Reading order
 -------------
 1. ``load_digits``: scikit-learn's bundled digits (1,797 real handwritten
-   digits of 8x8 pixels, 16 grey levels; UCI "optdigits"), scaled up and
+   digits of 8x8 pixels, 17 grey levels 0..16; UCI "optdigits"), scaled up and
    padded to LeNet-5's 32x32 input. The default data set of the course.
 2. ``read_idx`` and ``load_mnist``: MNIST from the four standard IDX files,
    when the student already has them (a folder given as ``path`` or in the
@@ -16,8 +16,10 @@ PyTorch expect.
 The resize is bilinear with PyTorch's ``align_corners=False`` rule (each
 output pixel samples the input at its centre), written as two small matrix
 products so that no image library is needed. The 8x8 digit is scaled to 3/4
-of the canvas and centred, as LeCun et al. (1998) centred MNIST's 20x20
-digits in LeNet-5's 32x32 input to leave room at the borders.
+of the canvas (but at least 8 pixels, so a canvas of 10 or less is filled)
+and centred, to leave room at the borders as LeNet-5 does: MNIST's digits,
+at most 20x20 and centred in 28x28, sit in the middle of its 32x32 input
+(LeCun et al. 1998).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class BackwardLog:
 
     def attach(self, ddp) -> None:
         """Hook every parameter of ``ddp.module`` and wrap DDP's all-reduce (the default
-        ``allreduce_hook``: sum, then divide by P) in a hook that logs it."""
+        ``allreduce_hook``: divide by P, then sum with all_reduce) in a hook that logs it."""
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         names = {id(p): name for name, p in ddp.module.named_parameters()}
         for name, p in ddp.module.named_parameters():

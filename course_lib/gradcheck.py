@@ -68,7 +68,8 @@ def check_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, analytic: np
     analytic = np.asarray(analytic, dtype=np.float64)
     err = rel_error(numeric, analytic)
     if not err <= tol:
-        worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(numeric - analytic)), numeric.shape))
+        relative = np.abs(numeric - analytic) / np.maximum(1e-12, np.abs(numeric) + np.abs(analytic))  # as rel_error
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(relative), numeric.shape))
         raise AssertionError(
             f"{name}: relative error {err:.2e} > tol {tol:.0e}; worst element {worst}: "
             f"expected (numerical) {numeric[worst]:.6g}, received (analytic) {analytic[worst]:.6g}")

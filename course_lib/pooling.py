@@ -97,7 +97,7 @@ def max_pool2d_naive(x: np.ndarray, kernel_size, stride=None, padding=0) -> np.n
 
     Parameters and result as ``max_pool2d``.
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
     out = np.empty(x.shape[:2] + (H_out, W_out), dtype=x.dtype)
@@ -133,7 +133,7 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
         the depth C is preserved
     argmax : ndarray, shape (N, C, H_out, W_out), only if return_indices
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)")
+    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
     out = _offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()           # (N, C, H_out, W_out)
@@ -199,8 +199,8 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     -------
     dx : ndarray, shape (N, C, H, W)
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)")
-    dout = _check_array(dout, "dout", 4, "(N, C, H_out, W_out)")
+    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
+    dout = _check_array(dout, "dout", 4, "(N, C, H_out, W_out)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
     if dout.shape != (N, C, H_out, W_out):

@@ -484,3 +484,11 @@ def test_check_gradient_message_names_the_worst_element_and_both_values():
     with pytest.raises(AssertionError, match=r"worst element \(1, 2\): expected \(numerical\) 6, "
                                              r"received \(analytic\) 10$"):
         check_gradient(lambda v: float(np.sum(v * x)), x, analytic, name="g")
+
+
+def test_check_gradient_points_at_the_largest_relative_error_not_the_largest_difference():
+    c = np.array([2000.0, 2e-3])                                # the gradient of sum(c * v)
+    analytic = np.array([2000.5, 6e-3])                         # 0.5 off of 2000, but 3x off at element 1
+    with pytest.raises(AssertionError, match=r"relative error 5\.00e-01 .* worst element \(1,\): "
+                                             r"expected \(numerical\) 0\.002\d*, received \(analytic\) 0\.006$"):
+        check_gradient(lambda v: float(np.sum(c * v)), np.ones(2), analytic, name="g")

@@ -761,3 +761,15 @@ def test_sweep_excludes_the_warm_up_and_reports_errors(monkeypatch):
     assert default_repeats(1 << 30) == 5 and default_repeats(1) == 200
     table = format_table([dict(good, time=1e-3)]).splitlines()
     assert table[1].split()[:4] == ["48", "3", "good", "1000.0"]        # microseconds
+
+
+def test_die_with_parent_starts_no_watcher_on_windows(monkeypatch):
+    """On Windows os.kill(pid, 0) is not a probe: signal 0 is CTRL_C_EVENT, sent to the parent's group."""
+    started, killed = [], []
+    monkeypatch.setattr(procs_module, "set_parent_death_signal", lambda parent_pid: None)
+    from types import SimpleNamespace                 # the module's own view of os, not the real one
+    monkeypatch.setattr(procs_module, "os", SimpleNamespace(name="nt", getppid=os.getppid, _exit=os._exit,
+                                                            kill=lambda pid, sig: killed.append((pid, sig))))
+    monkeypatch.setattr(procs_module.threading, "Thread", lambda *a, **k: started.append(k) or pytest.fail("thread"))
+    procs_module.die_with_parent(os.getpid())
+    assert started == [] and killed == []

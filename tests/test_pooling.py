@@ -291,3 +291,11 @@ def test_argmax_of_the_wrong_shape_is_refused(rng):
     x = rng.standard_normal((1, 1, 4, 4))
     with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 1\); it must match dout \(1, 1, 2, 2\)"):
         max_pool2d_backward(np.ones((1, 1, 2, 2)), x, 2, argmax=np.zeros((1, 1, 1, 1), np.int8))
+
+
+def test_an_integer_input_is_refused_in_pooling_terms():
+    with pytest.raises(TypeError, match="x has dtype int64; max pooling needs floating point"):
+        max_pool2d(np.zeros((1, 1, 4, 4), dtype=np.int64), 2)
+    x = np.zeros((1, 1, 4, 4), dtype=np.float32)
+    with pytest.raises(TypeError, match="dout has dtype int32; max pooling needs floating point"):
+        max_pool2d_backward(np.zeros((1, 1, 2, 2), dtype=np.int32), x, 2)

@@ -11,8 +11,10 @@ Reading order
    returns the message and the new residual e' = c - decompress(message):
    nothing is lost, only delayed.
 
-   * ``sign_compress`` (1-bit quantization; Seide et al. 2014, Karimireddy
-     et al. 2019): send sign(c) and one float, the mean |c|. 1 bit per element.
+   * ``sign_compress`` (1-bit quantization with error feedback, Seide et al.
+     2014, who reconstruct each column from two values; here the scaled sign
+     of Karimireddy et al. 2019, one scale for the whole tensor): send sign(c)
+     and one float, the mean |c|. 1 bit per element.
    * ``threshold_compress`` (Strom 2015): send only the elements with
      |c| >= tau, each as +tau or -tau, packed as a 31-bit index and a sign bit
      (32 bits per element sent).
@@ -24,7 +26,8 @@ Reading order
    compressed, for a ring and for a parameter server (``cost.py``'s
    2N(P-1)/P and 2N(P-1)). A compressed gradient cannot be summed in
    compressed form, so the compressed ring is an *allgather* of everyone's
-   messages: each rank sends its message P - 1 times.
+   messages: each rank sends P - 1 messages (its own, then the others'
+   forwarded round the ring), (P - 1) * m bytes.
 5. ``train_compressed``: data-parallel SGD on P simulated workers, each with
    its own residual, on a small model; used by notebooks/12_gradient_compression.ipynb.
 

@@ -14,7 +14,7 @@ P return values, or raises ``CollectiveError`` naming the rank that failed:
 In every case, in ``finally``, the parent terminates and joins every child
 with a timeout (SIGTERM, then SIGKILL), so no process is left behind. Each
 child dies with its parent (``die_with_parent``: ``prctl(PR_SET_PDEATHSIG)`` on
-Linux, and a thread watching the parent on Linux and macOS), so workers never
+Linux, and a thread watching the parent on Linux and macOS; neither on Windows), so workers never
 outlive a killed notebook kernel. Targets must be functions
 of an importable module (``course_lib``), never of a notebook: under the
 spawn start method a child imports the target by name.
@@ -79,6 +79,8 @@ def die_with_parent(parent_pid: int) -> None:
     server, died). Not on Windows, where neither happens.
     """
     set_parent_death_signal(parent_pid)
+    if os.name == "nt":                                 # there os.kill(pid, 0) would send CTRL_C_EVENT
+        return
     ppid = os.getppid()                                 # the process that started us
 
     def parent_alive() -> bool:

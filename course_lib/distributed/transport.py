@@ -22,7 +22,8 @@ Two transports carry the same steps:
     segments of at most 1 MiB. A persistent sender thread sends while the main
     thread receives, so every rank sends and receives at once (a rank that sends
     its whole message before receiving deadlocks as soon as the message is larger
-    than the pipe's kernel buffer, about 64 KiB). The receiver reads whichever
+    than the pipe's kernel buffer: 64 KiB by default, 1 MiB here where Linux
+    allows it, see ``_grow_pipe``). The receiver reads whichever
     pipe has data (``multiprocessing.connection.wait``), so no order of
     messages can deadlock.
 ``ShmTransport``  every rank's buffer lives in one shared-memory segment that all
