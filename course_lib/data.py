@@ -16,7 +16,7 @@ PyTorch expect.
 The resize is bilinear with PyTorch's ``align_corners=False`` rule (each
 output pixel samples the input at its centre), written as two small matrix
 products so that no image library is needed. The 8x8 digit is scaled to 3/4
-of the canvas (but at least 8 pixels, so a canvas of 10 or less is filled)
+of the canvas (never below 8x8: a canvas of 8 is filled)
 and centred, to leave room at the borders as LeNet-5 does: MNIST's digits,
 at most 20x20 and centred in 28x28, sit in the middle of its 32x32 input
 (LeCun et al. 1998).

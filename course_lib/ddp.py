@@ -263,7 +263,7 @@ def _parse(argv):
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--world-size", type=int, default=2, help="local ranks when not under torchrun")
     parser.add_argument("--backend", default=None, help=(
-        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU, else gloo; "
+        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU and COURSE_DEVICE is not cpu, else gloo; "
         "alone, gloo, to compare with single-process training on the CPU)"))
     return parser.parse_args(argv)
 

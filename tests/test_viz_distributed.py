@@ -241,4 +241,6 @@ def test_backward_timeline_and_losses_are_labelled():
     _labelled(fig)
     assert len(fig.axes[0].lines) == 2
     fig = viz.plot_ddp_losses([2.3, 2.2], {f"rank {r}": [2.3, 2.2] for r in range(3)})
-    assert "DDP over 3 processes" in fig.axes[0].get_title()
+    assert "DDP over P = 3 processes" in fig.axes[0].get_title()
+    fig = viz.plot_ddp_losses([2.3, 2.2], {"rank 0": [2.3, 2.2]}, world_size=4)   # one rank of four shown
+    assert "P = 4" in fig.axes[0].get_title()

@@ -64,7 +64,7 @@ torch.distributed (``from course_lib.distributed.torch_dist import ...``; import
 
     res = torch_allreduce(arrays, backend=None, repeats=1, timeout=120.0)
         same fields as allreduce (bytes_* are zeros: torch does not count them); res.transport
-        is the backend: gloo on CPU, nccl with >= P GPUs
+        is the backend: gloo on CPU, nccl with >= P GPUs (gloo if COURSE_DEVICE=cpu)
     launch_torch(fn, P, args=(...), backend=None) -> [fn(rank, world_size, *args)] * P
         with torch.distributed initialised in each process (fn lives in course_lib)
     ddp_linear_worker(rank, P, X, y, steps, lr) / linear_reference(X, y, steps, lr): DDP on P

@@ -4,7 +4,7 @@
 processes and returns the same ``AllreduceResult`` as ``runner.allreduce``, so
 a notebook or the benchmark can put the two side by side. The backend is
 gloo on CPU (TCP over loopback on one machine) and NCCL when there are at
-least P GPUs (one per rank).
+least P GPUs (one per rank), unless ``COURSE_DEVICE=cpu``.
 
 ``launch_torch(fn, P, args=...)`` starts P processes with the process group
 initialised (rendezvous through a temporary file, no port to choose) and runs

@@ -96,8 +96,10 @@ def plot_bytes_vs_error(runs: dict):
         ax.annotate(label, (run.bytes_per_worker_step, 100 * run.test_error), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     if any(run.bytes_per_worker_step == 0 for run in runs.values()):   # a run that sent nothing would
-        ax.set_xscale("symlog", linthresh=1)                           # vanish from a log axis
-        unit = "bytes sent per worker per step (log scale above 1; 0: nothing sent)"
+        sent = [run.bytes_per_worker_step for run in runs.values() if run.bytes_per_worker_step > 0]
+        ax.set_xscale("symlog", linthresh=min([1.0] + sent) / 2)      # vanish from a log axis; every run
+        #                                                               that sent something stays on its log part
+        unit = "bytes sent per worker per step (log scale; 0: nothing sent)"
     else:
         ax.set_xscale("log")
         unit = "bytes sent per worker per step (log scale)"

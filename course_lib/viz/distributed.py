@@ -487,7 +487,7 @@ def plot_backward_timeline(events: list, title: str = "One backward pass under D
     return fig
 
 
-def plot_ddp_losses(single_losses, ddp_losses: dict):
+def plot_ddp_losses(single_losses, ddp_losses: dict, world_size: int | None = None):
     """Training loss per step: single process vs each DDP rank's global-batch loss."""
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(1, len(single_losses) + 1)
@@ -496,7 +496,8 @@ def plot_ddp_losses(single_losses, ddp_losses: dict):
         ax.plot(steps, losses, "--", label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("mean cross-entropy over the global batch (nats)")
-    ax.set_title(f"LeNet-5 on the digits: DDP over {len(ddp_losses)} processes vs one process")
+    P = len(ddp_losses) if world_size is None else world_size          # default: one curve per rank
+    ax.set_title(f"LeNet-5 on the digits: DDP over P = {P} processes vs one process")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
