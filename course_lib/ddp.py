@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.distributed.schedule import chunk_bounds
-from course_lib.distributed.torch_dist import seeded_torch
+from course_lib.distributed.torch_dist import ddp_on_rank_device, seeded_torch
 from course_lib.lenet import TorchLeNet5
 
 TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
@@ -201,21 +201,16 @@ def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: 
     dict: ``params`` (61706,) float64, ``losses`` (steps,), ``events`` (the recorded step's
     ``BackwardLog``), ``buckets`` (parameter names per bucket, from the log)
     """
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     _check_batch(batch_size, world_size)
     torch.set_num_threads(1)                          # P processes share the cores
-    on_gpu = dist.get_backend() == "nccl"             # NCCL: one GPU per rank, already selected
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    model = _new_model(seed, getattr(torch, dtype)).to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device] if on_gpu else None, bucket_cap_mb=bucket_cap_mb)
+    ddp, _ = ddp_on_rank_device(_new_model(seed, getattr(torch, dtype)), bucket_cap_mb=bucket_cap_mb)
     log = BackwardLog()
     if record_step is not None:
         log.attach(ddp)
     out = train_lenet(ddp, x, y, global_batches(len(x), batch_size, steps, seed), lr=lr, momentum=momentum,
                       rank=rank, world_size=world_size, log=log, record_step=record_step)
     out["events"] = log.events
-    out["params"] = flat_parameters(model)
+    out["params"] = flat_parameters(ddp.module)
     out["buckets"] = [e[2] for e in out["events"] if e[0] == "allreduce"]
     return out
 

@@ -49,12 +49,17 @@ def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray,
     return grad
 
 
-def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest elementwise relative error ``|a - b| / (|a| + |b|)``."""
+def relative_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise relative error ``|a - b| / (|a| + |b|)`` (float64, the shape of a and b)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
-    return float(np.max(np.abs(a - b) / np.maximum(1e-12, np.abs(a) + np.abs(b)), initial=0.0))
+    return np.abs(a - b) / np.maximum(1e-12, np.abs(a) + np.abs(b))
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest elementwise relative error ``|a - b| / (|a| + |b|)``."""
+    return float(np.max(relative_errors(a, b), initial=0.0))
 
 
 def check_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, analytic: np.ndarray,
@@ -66,9 +71,9 @@ def check_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, analytic: np
     """
     numeric = numerical_gradient(f, x, h)
     analytic = np.asarray(analytic, dtype=np.float64)
-    err = rel_error(numeric, analytic)
+    relative = relative_errors(numeric, analytic)
+    err = float(np.max(relative, initial=0.0))                  # rel_error(numeric, analytic)
     if not err <= tol:
-        relative = np.abs(numeric - analytic) / np.maximum(1e-12, np.abs(numeric) + np.abs(analytic))  # as rel_error
         worst = tuple(int(i) for i in np.unravel_index(np.argmax(relative), numeric.shape))
         raise AssertionError(
             f"{name}: relative error {err:.2e} > tol {tol:.0e}; worst element {worst}: "

@@ -39,12 +39,26 @@ def default_backend(world_size: int) -> str:
     import torch
     import torch.distributed as dist
 
-    from course_lib.device import ENV_VAR
-    if os.environ.get(ENV_VAR, "").strip().lower() == "cpu":
-        return "gloo"
-    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
+    from course_lib.device import get_device
+    if get_device().type == "cuda" and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
         return "nccl"
     return "gloo"
+
+
+def ddp_on_rank_device(module, **ddp_kwargs):
+    """Move ``module`` to this rank's device and wrap it in ``DistributedDataParallel``.
+
+    Call it after joining the process group. Under NCCL, which reduces GPU
+    tensors only, the device is this rank's GPU (``_torch_worker`` selected it);
+    under gloo, the CPU. Returns ``(ddp, device)``: inputs go to ``device`` too.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    ddp = DistributedDataParallel(module.to(device), device_ids=[device] if on_gpu else None, **ddp_kwargs)
+    return ddp, device
 
 
 def _torch_worker(rank, world_size, init_file, backend, timeout, fn, args):
@@ -171,15 +185,11 @@ def ddp_linear_worker(rank, world_size, X: np.ndarray, y: np.ndarray, steps: int
     (``linear_reference``). Returns the (1, D) weight and bias, flattened to (D + 1,).
     """
     import torch
-    from torch.nn.parallel import DistributedDataParallel
 
     from .schedule import chunk_bounds
-    import torch.distributed as dist
-    on_gpu = dist.get_backend() == "nccl"           # NCCL reduces GPU tensors only: one GPU per rank
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     with seeded_torch(seed):                      # the same initial weights on every rank
         linear = torch.nn.Linear(X.shape[1], 1, dtype=torch.float64)
-    model = DistributedDataParallel(linear.to(device), device_ids=[device] if on_gpu else None)
+    model, device = ddp_on_rank_device(linear)
     a, b = chunk_bounds(len(X), world_size)[rank]
     X_r, y_r = torch.from_numpy(X[a:b]).to(device), torch.from_numpy(y[a:b]).to(device)   # (n/P, D), (n/P,)
     opt = torch.optim.SGD(model.parameters(), lr=lr)

@@ -346,7 +346,7 @@ def plot_im2col_memory(rows: list[dict]):
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlim(right=max(r["cols_bytes"] for r in rows) / 2**20 * 30)  # room for the labels
-    sizes = sorted({r.get("itemsize", 4) for r in rows})
+    sizes = sorted({r["itemsize"] for r in rows})
     dtypes = ", ".join({2: "float16", 4: "float32", 8: "float64"}.get(s, f"{s}-byte numbers") for s in sizes)
     ax.set_xlabel(f"memory, {dtypes} (MiB, log scale)")
     batches = sorted({r["N"] for r in rows})
