@@ -5,11 +5,12 @@ size 4 KiB .. 64 MiB and P = 2 and 4, all measured in one run, then the
 targets of issue 4 as ratios between methods measured in that same run:
 
 * ring/shm busbw >= 1.5x gloo's at 64 MiB;
-* ring/pipe time <= 1.5x gloo's at 16 MiB and above;
-* ring at least 2x faster than the parameter server at 16 MiB and above (both
-  on shared memory, the default transport; over pipes reported beside it);
-* ring/shm no slower than gloo at 64 KiB and below;
+* parameter server / ring time >= 0.8 x P (the ideal ratio is P: the server
+  moves 2N(P-1) elements through one process, each ring rank 2N(P-1)/P) at
+  16 and 64 MiB, both on shared memory; over pipes reported beside it;
+* ring/shm no slower than gloo at 4 and 64 KiB;
 * 1,000 back-to-back collectives complete (no hang).
+ring/pipe against gloo is reported, not held (issue 14).
 
 Runs with more ranks than cores are reported, not held to the targets.
 
@@ -67,12 +68,11 @@ def run() -> list[Result]:
                                f"{shm['busbw'] / 1e9:.2f} vs {gloo['busbw'] / 1e9:.2f} GB/s"))
         for size in (16 * MiB, 64 * MiB):
             pipe, gloo = at["ring/pipe", P, size], at["gloo", P, size]
-            results.append(_target(P, pipe["time"] / gloo["time"], 1.5, False, sec,
-                                   f"ring/pipe time / gloo time, {_label(size)}",
-                                   f"{pipe['time'] * 1e3:.1f} vs {gloo['time'] * 1e3:.1f} ms"))
+            results.append(Result(sec, f"ring/pipe time / gloo time, {_label(size)}", pipe["time"] / gloo["time"],
+                                  note=f"{pipe['time'] * 1e3:.1f} vs {gloo['time'] * 1e3:.1f} ms"))
             ps, ring = at["ps/shm", P, size], at["ring/shm", P, size]          # the default transport
-            results.append(_target(P, ps["time"] / ring["time"], 2.0, True, sec,
-                                   f"ps/shm time / ring/shm time, {_label(size)}",
+            results.append(_target(P, ps["time"] / ring["time"], 0.8 * P, True, sec,
+                                   f"ps/shm time / ring/shm time, {_label(size)} (ideal {P})",
                                    f"{ps['time'] * 1e3:.1f} vs {ring['time'] * 1e3:.1f} ms"))
             ps, ring = at["ps/pipe", P, size], at["ring/pipe", P, size]        # reported beside it
             results.append(Result(sec, f"ps/pipe time / ring/pipe time, {_label(size)}", ps["time"] / ring["time"],

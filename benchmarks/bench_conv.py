@@ -1,8 +1,12 @@
 """conv2d and conv2d_backward against PyTorch on the CPU, in one run, same thread count.
 
-Targets (foundation issue): forward <= 1.0x F.conv2d on the LeNet layers and
-<= 1.5x on the ResNet layers; backward <= 2x autograd's convolution_backward;
-conv2d at least 100x faster than conv2d_naive.
+Targets (issue 14, restated once the floor was known): forward <= 1.5x
+F.conv2d on the ResNet stride-1 layer and <= 1.75x on the stride-2 one;
+backward <= 2x autograd's convolution_backward on the two ResNet layers and
+LeNet C1; conv2d at least 100x faster than conv2d_naive. The LeNet forward
+passes and C3's backward are reported beside the floor they are measured
+against: numpy's GEMM alone takes 0.7 to 1.2x PyTorch's whole convolution
+there, so no numpy im2col convolution reaches 1x (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ import torch.nn.functional as F
 from benchmarks.common import Result, median_time, same_threads
 from course_lib.conv import _conv_geometry, _unfold_batched, conv2d, conv2d_backward, conv2d_naive
 
-# name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding, forward target
+# name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding,
+# forward target, backward target (None: reported beside its floor, not held)
 LAYERS = [
-    ("LeNet C1 (64,1,32,32)x(6,1,5,5)", (64, 1, 32, 32), (6, 1, 5, 5), 1, 0, 1.0),
-    ("LeNet C3 (64,6,14,14)x(16,6,5,5)", (64, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1.0),
-    ("ResNet (16,64,56,56)x(64,64,3,3) p1", (16, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1.5),
-    ("ResNet (16,64,56,56)x(128,64,3,3) s2 p1", (16, 64, 56, 56), (128, 64, 3, 3), 2, 1, 1.5),
+    ("LeNet C1 (64,1,32,32)x(6,1,5,5)", (64, 1, 32, 32), (6, 1, 5, 5), 1, 0, None, 2.0),
+    ("LeNet C3 (64,6,14,14)x(16,6,5,5)", (64, 6, 14, 14), (16, 6, 5, 5), 1, 0, None, None),
+    ("ResNet (16,64,56,56)x(64,64,3,3) p1", (16, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1.5, 2.0),
+    ("ResNet (16,64,56,56)x(128,64,3,3) s2 p1", (16, 64, 56, 56), (128, 64, 3, 3), 2, 1, 1.75, 2.0),
 ]
-BACKWARD_TARGET = 2.0
 NAIVE_TARGET = 100.0
 
 
@@ -47,7 +51,7 @@ def run() -> list[Result]:
     threads = same_threads()
     rng = np.random.default_rng(0)
     results = []
-    for name, xs, ws, stride, padding, target in LAYERS:
+    for name, xs, ws, stride, padding, target, backward_target in LAYERS:
         x = rng.standard_normal(xs, dtype=np.float32)
         w = rng.standard_normal(ws, dtype=np.float32)
         b = rng.standard_normal(ws[0], dtype=np.float32)
@@ -66,7 +70,7 @@ def run() -> list[Result]:
         results.append(Result("conv forward", name + ": numpy's GEMM alone", t_gemm / t_torch,
                               note=f"GEMM {t_gemm * 1e3:.2f} ms of ours {t_ours * 1e3:.2f} ms; the rest is copies"))
         note = f"torch {tb_torch * 1e3:.2f} ms, ours {tb_ours * 1e3:.2f} ms"
-        results.append(Result("conv backward", name, tb_ours / tb_torch, BACKWARD_TARGET, note=note))
+        results.append(Result("conv backward", name, tb_ours / tb_torch, backward_target, note=note))
 
     x = rng.standard_normal((4, 3, 16, 16))
     w = rng.standard_normal((8, 3, 3, 3))

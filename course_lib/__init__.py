@@ -17,7 +17,7 @@ Reading order (each module is one concept, short enough to read in one go)
    the ring all-reduce (lessons 6 and 7); ``ddp``: LeNet-5 under
    DistributedDataParallel and its single-process twin (lesson 8); ``distributed.downpour``
    (lesson 9) and ``distributed.compression`` (lesson 12).
-6. ``schedules`` (linear scaling rule, warm-up; lesson 10) and ``scaling``
+6. ``lr_schedules`` (linear scaling rule, warm-up; lesson 10) and ``scaling``
    (speed-up, efficiency, the lecture's tables, the overlap timeline; lesson 11).
 ``grading`` stands apart: it builds exercises/ from solutions/ and grades
 students' notebooks; it knows nothing of the lessons.

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from course_lib.checks import check_array, pair
 from course_lib.threads import for_each_slice
 
 
@@ -132,38 +133,9 @@ def conv_param_count(F: int, D1: int, K: int) -> ParamCount:
 # Input checks: every public function below goes through these, once.
 # --------------------------------------------------------------------------
 
-def _pair(value, name: str, low: int) -> tuple[int, int]:
-    """``3 -> (3, 3)``; ``(1, 2) -> (1, 2)``; with a teaching error otherwise."""
-    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                             for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
-    if min(pair) < low:
-        raise ValueError(f"{name} = {value!r} must be >= {low}"
-                         + (" (a stride of 0 would never move the window)" if name == "stride"
-                            else " (padding is a number of zero rows/columns added per side)"
-                            if name == "padding" else ""))
-    return int(pair[0]), int(pair[1])
-
-
-def _check_array(x, name: str, ndim: int, layout: str, op: str = "convolution") -> np.ndarray:
-    """Return x as an ndarray of a floating dtype and the given ndim, or raise a TypeError/ValueError."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array of shape {layout}, got {type(x).__name__}"
-                        + (" (convert a torch tensor with .detach().cpu().numpy())"
-                           if type(x).__module__.startswith("torch") else ""))
-    if x.ndim != ndim:
-        hint = " (for a single image use x[None])" if name == "x" and x.ndim == ndim - 1 else ""
-        raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {x.shape}{hint}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} has dtype {x.dtype}; {op} needs floating point "
-                        f"(use {name}.astype(np.float32)) so that gradients are not truncated")
-    return x
-
-
 def _conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
     """Check stride/padding and return ``(SH, SW), (PH, PW), (H_out, W_out)``, PyTorch's floor rule."""
-    (SH, SW), (PH, PW) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    (SH, SW), (PH, PW) = pair(stride, "stride", 1), pair(padding, "padding", 0)
     H, W = x.shape[2:]
     W_out = conv_output_size(W, KW, PW, SW, floor=True)      # the width first: the lecture's W
     H_out = conv_output_size(H, KH, PH, SH, floor=True, axis="height")
@@ -172,13 +144,13 @@ def _conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
 
 def _check_conv(x, w, b=None):
     """Shapes, dtypes and the channel match of a convolution's operands."""
-    x = _check_array(x, "x", 4, "(N, C, H, W)")
-    w = _check_array(w, "w", 4, "(K, C, KH, KW)")
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    w = check_array(w, "w", 4, "(K, C, KH, KW)")
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"channel mismatch: x has C = {x.shape[1]} channels (shape {x.shape}) "
                          f"but w expects {w.shape[1]} (shape {w.shape} is (K, C, KH, KW))")
     if b is not None:
-        b = _check_array(b, "b", 1, "(K,)")
+        b = check_array(b, "b", 1, "(K,)")
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"b has {b.shape[0]} entries but there are K = {w.shape[0]} filters")
     return x, w, b
@@ -204,7 +176,7 @@ def pad2d(x: np.ndarray, P) -> np.ndarray:
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         raise ValueError(f"pad2d expects an ndarray of shape (N, C, H, W), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
-    PH, PW = _pair(P, "padding", 0)
+    PH, PW = pair(P, "padding", 0)
     return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
 
 
@@ -281,8 +253,8 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
         Every input pixel is copied once per window that covers it, up to
         KH*KW times: that is the memory price of turning convolution into GEMM.
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)")
-    KH, KW = _pair(kernel_size, "kernel_size", 1)
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    KH, KW = pair(kernel_size, "kernel_size", 1)
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     N, C = x.shape[:2]
     windows = _windows(pad2d(x, (PH, PW)), KH, KW, SH, SW, H_out, W_out)  # (N, C, KH, KW, H_out, W_out), a view
@@ -305,9 +277,9 @@ def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> n
     x : ndarray, shape (N, C, H, W). ``col2im(im2col(x))`` is x times the
         number of windows covering each pixel, not x itself.
     """
-    cols = _check_array(cols, "cols", 3, "(N, C*KH*KW, L)")
-    H, W = _pair(output_size, "output_size", 1)
-    KH, KW = _pair(kernel_size, "kernel_size", 1)
+    cols = check_array(cols, "cols", 3, "(N, C*KH*KW, L)")
+    H, W = pair(output_size, "output_size", 1)
+    KH, KW = pair(kernel_size, "kernel_size", 1)
     probe = np.empty((1, 1, H, W), dtype=cols.dtype)  # only its shape is read
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(probe, KH, KW, stride, padding)
     N, CKK, L = cols.shape
@@ -522,7 +494,7 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
     dx : (N, C, H, W), x's dtype;  dw : (K, C, KH, KW), w's dtype;  db : (K,), dout's dtype
     """
     x, w, _ = _check_conv(x, w)
-    dout = _check_array(dout, "dout", 4, "(N, K, H_out, W_out)")
+    dout = check_array(dout, "dout", 4, "(N, K, H_out, W_out)")
     (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
     if dout.shape != (N, K, H_out, W_out):

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from course_lib.conv import _check_array, _pair, conv_output_size
+from course_lib.checks import check_array, pair
+from course_lib.conv import conv_output_size
 
 
 def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
@@ -46,9 +47,9 @@ def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
     lecture's subsampling). As in PyTorch, padding may be at most half the
     kernel, and a window that does not fit at the end is dropped (floor).
     """
-    KH, KW = _pair(kernel_size, "kernel_size", 1)
-    SH, SW = (KH, KW) if stride is None else _pair(stride, "stride", 1)
-    PH, PW = _pair(padding, "padding", 0)
+    KH, KW = pair(kernel_size, "kernel_size", 1)
+    SH, SW = (KH, KW) if stride is None else pair(stride, "stride", 1)
+    PH, PW = pair(padding, "padding", 0)
     if 2 * PH > KH or 2 * PW > KW:
         raise ValueError(f"padding {(PH, PW)} is more than half the kernel {(KH, KW)}: a window "
                          f"could then hold only padding (-inf) and no input; use padding <= "
@@ -97,7 +98,7 @@ def max_pool2d_naive(x: np.ndarray, kernel_size, stride=None, padding=0) -> np.n
 
     Parameters and result as ``max_pool2d``.
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
+    x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
     out = np.empty(x.shape[:2] + (H_out, W_out), dtype=x.dtype)
@@ -133,7 +134,7 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
         the depth C is preserved
     argmax : ndarray, shape (N, C, H_out, W_out), only if return_indices
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
+    x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
     out = _offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()           # (N, C, H_out, W_out)
@@ -199,8 +200,8 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     -------
     dx : ndarray, shape (N, C, H, W)
     """
-    x = _check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
-    dout = _check_array(dout, "dout", 4, "(N, C, H_out, W_out)", "max pooling")
+    x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
+    dout = check_array(dout, "dout", 4, "(N, C, H_out, W_out)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
     if dout.shape != (N, C, H_out, W_out):

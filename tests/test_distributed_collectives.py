@@ -29,7 +29,8 @@ from course_lib.distributed import procs as procs_module
 from course_lib.distributed import runner as launch_module
 from course_lib.distributed.collectives import ProcessGroup, ps_allreduce_, ring_allreduce_
 from course_lib.distributed.measure import bus_bandwidth, default_repeats, format_table
-from course_lib.distributed.runner import AllreduceResult, check_arrays
+from course_lib.checks import check_arrays
+from course_lib.distributed.runner import AllreduceResult
 from course_lib.distributed.transport import PipeTransport, ShmTransport
 from course_lib.distributed.workers import data_parallel_least_squares, least_squares_reference
 from procfs import kill_left, still_alive, wait_for_workers

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schedule import _check_int, chunk_bounds
+from course_lib.checks import check_int
+
+from .schedule import chunk_bounds
 
 
 def ring_bytes_per_rank(N: int, world_size: int, itemsize: int = 1) -> np.ndarray:
@@ -40,7 +42,7 @@ def ring_bytes_per_rank(N: int, world_size: int, itemsize: int = 1) -> np.ndarra
     -------
     sent : int64 ndarray, shape (world_size,), bytes sent by each rank
     """
-    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
+    N, P, itemsize = check_int(N, "N", 0), check_int(world_size, "world_size", 1), check_int(itemsize, "itemsize", 1)
     if P == 1:
         return np.zeros(1, dtype=np.int64)
     size = [stop - start for start, stop in chunk_bounds(N, P)]
@@ -50,7 +52,7 @@ def ring_bytes_per_rank(N: int, world_size: int, itemsize: int = 1) -> np.ndarra
 
 def ps_bytes_at_server(N: int, world_size: int, itemsize: int = 1) -> int:
     """Bytes through the parameter server in one reduction: 2N(P-1) (received + sent)."""
-    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
+    N, P, itemsize = check_int(N, "N", 0), check_int(world_size, "world_size", 1), check_int(itemsize, "itemsize", 1)
     return 2 * N * (P - 1) * itemsize
 
 
@@ -66,8 +68,8 @@ def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 
     -------
     sent, received : int64 ndarrays, shape (world_size,), in bytes
     """
-    N, P, itemsize = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1), _check_int(itemsize, "itemsize", 1)
-    S = _check_int(shards, "shards", 1)
+    N, P, itemsize = check_int(N, "N", 0), check_int(world_size, "world_size", 1), check_int(itemsize, "itemsize", 1)
+    S = check_int(shards, "shards", 1)
     if S > P:
         raise ValueError(f"shards = {S} must be <= world_size = {P}: shard s is served by rank s")
     size = [stop - start for start, stop in chunk_bounds(N, S)]
@@ -81,7 +83,7 @@ def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 
 
 def ring_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 4) -> float:
     """alpha-beta time of a ring all-reduce: ``2(P-1) * (alpha + (N/P) * itemsize * beta)`` seconds."""
-    P = _check_int(world_size, "world_size", 1)
+    P = check_int(world_size, "world_size", 1)
     return 2 * (P - 1) * (alpha + N / P * itemsize * beta)
 
 
@@ -91,7 +93,7 @@ def ps_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 
     The server's link is the bottleneck: P - 1 messages in, P - 1 out, one after
     another; with S shards each server link carries N/S per message, in parallel.
     """
-    P, S = _check_int(world_size, "world_size", 1), _check_int(shards, "shards", 1)
+    P, S = check_int(world_size, "world_size", 1), check_int(shards, "shards", 1)
     return 2 * (P - 1) * (alpha + N / S * itemsize * beta)
 
 

@@ -22,6 +22,8 @@ from multiprocessing import get_context, shared_memory
 
 import numpy as np
 
+from course_lib.checks import MAX_WORLD_SIZE, check_arrays
+
 from .collectives import ALGORITHMS, ProcessGroup
 from .procs import CollectiveError, run_processes  # noqa: F401  (CollectiveError re-exported)
 from .transport import PipeTransport, ShmTransport
@@ -33,34 +35,6 @@ TRANSPORTS = {                    # name -> factory(world_size, capacity, dtype,
     "pipe-oddeven": partial(PipeTransport, mode="odd-even"),     # for the lesson: half-duplex
     "pipe-sendfirst": partial(PipeTransport, mode="send-first"), # for the lesson: deadlocks > 1 MiB
 }
-MAX_WORLD_SIZE = 64
-
-
-def check_arrays(arrays) -> list[np.ndarray]:
-    """Check that ``arrays`` is a non-empty list of numeric ndarrays of one shape and dtype.
-
-    Raises TypeError / ValueError naming the offending rank, before any process starts.
-    """
-    if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
-        raise TypeError(f"arrays must be a list with one numpy array per rank, got {type(arrays).__name__}"
-                        + (" (for P ranks stacked in one array use list(arrays))" if isinstance(arrays, np.ndarray) else ""))
-    if len(arrays) == 0:
-        raise ValueError("arrays is empty: give one array per rank (world_size = len(arrays) >= 1)")
-    if len(arrays) > MAX_WORLD_SIZE:
-        raise ValueError(f"{len(arrays)} ranks is more than this kit starts ({MAX_WORLD_SIZE}) on one machine")
-    for rank, a in enumerate(arrays):
-        if not isinstance(a, np.ndarray):
-            hint = " (convert a torch tensor with .detach().cpu().numpy())" if type(a).__module__.startswith("torch") else ""
-            raise TypeError(f"arrays[{rank}] (rank {rank}'s data) must be a numpy array, got {type(a).__name__}{hint}")
-        if a.dtype.kind not in "iuf":
-            raise TypeError(f"arrays[{rank}] has dtype {a.dtype}; all-reduce sums integers or floats")
-    first = arrays[0]
-    for rank, a in enumerate(arrays[1:], start=1):
-        if a.shape != first.shape:
-            raise ValueError(f"every rank must hold the same shape: rank 0 has {first.shape}, rank {rank} has {a.shape}")
-        if a.dtype != first.dtype:
-            raise TypeError(f"every rank must hold the same dtype: rank 0 has {first.dtype}, rank {rank} has {a.dtype}")
-    return list(arrays)
 
 
 def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -> None:

@@ -25,13 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-
-def _check_int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} = {value} must be >= {low}")
-    return int(value)
+from course_lib.checks import check_int
 
 
 def chunk_bounds(N: int, world_size: int) -> list[tuple[int, int]]:
@@ -52,7 +46,7 @@ def chunk_bounds(N: int, world_size: int) -> list[tuple[int, int]]:
     >>> chunk_bounds(10, 4)
     [(0, 3), (3, 6), (6, 8), (8, 10)]
     """
-    N, P = _check_int(N, "N", 0), _check_int(world_size, "world_size", 1)
+    N, P = check_int(N, "N", 0), check_int(world_size, "world_size", 1)
     base, extra = divmod(N, P)
     bounds, start = [], 0
     for c in range(P):
@@ -63,8 +57,8 @@ def chunk_bounds(N: int, world_size: int) -> list[tuple[int, int]]:
 
 
 def _check_step(rank, step, world_size) -> tuple[int, int, int]:
-    P = _check_int(world_size, "world_size", 1)
-    rank, step = _check_int(rank, "rank", 0), _check_int(step, "step", 0)
+    P = check_int(world_size, "world_size", 1)
+    rank, step = check_int(rank, "rank", 0), check_int(step, "step", 0)
     if rank >= P:
         raise ValueError(f"rank = {rank} must be < world_size = {P} (ranks are 0 .. {P - 1})")
     if step >= P - 1:
@@ -137,7 +131,7 @@ def ring_schedule(world_size: int) -> RingSchedule:
     allgather          0     0        1   ->   1            0   <-   1
     allgather          0     1        0   ->   0            1   <-   0
     """
-    P = _check_int(world_size, "world_size", 1)
+    P = check_int(world_size, "world_size", 1)
     rows = RingSchedule()
     for phase, step_fn in (("scatter-reduce", scatter_reduce_step), ("allgather", allgather_step)):
         for k in range(P - 1):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from course_lib.checks import check_arrays
+
 from .schedule import allgather_step, chunk_bounds, scatter_reduce_step
 
 
@@ -55,7 +57,6 @@ def simulate_ring_allreduce(arrays) -> RingTrace:
     -------
     RingTrace, whose ``outputs[r]`` is the elementwise sum (as a flat array) for every r.
     """
-    from .runner import check_arrays  # the one place that validates a list of arrays
     flat = np.stack([a.reshape(-1) for a in check_arrays(arrays)])    # (P, N)
     P, N = flat.shape
     bounds = chunk_bounds(N, P)

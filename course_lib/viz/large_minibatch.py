@@ -2,8 +2,9 @@
 
 Reading order: ``plot_schedules`` (the linear scaling rule and warm-up as
 learning rate against iteration), ``plot_error_vs_batch`` (the experiment of
-``course_lib.schedules.batch_size_sweep`` beside the lecture's description).
-Tested in ``tests/test_schedules.py``.
+``course_lib.experiments.large_minibatch`` over seeds, beside the lecture's description),
+``plot_warmup_seeds`` (warm-up or not, every seed).
+Tested in ``tests/test_lr_schedules.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.schedules import goyal_lr, linear_scaling_lr
+from course_lib.lr_schedules import goyal_lr, linear_scaling_lr
 
 LECTURE_CLAIM = "Goyal et al. (ImageNet, ResNet-50): flat up to kn = 8k, deteriorates beyond"
 
@@ -60,16 +61,42 @@ def plot_schedules(batches=(256, 1024, 8192), iters_per_epoch_at_256: int = 200,
     return fig
 
 
-def plot_error_vs_batch(arms: dict, base_batch: int, base_lr: float):
-    """Test error against global minibatch size, one line per arm of the sweep."""
+def plot_error_vs_batch(summary: dict, batches, base_batch: int, base_lr: float):
+    """Test error against global minibatch size: per arm, the median over seeds and its range.
+
+    summary : ``course_lib.experiments.large_minibatch.seed_summary(sweeps)``
+    batches : the batch sizes kn of the sweep, in order
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (label, runs), marker in zip(arms.items(), itertools.cycle("osd")):
-        ax.plot([r.batch for r in runs], [100 * r.test_error for r in runs], marker + "-", label=label)
+    n_seeds = len(next(iter(summary.values()))["all"])
+    for (label, s), marker in zip(summary.items(), itertools.cycle("osd")):
+        line, = ax.plot(batches, 100 * s["median"], marker + "-", label=f"{label} (median)")
+        ax.fill_between(batches, 100 * s["min"], 100 * s["max"], color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="global minibatch size kn (log scale)", ylabel="test error (%)", ylim=(0, 100),
-           title=f"Digits MLP, same epochs for every kn; lr = {base_lr:g} (no scaling) "
-                 f"or {base_lr:g} kn / {base_batch} (scaled arms)")
+           title=f"Digits MLP, same epochs for every kn, {n_seeds} seeds (band: min to max); "
+                 f"lr = {base_lr:g} or {base_lr:g} kn / {base_batch}")
     ax.text(0.02, 0.95, f"lecture: {LECTURE_CLAIM}", transform=ax.transAxes, fontsize=8, va="top")
     ax.legend(fontsize=8, loc="center left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_warmup_seeds(errors: dict, batch: int, lr: float):
+    """Every seed's test error with and without warm-up (one dot each), and the medians.
+
+    errors : ``course_lib.experiments.large_minibatch.warmup_over_seeds(...)``
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, e) in enumerate(errors.items()):
+        jitter = np.linspace(-0.15, 0.15, len(e))                 # spread the dots sideways
+        ax.plot(i + jitter, 100 * e, "o", alpha=0.6, label=f"{label}: each seed")
+        ax.plot([i - 0.3, i + 0.3], [100 * np.median(e)] * 2, "k-", lw=2)
+    ax.plot([], [], "k-", lw=2, label="median")
+    ax.set_xticks(range(len(errors)), list(errors))
+    ax.set_yscale("log")
+    ax.set(ylabel="test error (%, log scale)", xlabel="schedule",
+           title=f"kn = {batch}, lr = {lr:g}: {len(e)} seeds each")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -13,15 +13,11 @@ Reading order
 4. ``torch_warmup_scheduler`` / ``torch_goyal_scheduler``: the same schedules
    as PyTorch ``LRScheduler`` objects (``LinearLR``, ``MultiStepLR``,
    ``SequentialLR``); the tests check both give the same rate at every step.
-5. ``train_digits``: the batch-size experiment at small scale (a small MLP on
-   the 8x8 digits), used by notebooks/10_large_minibatch.ipynb.
 
 Steps count optimizer iterations from 0 (the rate used by the first update).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,97 +115,3 @@ def _check_torch_lr(optimizer, target_lr: float) -> None:
     lrs = [group["lr"] for group in optimizer.param_groups]
     if not np.allclose(lrs, target_lr):
         raise ValueError(f"create the optimizer with lr = target_lr = {target_lr}; it has {lrs}")
-
-
-# --------------------------------------------------------------------------
-# 5. The experiment: error vs global batch size on the digits
-# --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RunResult:
-    batch: int
-    lr: float
-    warmup_steps: int
-    steps: int
-    train_error: float
-    test_error: float
-
-
-def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
-                 start_lr: float | None = None, hidden: int = 64, seed: int = 0,
-                 data=None) -> RunResult:
-    """Train a 64-``hidden``-10 MLP with plain minibatch SGD on the 8x8 digits.
-
-    A small network stands in for ResNet-50 so that a dozen runs fit in a few
-    seconds on a laptop; the effect studied (a fixed number of epochs gives a
-    large batch fewer, bigger steps) does not depend on the model. Every run
-    sees the same number of epochs, as in Goyal et al. The initial weights are
-    the same for every batch size (``seed``).
-
-    Parameters
-    ----------
-    batch : global minibatch size kn
-    lr : the (target) learning rate
-    warmup_epochs : length of the linear warm-up from ``start_lr`` (default lr / 10;
-        a start_lr above lr is lowered to lr, i.e. no warm-up is needed)
-    data : a ``course_lib.data.Digits`` of 8x8 images, or None to load it
-    """
-    import torch
-    from course_lib.data import load_digits
-    data = load_digits(size=8) if data is None else data
-    x, y = torch.from_numpy(data.x_train.reshape(len(data.x_train), -1)), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                torch.nn.Linear(hidden, 10))
-    with torch.no_grad():                                        # the same start for every run
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1]) ** 0.5)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    steps_per_epoch = -(-len(x) // batch)                        # ceil: the last batch may be short
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    start_lr = min(start_lr or lr / 10, lr)
-    sched = torch_warmup_scheduler(opt, lr, warmup_steps, start_lr) if warmup_steps else None
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-    with torch.no_grad():
-        err = lambda xs, ys: float((model(xs).argmax(1) != ys).float().mean())
-        x_test = torch.from_numpy(data.x_test.reshape(len(data.x_test), -1))
-        return RunResult(batch, lr, warmup_steps, epochs * steps_per_epoch, err(x, y),
-                         err(x_test, torch.from_numpy(data.y_test)))
-
-
-def batch_size_sweep(batches, base_lr: float, base_batch: int, epochs: int,
-                     warmup_epochs: float, seed: int = 0, data=None) -> dict[str, list[RunResult]]:
-    """The three arms of the experiment, one run per batch size each:
-
-    * "no scaling": lr = base_lr for every batch size;
-    * "linear scaling": lr = linear_scaling_lr(batch, base_lr, base_batch);
-    * "linear scaling + warm-up": the same, reached by a linear warm-up from
-      base_lr over ``warmup_epochs`` (Goyal et al.'s "gradual warmup").
-    """
-    from course_lib.data import load_digits
-    data = load_digits(size=8) if data is None else data
-    arms = {"no scaling": [], "linear scaling": [], "linear scaling + warm-up": []}
-    done = {}                                   # identical settings run once (kn = base_batch)
-
-    def run(batch, lr, warmup):
-        key = (batch, lr, warmup)
-        if key not in done:
-            done[key] = train_digits(batch, lr, epochs, warmup_epochs=warmup, start_lr=base_lr,
-                                     seed=seed, data=data)
-        return done[key]
-
-    for batch in batches:
-        lr = linear_scaling_lr(batch, base_lr, base_batch)
-        arms["no scaling"].append(run(batch, base_lr, 0.0))
-        arms["linear scaling"].append(run(batch, lr, 0.0))
-        arms["linear scaling + warm-up"].append(run(batch, lr, warmup_epochs if lr > base_lr else 0.0))
-    return arms

@@ -1,14 +1,17 @@
-"""course_lib.schedules: the linear scaling rule and warm-up, against torch's LRSchedulers."""
+"""course_lib.lr_schedules: the linear scaling rule and warm-up, against torch's LRSchedulers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
 from course_lib.data import load_digits
-from course_lib.schedules import (goyal_lr, linear_scaling_lr, torch_goyal_scheduler,
-                                  torch_warmup_scheduler, train_digits, warmup_lr)
+from course_lib.experiments.large_minibatch import (batch_size_sweep, seed_summary, train_digits,
+                                                    warmup_over_seeds)
+from course_lib.lr_schedules import (goyal_lr, linear_scaling_lr, torch_goyal_scheduler,
+                                  torch_warmup_scheduler, warmup_lr)
 
 
 def test_linear_scaling_rule_by_hand():
@@ -86,21 +89,40 @@ def test_train_digits_is_reproducible_and_learns(digits):
     assert a.train_error < 0.5, f"3 epochs should beat chance (0.9), got {a.train_error}"
 
 
-def test_warmup_rescues_a_large_learning_rate(digits):
-    # batch 256 at lr 0.05 * 256 / 8 = 1.6 (the linear scaling rule from batch 8) diverges
-    # early without warm-up and trains with 5 epochs of it (notebooks/10 shows the whole sweep)
+@pytest.mark.training
+def test_warmup_trims_the_bad_seeds_at_kn_256(digits):
+    # batch 256 at lr 0.05 * 256 / 8 = 1.6 (the linear scaling rule from batch 8). Over 20 seeds,
+    # measured under ATEN_CPU_CAPABILITY = avx512, avx2 and default: without warm-up the upper
+    # quartile of the test error is 16 to 28%, with 5 epochs of warm-up 7 to 11%; the medians
+    # (7-8% against 5-7%) are closer than the spread. One seed on one CPU can show either order.
     lr = linear_scaling_lr(256, base_lr=0.05, base_batch=8)
-    cold = train_digits(256, lr, epochs=20, data=digits)
-    warm = train_digits(256, lr, epochs=20, warmup_epochs=5, start_lr=0.05, data=digits)
-    assert warm.warmup_steps == 5 * 6
-    assert warm.test_error < 0.06 and cold.test_error > warm.test_error + 0.04, (cold, warm)
+    errors = warmup_over_seeds(256, lr, epochs=20, warmup_epochs=5, start_lr=0.05, data=digits)
+    cold, warm = errors["no warm-up"], errors["warm-up"]
+    assert len(cold) == len(warm) == 20
+    q75 = lambda e: float(np.quantile(e, 0.75))
+    assert q75(cold) > q75(warm) + 0.03, f"upper quartiles: no warm-up {q75(cold):.3f}, warm-up {q75(warm):.3f}"
+    assert np.median(warm) <= np.median(cold) + 0.005, (np.median(cold), np.median(warm))
+    assert np.median(warm) < 0.1, f"warm-up's median run trains: {np.median(warm):.3f}"
+
+
+@pytest.mark.training
+def test_sweep_medians_show_the_three_regimes(digits):
+    # notebooks/10's claims, on the median over 5 seeds (measured under avx512, avx2 and default:
+    # every median below within 0.4 points across the three)
+    batches = [8, 128, 512, 1024]
+    sweeps = [batch_size_sweep(batches, 0.05, 8, epochs=20, warmup_epochs=5, seed=s, data=digits)
+              for s in range(5)]
+    med = {arm: s["median"] for arm, s in seed_summary(sweeps).items()}
+    base = med["no scaling"][0]
+    assert med["no scaling"][3] > 3 * base, "without scaling, error grows with kn"
+    assert np.all(np.abs(med["linear scaling"][:2] - base) < 0.01), "flat up to kn = 128"
+    assert np.all(med["linear scaling + warm-up"][2:] > 0.5), "kn >= 512 fails, warm-up or not"
 
 
 def test_sweep_runs_each_setting_once_and_figures_are_labelled(digits):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from course_lib.schedules import batch_size_sweep
     from course_lib.viz import large_minibatch as viz
     arms = batch_size_sweep([8, 32], base_lr=0.05, base_batch=8, epochs=1, warmup_epochs=0.5, data=digits)
     assert list(arms) == ["no scaling", "linear scaling", "linear scaling + warm-up"]
@@ -110,7 +132,9 @@ def test_sweep_runs_each_setting_once_and_figures_are_labelled(digits):
     assert warm[1].warmup_steps == round(0.5 * -(-len(digits.x_train) // 32)) and lin[1].warmup_steps == 0
     for fig in (viz.plot_schedules(batches=(256, 1024), iters_per_epoch_at_256=4, epochs=10,
                                    warmup_epochs=2, milestones=(5,)),
-                viz.plot_error_vs_batch(arms, 8, 0.05)):
+                viz.plot_error_vs_batch(seed_summary([arms, arms]), [8, 32], 8, 0.05),
+                viz.plot_warmup_seeds({"no warm-up": np.array([0.1, 0.2]), "warm-up": np.array([0.05, 0.1])},
+                                      256, 1.6)):
         ax = fig.axes[0]
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
         plt.close(fig)
@@ -155,8 +179,9 @@ def test_error_figure_draws_every_arm():
     from types import SimpleNamespace
     from course_lib.viz import large_minibatch as viz
     arms = {f"arm {i}": [SimpleNamespace(batch=b, test_error=0.1 * i) for b in (8, 16)] for i in range(5)}
-    fig = viz.plot_error_vs_batch(arms, 8, 0.05)
-    assert fig.axes[0].get_legend_handles_labels()[1] == list(arms), "no arm dropped (markers repeat)"
+    fig = viz.plot_error_vs_batch(seed_summary([arms]), [8, 16], 8, 0.05)
+    assert fig.axes[0].get_legend_handles_labels()[1] == [f"{a} (median)" for a in arms], \
+        "no arm dropped (markers repeat)"
     plt.close(fig)
 
 
