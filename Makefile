@@ -9,12 +9,12 @@ PORT    ?= 8888
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --ServerApp.allow_root=True)
 # After each call, OpenBLAS's worker threads busy-wait for about 0.1 s (2^28 cycles) for the next
 # one. On a 2-core laptop that spinning takes a core from the numpy copy that follows the GEMM
-# (im2col, col2im): 4 (2^4 cycles) makes them sleep at once. Measured: README.md, "Benchmarks".
+# (im2col, col2im): 4 (2^4 cycles) makes them sleep at once. Measured: docs/benchmarks.md.
 export OPENBLAS_THREAD_TIMEOUT ?= 4
 NBVAL   := --nbval --nbval-current-env --nbval-cell-timeout=300 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab test test-cpu-kernels test-unit test-notebooks notebooks bench exercises grade clean
+.PHONY: setup lab lint test test-cpu-kernels test-unit test-notebooks notebooks bench exercises grade clean
 
 # The environment: rebuilt only when the pins or the package metadata change,
 # so a second `make lab` starts in seconds.
@@ -51,7 +51,7 @@ FLOAT_TESTS := tests/test_lr_schedules.py tests/test_lenet.py tests/test_compres
                tests/test_ddp.py tests/test_conv.py tests/test_pooling.py tests/test_layers.py tests/test_optim.py
 CPU_KERNELS := avx2 default
 
-test: setup $(VENV)/.nbgrader
+test: setup $(VENV)/.nbgrader lint
 	$(PY) -m pytest -q tests notebooks solutions $(NBVAL)
 	$(MAKE) --no-print-directory test-cpu-kernels
 
@@ -60,6 +60,10 @@ test-cpu-kernels: setup
 	    echo "== the float-dependent tests again with ATEN_CPU_CAPABILITY=$$cap"; \
 	    ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider $(FLOAT_TESTS) -m "not browser" || exit 1; \
 	done
+
+# ruff (configured in pyproject.toml) over the code, the tests and every notebook
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not slow and not browser"

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from benchmarks.common import Result
-from course_lib.distributed import allreduce
-from course_lib.distributed.measure import METHODS, sweep
+from course_lib.experiments.allreduce import METHODS, sweep
+from course_lib.machinery.launch import allreduce
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [4 * KiB, 64 * KiB, 1 * MiB, 16 * MiB, 64 * MiB]

@@ -5,7 +5,7 @@ F.conv2d on the ResNet stride-1 layer and <= 1.75x on the stride-2 one;
 backward <= 2x autograd's convolution_backward on the two ResNet layers and
 LeNet C1; conv2d at least 100x faster than conv2d_naive. The LeNet forward
 passes and C3's backward are reported beside the floor they are measured
-against: numpy's GEMM alone takes 0.7 to 1.2x PyTorch's whole convolution
+against: numpy's GEMM alone takes 0.6 to 1.6x PyTorch's whole convolution
 there, so no numpy im2col convolution reaches 1x (docs/benchmarks.md).
 """
 
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import Result, median_time, same_threads
-from course_lib.conv import _conv_geometry, _unfold_batched, conv2d, conv2d_backward, conv2d_naive
+from course_lib.conv import conv2d_naive, conv_geometry
+from course_lib.machinery.fast_conv import Workspace, conv2d, conv2d_backward, unfold_batched
 
 # name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding,
 # forward target, backward target (None: reported beside its floor, not held)
@@ -41,8 +42,8 @@ def _gemm_alone(x, w, stride, padding) -> float:
     under ``conv2d`` as it is built (reported beside the forward ratio: what is left for the
     copies around it). Per-image products (``conv2d_im2col``'s) can be faster on small layers."""
     K, _, KH, KW = w.shape
-    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
-    cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out).copy()   # (C*KH*KW, N*L)
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
+    cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out).copy()   # (C*KH*KW, N*L)
     w_row, out = w.reshape(K, -1), np.empty((K, cols.shape[1]), dtype=np.float32)
     return median_time(lambda: np.matmul(w_row, cols, out=out), min_time=0.05)
 
@@ -56,14 +57,15 @@ def run() -> list[Result]:
         w = rng.standard_normal(ws, dtype=np.float32)
         b = rng.standard_normal(ws[0], dtype=np.float32)
         xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        workspace = Workspace()          # as LeNet5 convolves: temporaries reused from call to call
         out = conv2d(x, w, b, stride, padding)
         dout = rng.standard_normal(out.shape, dtype=np.float32)
         doutt = torch.from_numpy(dout)
         with torch.no_grad():
             t_torch = median_time(lambda: F.conv2d(xt, wt, bt, stride, padding), min_time=0.05)
-            t_ours = median_time(lambda: conv2d(x, w, b, stride, padding), min_time=0.05)
+            t_ours = median_time(lambda: conv2d(x, w, b, stride, padding, workspace), min_time=0.05)
             tb_torch = median_time(lambda: _torch_backward(doutt, xt, wt, stride, padding), min_time=0.05)
-            tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding), min_time=0.05)
+            tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding, workspace), min_time=0.05)
         t_gemm = _gemm_alone(x, w, stride, padding)
         note = f"torch {t_torch * 1e3:.2f} ms, ours {t_ours * 1e3:.2f} ms, {threads} threads"
         results.append(Result("conv forward", name, t_ours / t_torch, target, note=note))

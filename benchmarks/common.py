@@ -31,7 +31,8 @@ class Result:
         return self.value >= self.target if self.higher_is_better else self.value <= self.target
 
     def row(self) -> str:
-        bound = "" if self.target is None else (">= " if self.higher_is_better else "<= ") + f"{self.target:g}{self.unit}"
+        sign = ">= " if self.higher_is_better else "<= "
+        bound = "" if self.target is None else f"{sign}{self.target:g}{self.unit}"
         status = {None: "report", True: "ok", False: "MISSED"}[self.ok]
         return f"| {self.section} | {self.name} | {self.value:.3g}{self.unit} | {bound} | {status} | {self.note} |"
 
@@ -47,7 +48,9 @@ def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2,
         fn()
     loops = 1
     if min_time:
-        start = time.perf_counter(); fn(); once = time.perf_counter() - start
+        start = time.perf_counter()
+        fn()
+        once = time.perf_counter() - start
         loops = max(1, int(min_time / max(once, 1e-9)))
     samples = []
     for _ in range(repeats):

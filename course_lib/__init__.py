@@ -5,25 +5,45 @@ Lecture 5 of "Practical Deep Learning Systems Performance" (COMS E6998,
 max pooling, LeNet-5) and distributed training (parameter server, ring
 all-reduce, Downpour SGD, large-minibatch SGD, scaling, compression).
 
-Reading order (each module is one concept, short enough to read in one go)
---------------------------------------------------------------------------
-1. ``device``      where PyTorch runs: cuda, then mps, then cpu.
-2. ``gradcheck``   numerical gradients and relative error, used by every test
-                   of a backward pass.
-3. ``conv``        output size, padding, im2col/col2im, conv2d (naive, im2col,
-                   fast) and its backward pass.
-4. ``pooling``, ``optim``, ``data``, ``layers``, ``lenet``  (lessons 3 to 5).
-5. ``distributed`` the second half of the lecture: reduction topologies and
-   the ring all-reduce (lessons 6 and 7); ``ddp``: LeNet-5 under
-   DistributedDataParallel and its single-process twin (lesson 8); ``distributed.downpour``
-   (lesson 9) and ``distributed.compression`` (lesson 12).
-6. ``lr_schedules`` (linear scaling rule, warm-up; lesson 10) and ``scaling``
-   (speed-up, efficiency, the lecture's tables, the overlap timeline; lesson 11).
-``grading`` stands apart: it builds exercises/ from solutions/ and grades
-students' notebooks; it knows nothing of the lessons.
+What to read, and what not to
+-----------------------------
+The lecture lives in the modules below, in this order; each is one concept,
+short enough to read in one go (``tools/code_size.py`` keeps them so: at most
+300 lines each, a function at most 40 lines). Four folders are NOT the
+lecture and the reading order never enters them:
 
-Lower layers never import higher ones, and nothing outside ``viz`` imports
-ipywidgets or matplotlib.
+* ``machinery/``   how the kit is made fast and run on real processes: the
+                   tuned ``conv2d``, thread pools, the process supervisor,
+                   pipes and shared memory;
+* ``experiments/`` what the lessons do with the ideas: training runs over
+                   seeds, sweeps and timings;
+* ``viz/``         the lessons' figures and widgets (the only place that
+                   imports matplotlib or ipywidgets);
+* ``grading/``     builds exercises/ from solutions/ and grades notebooks.
+
+Reading order
+-------------
+1. ``device``      where PyTorch runs: cuda, then mps, then cpu.
+2. ``checks``      the input checks every module shares (errors that teach).
+3. ``gradcheck``   numerical gradients and relative error, used by every test
+                   of a backward pass.
+4. ``conv``        output size, padding, im2col/col2im, ``conv2d_naive`` and
+                   ``conv2d_im2col``, their backward passes (lessons 1, 2).
+5. ``pooling`` (lesson 3), ``optim`` (SGD, Adagrad; lesson 4), ``layers``,
+   ``data`` and ``lenet`` (LeNet-5 in numpy and in PyTorch; lesson 5).
+6. ``distributed`` the second half of the lecture (its own reading order):
+   the ring schedule, its simulation, the cost formulas, the collectives
+   (lessons 6, 7), Downpour SGD (lesson 9), gradient compression (lesson 12);
+   ``models`` holds the small network they train.
+7. ``ddp``: LeNet-5 under DistributedDataParallel and its single-process twin
+   (lesson 8); ``lr_schedules`` (linear scaling rule, warm-up; lesson 10);
+   ``scaling`` (speed-up, efficiency, the lecture's tables, the overlap
+   timeline; lesson 11).
+
+Lower layers never import higher ones: the reading order imports nothing from
+``machinery``, ``experiments`` or ``viz`` except where a module says why
+(LeNet-5 convolves with the tuned ``machinery.fast_conv``; ``ddp.train_ddp``
+starts its ranks with ``machinery.torch_launch``).
 
 The symbol table (one vocabulary for the whole kit)
 ---------------------------------------------------
@@ -40,6 +60,7 @@ L              number of window positions, H_out * W_out (F.unfold's L)
 rank           index of a process in a collective, 0 .. world_size - 1
 world_size     number of processes; the lecture's P in the cost formulas
                2N(P-1) and 2N(P-1)/P (there, N is the number of parameters)
+n_shards       parameter-server shards (Downpour SGD); never S, which is stride
 =============  ==============================================================
 
 Arrays are NCHW (PyTorch's layout) and weights (K, C, KH, KW), so every

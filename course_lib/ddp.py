@@ -15,19 +15,17 @@ DDP does not wait for the whole backward pass: it groups parameters into
 gradients) and starts a bucket's all-reduce as soon as its last gradient is
 ready, while backprop carries on with earlier layers: "no data dependency
 between gradients across layers", the overlap Goyal et al. (2017) rely on.
-``record=True`` logs every gradient and every bucket's all-reduce in order.
+A ``BackwardLog`` (``record_step=``) logs every gradient and every bucket's all-reduce.
 
 Reading order
 -------------
 1. ``global_batches``  the same shuffled global batches for every rank and the twin.
 2. ``train_lenet``     the training loop, one function for both cases: a plain
                        model in one process, or a DDP-wrapped model on one rank.
-3. ``ddp_worker``      what each rank runs (inside ``launch_torch`` or ``torchrun``).
+3. ``ddp_worker``      what each rank runs (inside ``launch_torch`` or ``torchrun``); it
+                       lives here, never in a notebook: a spawned rank imports it by name.
 4. ``train_single`` / ``train_ddp``  the single-process twin and the P-rank run.
 5. ``main``            ``python -m course_lib.ddp``: the same script under ``torchrun``.
-
-The worker lives here (never in a notebook): under the spawn start method a
-child process imports it by name.
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.distributed.schedule import chunk_bounds
-from course_lib.distributed.torch_dist import ddp_on_rank_device, seeded_torch
+from course_lib.distributed.torch_dist import ddp_on_rank_device, default_backend, seeded_torch
 from course_lib.lenet import TorchLeNet5
 
 TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
@@ -90,10 +88,9 @@ class BackwardLog:
     and ``("done", bucket, t)``, in the order they happened. Only steps between
     ``start()`` and ``stop()`` are logged.
 
-    The times are the host's clock when each hook runs. With gloo on the CPU
-    (how the lesson records it) that is when the work happened; under NCCL
-    the hooks run when GPU work is *queued*, so the log would show launch
-    times, not the overlap.
+    The times are the host's clock when each hook runs: with gloo on the CPU (as the
+    lesson records it), when the work happened; under NCCL, when GPU work was *queued*
+    (launch times, not the overlap).
     """
 
     def __init__(self):
@@ -237,16 +234,14 @@ def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_s
     Starting the ranks (a process each, joining the group) takes a few seconds; under the
     "spawn" start method each rank also imports torch itself (fork inherits it).
     """
-    from course_lib.distributed.torch_dist import launch_torch
+    from course_lib.machinery.torch_launch import launch_torch
     _check_batch(batch_size, world_size)
     return launch_torch(ddp_worker, world_size, args=(x, y, steps, batch_size, lr, momentum, seed,
                                                       bucket_cap_mb, record_step, dtype),
                         backend=backend, timeout=timeout, start_method=start_method)
 
 
-# --------------------------------------------------------------------------
-# python -m course_lib.ddp   (alone, or under torchrun on several machines)
-# --------------------------------------------------------------------------
+# ---- python -m course_lib.ddp   (alone, or under torchrun on several machines) ----
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m course_lib.ddp", description=(
@@ -258,8 +253,8 @@ def _parse(argv):
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--world-size", type=int, default=2, help="local ranks when not under torchrun")
     parser.add_argument("--backend", default=None, help=(
-        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU and COURSE_DEVICE is not cpu, else gloo; "
-        "alone, gloo, to compare with single-process training on the CPU)"))
+        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU and COURSE_DEVICE "
+        "is not cpu, else gloo; alone, gloo, to compare with single-process training on the CPU)"))
     return parser.parse_args(argv)
 
 
@@ -274,7 +269,6 @@ def main(argv=None) -> int:
     data = load_digits()
     if _under_torchrun():
         import torch.distributed as dist
-        from course_lib.distributed.torch_dist import default_backend
         world_size = int(os.environ["WORLD_SIZE"])
         backend = args.backend or default_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
         if backend == "nccl":
@@ -301,6 +295,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     code = main()
     if _under_torchrun():                                      # a rank: skip the interpreter's
-        from course_lib.distributed.procs import exit_now       # shutdown, see exit_now
+        from course_lib.machinery.procs import exit_now         # shutdown, see exit_now
         exit_now(code)
     raise SystemExit(code)

@@ -3,10 +3,10 @@ fully connected (linear) layer, and softmax cross-entropy.
 
 Each comes as a forward function and a backward function that takes the
 upstream gradient and what the forward pass saw, in the pattern of
-``course_lib.conv.conv2d`` / ``conv2d_backward``. Conventions are PyTorch's:
-a linear layer's weight is (out_features, in_features) and computes
-``x @ w.T + b`` (``torch.nn.functional.linear``); the loss is the batch mean
-(``torch.nn.functional.cross_entropy``).
+``course_lib.conv``'s ``conv2d_im2col`` / ``conv2d_backward_im2col``.
+Conventions are PyTorch's: a linear layer's weight is (out_features,
+in_features) and computes ``x @ w.T + b`` (``torch.nn.functional.linear``);
+the loss is the batch mean (``torch.nn.functional.cross_entropy``).
 
 Lecture 5: "Three basic operations in CNNs are convolution, pooling, and
 ReLU"; "ReLU often follows the convolutional layers".

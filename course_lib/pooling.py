@@ -15,9 +15,15 @@ Reading order
 2. ``max_pool2d_naive``: the definition, a loop over output positions.
 3. ``max_pool2d``: no loop over the output; a running ``np.maximum`` over the
    KH*KW strided views "the element at offset (u, v) of every window".
-4. ``max_pool2d_backward``: each output's gradient goes back to the one input
-   that won its window (summed where overlapping windows share a winner):
-   KH*KW masked writes when windows do not overlap, a scatter when they do.
+4. ``max_pool2d_backward_naive``: each output's gradient goes back to the one
+   input that won its window (summed where overlapping windows share a
+   winner), one window at a time.
+5. ``max_pool2d_backward``: the same with no loop over the output: the mirror
+   image of ``max_pool2d``, KH*KW masked additions into strided views.
+
+The tuned backward that LeNet-5 and the benchmark use is
+``course_lib.machinery.fast_pool.max_pool2d_backward_fast`` (the same
+result, without the additions' temporaries), outside the reading order.
 
 Tie rule (the same as PyTorch's CPU and CUDA kernels): when several elements
 of a window hold the maximum, the FIRST one in row-major window order (top
@@ -37,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from course_lib.checks import check_array, pair
-from course_lib.conv import conv_output_size
+from course_lib.conv import conv_output_size, offset_view
 
 
 def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
@@ -60,20 +66,26 @@ def pool_output_shape(x_shape: tuple, kernel_size, stride=None, padding=0):
     return (KH, KW), (SH, SW), (PH, PW), (H_out, W_out)
 
 
+def check_pool_backward(dout, x, kernel_size, stride, padding, argmax):
+    """The checks every max-pooling backward pass shares; returns ``dout, x, pool_output_shape(...)``."""
+    x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
+    dout = check_array(dout, "dout", 4, "(N, C, H_out, W_out)", "max pooling")
+    geometry = (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size,
+                                                                                 stride, padding)
+    out_shape = (*x.shape[:2], H_out, W_out)
+    if dout.shape != out_shape:
+        raise ValueError(f"dout has shape {dout.shape}, but pooling x {x.shape} with kernel "
+                         f"{(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)} gives {out_shape}")
+    if argmax is not None and argmax.shape != dout.shape:
+        raise ValueError(f"argmax has shape {argmax.shape}; it must match dout {dout.shape}")
+    return dout, x, geometry
+
+
 def _pad_neg_inf(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
     """(N, C, H, W) -> (N, C, H + 2PH, W + 2PW), padded with -inf (x itself when P = 0)."""
     if PH == 0 and PW == 0:
         return x
     return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=-np.inf)
-
-
-def _offset_view(xp: np.ndarray, u: int, v: int, SH: int, SW: int, H_out: int, W_out: int):
-    """Element (u, v) of every window: a strided view (N, C, H_out, W_out) of xp, no copy.
-
-    Window (i, j) starts at row i*SH and column j*SW of the padded input, so
-    its element (u, v) is xp[:, :, i*SH + u, j*SW + v].
-    """
-    return xp[:, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW]
 
 
 def _first_input_index(out_shape: tuple, kernel: tuple, stride: tuple, padding: tuple) -> np.ndarray:
@@ -137,33 +149,49 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0,
     x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
     (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
     xp = _pad_neg_inf(x, PH, PW)
-    out = _offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()           # (N, C, H_out, W_out)
+    out = offset_view(xp, 0, 0, SH, SW, H_out, W_out).copy()            # (N, C, H_out, W_out)
     argmax = _first_input_index(out.shape, (KH, KW), (SH, SW), (PH, PW)) if return_indices else None
     for u in range(KH):
         for v in range(KW):
             if u == v == 0:
                 continue
-            view = _offset_view(xp, u, v, SH, SW, H_out, W_out)          # element (u, v) of every window
+            view = offset_view(xp, u, v, SH, SW, H_out, W_out)           # element (u, v) of every window
             if return_indices:
                 np.copyto(argmax, u * KW + v, where=view > out)          # strictly greater: first max wins
             np.maximum(out, view, out=out)
     return (out, argmax) if return_indices else out
 
 
-def _winner_flat_index(argmax: np.ndarray, padded_shape: tuple, kernel: tuple, stride: tuple) -> np.ndarray:
-    """Where each window's winner sits in the flattened padded input (N*C*Hp*Wp,).
+def max_pool2d_backward_naive(dout: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
+                              argmax: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of max pooling by its definition: one window at a time, its gradient to its winner.
 
-    Window (n, c, i, j) has its top-left corner at ``((n*C + c)*Hp + i*SH)*Wp + j*SW``;
-    its element (u, v), number ``u*KW + v`` in ``argmax``, is ``u*Wp + v`` further on.
+        dx[n, c, i*SH + u, j*SW + v] += dout[n, c, i, j]   where (u, v) = argmax of window (i, j)
+
+    The winner is the first maximum of the window in row-major order that is
+    an input, not padding. Every other input gets zero; an input that wins
+    several overlapping windows gets the sum of their gradients.
+    Parameters and result as ``max_pool2d_backward``.
     """
-    N, C, Hp, Wp = padded_shape
-    (KH, KW), (SH, SW) = kernel, stride
-    H_out, W_out = argmax.shape[2:]
-    corner = (np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (Hp * Wp)   # start of plane (n, c)
-              + (np.arange(H_out) * (SH * Wp))[:, None]                         # + row i*SH
-              + np.arange(W_out) * SW)                                          # + column j*SW
-    step_in_window = (np.arange(KH)[:, None] * Wp + np.arange(KW)).ravel()      # (KH*KW,): u*Wp + v
-    return corner + step_in_window[argmax]                                      # (N, C, H_out, W_out)
+    dout, x, geometry = check_pool_backward(dout, x, kernel_size, stride, padding, argmax)
+    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = geometry
+    N, C, H, W = x.shape
+    xp = _pad_neg_inf(x, PH, PW)
+    is_input = np.pad(np.ones((H, W), dtype=bool), ((PH, PH), (PW, PW)))    # (Hp, Wp), False on padding
+    dxp = np.zeros(xp.shape, dtype=dout.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    rows, cols = slice(i * SH, i * SH + KH), slice(j * SW, j * SW + KW)
+                    window = xp[n, c, rows, cols]                                 # (KH, KW)
+                    if argmax is None:
+                        first = np.argmax((window == window.max()) & is_input[rows, cols])  # first True
+                    else:
+                        first = argmax[n, c, i, j]
+                    u, v = divmod(int(first), KW)
+                    dxp[n, c, i * SH + u, j * SW + v] += dout[n, c, i, j]
+    return dxp[:, :, PH:PH + H, PW:PW + W].copy()
 
 
 def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
@@ -176,17 +204,11 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
     input that wins several windows receives the sum of their gradients, as
     in autograd. Ties go to the first maximum in row-major window order.
 
-    Two ways, both without a loop over the output:
-
-    * windows that do not overlap (stride >= kernel, the lecture's
-      subsampling): the mirror image of the forward pass. Element (u, v) of
-      every window is one strided view of dx, and no two windows share it,
-      so it is *written* once: ``dout`` where (u, v) won, 0 elsewhere. KH*KW
-      masked writes, and no index arithmetic at all.
-    * overlapping windows: one scatter, like PyTorch's kernel: the flat
-      position of each winner in the (padded) input, then ``np.add.at``,
-      which adds repeated positions up (``dx[target] += dout`` would keep
-      only one of them).
+    No loop over the output: the mirror image of ``max_pool2d``. Element
+    (u, v) of every window is one strided view of the (padded) gradient, and
+    it receives ``dout`` where (u, v) won its window, 0 elsewhere. KH*KW
+    masked additions; the additions (not assignments) sum what overlapping
+    windows send to one input.
 
     Parameters
     ----------
@@ -198,31 +220,16 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
 
     Returns
     -------
-    dx : ndarray, shape (N, C, H, W)
+    dx : new ndarray, shape (N, C, H, W), dout's dtype
     """
-    x = check_array(x, "x", 4, "(N, C, H, W)", "max pooling")
-    dout = check_array(dout, "dout", 4, "(N, C, H_out, W_out)", "max pooling")
-    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = pool_output_shape(x.shape, kernel_size, stride, padding)
+    dout, x, geometry = check_pool_backward(dout, x, kernel_size, stride, padding, argmax)
+    (KH, KW), (SH, SW), (PH, PW), (H_out, W_out) = geometry
     N, C, H, W = x.shape
-    if dout.shape != (N, C, H_out, W_out):
-        raise ValueError(f"dout has shape {dout.shape}, but pooling x {x.shape} with kernel "
-                         f"{(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)} gives {(N, C, H_out, W_out)}")
     if argmax is None:
         _, argmax = max_pool2d(x, (KH, KW), (SH, SW), (PH, PW), return_indices=True)
-    elif argmax.shape != dout.shape:
-        raise ValueError(f"argmax has shape {argmax.shape}; it must match dout {dout.shape}")
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    if SH >= KH and SW >= KW and dout.dtype.itemsize in (2, 4, 8):   # windows do not overlap
-        tiled = (SH, SW) == (KH, KW) and (Hp, Wp) == (H_out * SH, W_out * SW)
-        dxp = (np.empty if tiled else np.zeros)((N, C, Hp, Wp), dtype=dout.dtype)  # zeros: pixels in no window
-        bits = np.dtype(f"u{dout.dtype.itemsize}")                   # select by multiplying the bit patterns
-        g, dxp_bits = dout.view(bits), dxp.view(bits)                # by 0 or 1: exact, where a float multiply
-        for u in range(KH):                                          # makes inf*0 = NaN and -g*0 = -0.0
-            for v in range(KW):                                      # each window's element (u, v), once
-                np.multiply(g, argmax == u * KW + v, out=_offset_view(dxp_bits, u, v, SH, SW, H_out, W_out))
-    else:                                                            # overlapping windows: add.at sums
-        target = _winner_flat_index(argmax, (N, C, Hp, Wp), (KH, KW), (SH, SW))  # (N, C, H_out, W_out)
-        dxp = np.zeros(N * C * Hp * Wp, dtype=dout.dtype)            # the padded gradient, flat
-        np.add.at(dxp, target.ravel(), dout.ravel())                 # repeated targets (a plain += would not)
-        dxp = dxp.reshape(N, C, Hp, Wp)
-    return np.ascontiguousarray(dxp[:, :, PH:PH + H, PW:PW + W])
+    dxp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)   # pixels in no window stay 0
+    for u in range(KH):
+        for v in range(KW):                                            # element (u, v) of every window
+            won = argmax == u * KW + v                                 # (N, C, H_out, W_out)
+            offset_view(dxp, u, v, SH, SW, H_out, W_out)[...] += np.where(won, dout, 0)
+    return dxp[:, :, PH:PH + H, PW:PW + W].copy()

@@ -6,25 +6,22 @@ Reading order
    ratio of the time taken using only a single machine to the time taken using
    N" (Dean et al. 2012); efficiency is speed-up divided by the growth in
    hardware, ``E = S / (P / P0)`` where P0 is the baseline's GPU count.
-2. ``POWERAI_CAFFE`` / ``POWERAI_TORCH``: the PowerAI DDL tables (Cho et al.
-   2017, lecture 5 "PowerAI DDL -- IBM", Figures 2 and 3) and
-   ``IMAGENET_AT_SCALE`` ("Imagenet1K/ResNet50 Training at Scale").
-   ``check_table`` recomputes each printed efficiency from the printed
-   speed-up and says whether the two agree up to the table's rounding.
+2. ``POWERAI_CAFFE`` / ``POWERAI_TORCH``: the PowerAI DDL tables (Cho et al. 2017,
+   lecture 5 "PowerAI DDL -- IBM", Figures 2 and 3) and ``IMAGENET_AT_SCALE``
+   ("Imagenet1K/ResNet50 Training at Scale"). ``check_table`` recomputes each printed
+   efficiency from the printed speed-up: do they agree up to the table's rounding?
 3. ``resnet50_layers``: parameter and FLOP counts of ResNet-50's layers,
    computed from its architecture (He et al. 2016).
 4. ``iteration_timeline``: one data-parallel iteration as a per-layer
    timeline. Backprop runs from the last layer to the first; a layer's
    gradient can be all-reduced as soon as it exists ("no data dependency
-   between gradients across layers", Goyal et al. 2017). Without overlap the
-   all-reduce waits for the whole backward pass. The ring all-reduce of b
-   bytes over P = ``world_size`` ranks costs, in the alpha-beta model,
-   ``2(P-1) alpha + 2 b (P-1)/P / bandwidth`` (the lecture's 2N(P-1)/P).
-5. ``modelled_efficiency``: E(P) = t_iter(1) / t_iter(P) for a fixed batch per
-   GPU (weak scaling, as in all the lecture's tables). With the parameters
-   ``POWERAI_MODEL`` the model gives about 0.84 without overlap (Torch) and
-   about 0.95 with it (Caffe): the 11 points the lecture attributes to
-   overlapping the reduction with compute.
+   between gradients across layers", Goyal et al. 2017); without overlap the
+   all-reduce waits for the whole backward pass. A ring all-reduce of b bytes
+   over P = ``world_size`` ranks costs ``cost.ring_time``'s alpha-beta time.
+5. ``modelled_efficiency``: E(P) = t_iter(1) / t_iter(P) for a fixed batch per GPU
+   (weak scaling, as in all the lecture's tables). With ``POWERAI_MODEL`` it gives
+   about 0.84 without overlap (Torch) and 0.95 with it (Caffe): the 11 points the
+   lecture attributes to overlapping the reduction with compute.
 
 Times are seconds, sizes bytes, bandwidths bytes per second.
 """
@@ -35,10 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from course_lib.distributed.cost import ring_time
 
-# --------------------------------------------------------------------------
-# 1. Definitions
-# --------------------------------------------------------------------------
+
+# ---- 1. Definitions ----------------------------------------------------------
 
 def speedup(t_base: float, t_parallel: float) -> float:
     """``S = t_base / t_parallel``: how many times faster the parallel run is."""
@@ -62,9 +59,7 @@ def scaling_efficiency(speedup_value, P, P0: int = 1):
     return np.asarray(speedup_value, dtype=np.float64) / (P / P0)
 
 
-# --------------------------------------------------------------------------
-# 2. The lecture's tables
-# --------------------------------------------------------------------------
+# ---- 2. The lecture's tables -------------------------------------------------
 
 @dataclass(frozen=True)
 class ScalingTable:
@@ -112,27 +107,23 @@ class ImageNetRun:
 
 IMAGENET_AT_SCALE = (
     ImageNetRun("He et al", "256", "Tesla P100", 8, "Caffe", None, 29 * 60, 75.3, None),
-    ImageNetRun("Goyal et al (Facebook)", "8K", "Tesla P100", 256, "Caffe2", "50 Gbit Ethernet",
-                60, 76.3, 0.90),
+    ImageNetRun("Goyal et al (Facebook)", "8K", "Tesla P100", 256, "Caffe2", "50 Gbit Ethernet", 60, 76.3, 0.90),
     ImageNetRun("Cho et al (IBM)", "8K", "Tesla P100", 256, "Caffe", "Infiniband", 50, 75.01, 0.95),
     ImageNetRun("Smith et al", "8K -> 16K", "Full TPU Pod", None, "Tensorflow", None, 30, 76.1, None),
     ImageNetRun("Akiba et al", "32K", "Tesla P100", 1024, "Chainer", "Infiniband FDR", 15, 74.9, 0.80),
-    ImageNetRun("Jia et al", "64K", "Tesla P40", 2048, "Tensorflow", "100 Gbit Ethernet",
-                6.6, 75.8, 0.879),
+    ImageNetRun("Jia et al", "64K", "Tesla P40", 2048, "Tensorflow", "100 Gbit Ethernet", 6.6, 75.8, 0.879),
     ImageNetRun("Ying et al", "32K", "TPU v3", 1024, "Tensorflow", None, 2.2, 76.3, None),
     ImageNetRun("Ying et al", "64K", "TPU v3", 1024, "Tensorflow", None, 1.8, 75.2, None),
-    ImageNetRun("Mikami et al", "54K", "Tesla V100", 3456, "NNL", "Infiniband EDR x2",
-                2.0, 75.29, 0.8475),
+    ImageNetRun("Mikami et al", "54K", "Tesla V100", 3456, "NNL", "Infiniband EDR x2", 2.0, 75.29, 0.8475),
 )
 
 
 def check_table(table: ScalingTable) -> list[dict]:
     """Recompute each efficiency from the printed speed-up, ``E = S / (P / P0)``.
 
-    The slide rounds S to 0.1 and E to 0.01, so the two agree when some
-    speed-up within 0.05 of the printed one gives an efficiency within 0.005
-    of the printed one. Returns one dict per column with ``recomputed`` and
-    ``consistent``.
+    The slide rounds S to 0.1 and E to 0.01, so the two agree when some speed-up within
+    0.05 of the printed one gives an efficiency within 0.005 of the printed one.
+    Returns one dict per column with ``recomputed`` and ``consistent``.
     """
     rows = []
     for P, S, E in zip(table.gpus, table.speedup, table.efficiency):
@@ -153,22 +144,22 @@ def time_based_efficiency(run: ImageNetRun, base: ImageNetRun = IMAGENET_AT_SCAL
                                     run.n_processors, base.n_processors))
 
 
-# --------------------------------------------------------------------------
-# 3. ResNet-50's layers (what the all-reduce carries, and when)
-# --------------------------------------------------------------------------
+# ---- 3. ResNet-50's layers (what the all-reduce carries, and when) -----------
 
 @dataclass(frozen=True)
-class Layer:
+class LayerCost:
+    """One layer's cost for one 224x224 image: what its gradient all-reduce carries, and its compute."""
     name: str
     params: int        # learnable parameters (BatchNorm's scale and shift included)
-    flops: float       # forward multiply-adds x 2, for one 224x224 image
+    flops: float       # forward multiply-adds x 2
 
 
-def _conv(name, C, K, k, H_out):
-    return Layer(name, C * K * k * k + 2 * K, 2.0 * C * K * k * k * H_out * H_out)
+def _conv(name, C, K, KH, H_out):
+    """A square KH x KH convolution of C to K channels, then BatchNorm, at H_out x H_out."""
+    return LayerCost(name, C * K * KH * KH + 2 * K, 2.0 * C * K * KH * KH * H_out * H_out)
 
 
-def resnet50_layers() -> list[Layer]:
+def resnet50_layers() -> list[LayerCost]:
     """ResNet-50 in forward order: conv1, 16 bottleneck blocks, fc (He et al. 2016).
 
     About 25.6 million parameters and 7.7 GFLOPs (3.9 G multiply-adds) per
@@ -190,13 +181,11 @@ def resnet50_layers() -> list[Layer]:
             if b == 0:
                 layers.append(_conv(f"res{stage}.{b}.proj", C, out, 1, H))
             C = out
-    layers.append(Layer("fc", 2048 * 1000 + 1000, 2.0 * 2048 * 1000))
+    layers.append(LayerCost("fc", 2048 * 1000 + 1000, 2.0 * 2048 * 1000))
     return layers
 
 
-# --------------------------------------------------------------------------
-# 4. One iteration as a timeline
-# --------------------------------------------------------------------------
+# ---- 4. One iteration as a timeline ------------------------------------------
 
 @dataclass(frozen=True)
 class CommModel:
@@ -213,16 +202,13 @@ class CommModel:
 
 
 def ring_allreduce_time(n_bytes: float, world_size: int, comm: CommModel) -> float:
-    """``2(P-1) alpha + 2 n_bytes (P-1)/P / bandwidth`` with P = world_size (0 when P = 1)."""
-    P = world_size
-    if P < 1:
-        raise ValueError(f"world_size must be >= 1, got {P}")
-    if P == 1:
-        return 0.0
-    return 2 * (P - 1) * comm.alpha + 2 * n_bytes * (P - 1) / P / comm.bandwidth
+    """``2(P-1) alpha + 2 n_bytes (P-1)/P / bandwidth``, P = world_size: ``cost.ring_time`` in bytes."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return ring_time(n_bytes, world_size, comm.alpha, 1 / comm.bandwidth, itemsize=1)
 
 
-def _buckets(layers: list[Layer], comm: CommModel) -> list[tuple[int, float]]:
+def _buckets(layers: list[LayerCost], comm: CommModel) -> list[tuple[int, float]]:
     """Group layers, in backward order, into buckets of >= bucket_bytes.
     Returns (index of the bucket's last layer in backward order, bytes)."""
     buckets, size = [], 0.0
@@ -243,7 +229,7 @@ class Timeline:
     total: float
 
 
-def iteration_timeline(layers: list[Layer], compute_s: float, world_size: int,
+def iteration_timeline(layers: list[LayerCost], compute_s: float, world_size: int,
                        comm: CommModel, overlap: bool) -> Timeline:
     """Timeline of one data-parallel iteration on each of ``world_size`` GPUs.
 
@@ -255,7 +241,7 @@ def iteration_timeline(layers: list[Layer], compute_s: float, world_size: int,
     """
     flops = np.array([layer.flops for layer in layers])
     forward = compute_s / 3
-    t, backward, ready = forward, [], []
+    t, backward = forward, []
     for layer, f in zip(reversed(layers), flops[::-1]):
         dt = (2 * compute_s / 3) * f / flops.sum()
         backward.append((layer.name, t, t + dt))
@@ -269,19 +255,17 @@ def iteration_timeline(layers: list[Layer], compute_s: float, world_size: int,
     return Timeline(forward, backward, allreduce, max(end_of_backprop, link_free))
 
 
-def modelled_efficiency(layers: list[Layer], compute_s: float, nodes, comm: CommModel,
+def modelled_efficiency(layers: list[LayerCost], compute_s: float, nodes, comm: CommModel,
                         overlap: bool) -> np.ndarray:
     """``E = t_iter(1 node) / t_iter(nodes)`` for a fixed minibatch per GPU (weak scaling).
 
-    The ring runs over nodes (``world_size = nodes``): inside a node the GPUs
-    reduce over NVLink, which is an order of magnitude faster than the network
-    and is neglected here, so one node is the baseline, as in the PowerAI
-    tables (4 GPUs = 1 node).
+    The ring runs over nodes (``world_size = nodes``): inside a node the GPUs reduce over
+    NVLink, an order of magnitude faster than the network and neglected here, so one
+    node is the baseline, as in the PowerAI tables (4 GPUs = 1 node).
     """
-    sizes = np.atleast_1d(nodes)
     t1 = iteration_timeline(layers, compute_s, 1, comm, overlap).total
     return np.array([t1 / iteration_timeline(layers, compute_s, int(n), comm, overlap).total
-                     for n in sizes])
+                     for n in np.atleast_1d(nodes)])
 
 
 # One P100 runs ResNet-50 forward + backward on 32 images in about 0.1 s
@@ -300,11 +284,8 @@ def what_if(comm_over_compute: float, nodes: int, compute_s: float = 0.1,
     gradients (at the large-P limit, 2N bytes over the link) divided by the
     compute time of one iteration; the bandwidth is set to match it. The
     widget of notebooks/11_scaling_efficiency.ipynb drives this function.
-
-    Returns
-    -------
-    {"overlap": E, "no_overlap": E, "t_compute": s, "t_comm": s at this P,
-     "t_iter_overlap": s, "t_iter_no_overlap": s}
+    Returns {"overlap": E, "no_overlap": E, "t_compute": s, "t_comm": s at this P,
+    "t_iter_overlap": s, "t_iter_no_overlap": s}.
     """
     if comm_over_compute < 0 or compute_s <= 0:
         raise ValueError(f"need comm_over_compute >= 0 and compute_s > 0, got "

@@ -1,14 +1,25 @@
-"""Linux ``/proc`` helpers for the tests that SIGKILL a parent and look for its orphaned workers.
+"""Process helpers for the tests that start workers: nothing left behind, no orphan survives.
 
-A worker is known by its pid *and* its start time, so a pid the system reuses
-after the worker died is never mistaken for it (nor killed by a test's clean-up).
+``leaves_nothing_behind``: an autouse fixture (import it into a test module)
+that fails a test after which a child process still runs or a shared-memory
+segment it created still exists. The rest are Linux ``/proc`` helpers for the
+tests that SIGKILL a parent and look for its orphaned workers. A worker is
+known by its pid *and* its start time, so a pid the system reuses after the
+worker died is never mistaken for it (nor killed by a test's clean-up).
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
+import sys
 import time
+from multiprocessing import shared_memory
+
+import pytest
+
+IS_LINUX = sys.platform.startswith("linux")
 
 
 def proc_stat(pid: int) -> list[str] | None:
@@ -64,3 +75,46 @@ def kill_left(workers: dict[int, str]) -> None:
     for pid, t in workers.items():
         if alive(pid, t):
             os.kill(pid, signal.SIGKILL)
+
+
+def live_children() -> set[int]:
+    """Live child processes of this test process, other than multiprocessing's helpers."""
+    if not IS_LINUX:
+        return {p.pid for p in mp.active_children()}
+    helpers = {getattr(mp.resource_tracker._resource_tracker, "_pid", None)}
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and int(entry) not in helpers:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"forkserver" not in f.read():
+                    found.add(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_behind(monkeypatch):
+    """Record every shared-memory segment created during the test; afterwards none may exist,
+    and no child process may still run."""
+    created, real_init = [], shared_memory.SharedMemory.__init__
+
+    def recording_init(self, name=None, create=False, size=0, **kwargs):
+        real_init(self, name, create, size, **kwargs)
+        if create:
+            created.append(self._name)
+    monkeypatch.setattr(shared_memory.SharedMemory, "__init__", recording_init)
+    before = live_children()
+    yield created
+    leftover = [n for n in created if os.path.exists(f"/dev/shm/{n.lstrip('/')}")] if IS_LINUX else []
+    assert not leftover, f"shared memory left behind: {leftover}"
+    deadline = time.monotonic() + 5
+    while live_children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (live_children() - before), f"child processes left running: {live_children() - before}"
+

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from course_lib.data import load_digits
 from course_lib.distributed.compression import (bytes_per_step, decompress, sign_compress,
                                                 threshold_compress, topk_compress, train_compressed)
-from course_lib.distributed.downpour import TinyNet
+from course_lib.models import TinyNet
 
 grads = arrays(np.float32, st.integers(1, 300), elements=st.floats(-10, 10, width=32))
 

@@ -1,4 +1,5 @@
-"""course_lib.conv against the lecture's examples, against PyTorch, and against numerical gradients."""
+"""course_lib.conv and the tuned course_lib.machinery.fast_conv: against the lecture's examples,
+against each other, against PyTorch, and against numerical gradients."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from course_lib import threads
-from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d, conv2d_backward, conv2d_im2col,
-                             conv2d_naive, conv_output_size, conv_param_count, im2col, pad2d,
-                             _conv_geometry, _scratch_arrays, _unfold_batched, release_scratch)
+from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d_backward_im2col,
+                             conv2d_backward_naive, conv2d_im2col, conv2d_naive, conv_geometry, conv_output_size,
+                             conv_param_count, im2col, pad2d)
 from course_lib.gradcheck import check_gradient
+from course_lib.machinery import threads
+from course_lib.machinery.fast_conv import Workspace, conv2d, conv2d_backward, unfold_batched
 
 FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
+BACKWARDS = [conv2d_backward_naive, conv2d_backward_im2col, conv2d_backward]
 
 LECTURE_7x7 = LECTURE_PADDING_EXAMPLE  # the slide's 7x7 input
 
@@ -63,7 +66,8 @@ def test_errors_name_the_axis_that_is_wrong():
         conv2d(x_tall_enough_wide_enough, np.ones((1, 1, 5, 3)))
     with pytest.raises(ValueError, match=r"filter size F = 11 is larger than the padded input W \+ 2P = 10 \+ 2\*0"):
         conv2d(x_tall_enough_wide_enough, np.ones((1, 1, 3, 11)))
-    with pytest.raises(ValueError, match=r"output height \(H - F \+ 2P\)/S \+ 1 = \(7 - 3 \+ 2\*0\)/3 \+ 1 = 2.33.*row\(s\)"):
+    with pytest.raises(ValueError,
+                       match=r"output height \(H - F \+ 2P\)/S \+ 1 = \(7 - 3 \+ 2\*0\)/3 \+ 1 = 2.33.*row\(s\)"):
         conv_output_size(7, 3, 0, 3, axis="height")
     with pytest.raises(ValueError, match="input height H = 0 must be >= 1"):
         conv2d(np.ones((1, 1, 0, 10)), np.ones((1, 1, 1, 1)))
@@ -94,7 +98,8 @@ def test_padding_example_from_the_lecture():
 
 def test_conv_by_hand_on_the_lecture_input():
     x = LECTURE_7x7[None, None]
-    w = np.zeros((1, 1, 3, 3)); w[0, 0, 1, 1] = 1.0            # identity filter
+    w = np.zeros((1, 1, 3, 3))
+    w[0, 0, 1, 1] = 1.0                                        # identity filter
     for f in FORWARDS:
         np.testing.assert_array_equal(f(x, w, padding=1)[0, 0], LECTURE_7x7)
     box = np.ones((1, 1, 3, 3))
@@ -109,7 +114,8 @@ def test_inputs_are_not_modified(rng):
     copies = [a.copy() for a in (x, w, b)]
     for f in FORWARDS:
         f(x, w, b, stride=2, padding=1)
-    conv2d_backward(rng.standard_normal((2, 4, 3, 3)), x, w, stride=2, padding=1)
+    for backward in BACKWARDS:
+        backward(rng.standard_normal((2, 4, 3, 3)), x, w, stride=2, padding=1)
     for a, c in zip((x, w, b), copies):
         np.testing.assert_array_equal(a, c)
 
@@ -120,16 +126,18 @@ def test_dtype_follows_the_input(rng):
     b64 = rng.standard_normal(3)                                  # a float64 bias does not promote
     for f in FORWARDS:
         assert f(x, w).dtype == np.float32 and f(x, w, b64).dtype == np.float32, f.__name__
-    assert all(g.dtype == np.float32 for g in conv2d_backward(np.ones((1, 3, 3, 3), np.float32), x, w))
+    for backward in BACKWARDS:
+        assert all(g.dtype == np.float32 for g in backward(np.ones((1, 3, 3, 3), np.float32), x, w)), backward.__name__
 
 
 def test_gradients_take_their_variables_dtype(rng):
     x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3))                          # float64 weights, float32 images
-    dx, dw, _ = conv2d_backward(np.ones((2, 3, 3, 3)), x, w)
-    assert (dx.dtype, dw.dtype) == (np.float32, np.float64)
-    dx, dw, _ = conv2d_backward(np.ones((2, 3, 3, 3), np.float32), x.astype(np.float64), w.astype(np.float32))
-    assert (dx.dtype, dw.dtype) == (np.float64, np.float32)
+    for backward in BACKWARDS:
+        dx, dw, _ = backward(np.ones((2, 3, 3, 3)), x, w)
+        assert (dx.dtype, dw.dtype) == (np.float32, np.float64), backward.__name__
+        dx, dw, _ = backward(np.ones((2, 3, 3, 3), np.float32), x.astype(np.float64), w.astype(np.float32))
+        assert (dx.dtype, dw.dtype) == (np.float64, np.float32), backward.__name__
 
 
 def test_an_empty_batch_gives_empty_results_like_torch(rng):
@@ -137,8 +145,9 @@ def test_an_empty_batch_gives_empty_results_like_torch(rng):
     expected = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=1).shape   # (0, 5, 9, 9)
     for f in FORWARDS:
         assert f(x, w, b, padding=1).shape == expected, f.__name__
-    dx, dw, db = conv2d_backward(np.zeros(expected), x, w, padding=1)
-    assert dx.shape == x.shape and not dw.any() and not db.any() and dw.shape == w.shape
+    for backward in BACKWARDS:
+        dx, dw, db = backward(np.zeros(expected), x, w, padding=1)
+        assert dx.shape == x.shape and not dw.any() and not db.any() and dw.shape == w.shape, backward.__name__
     assert im2col(x, (3, 2), 1, 1).shape == (0, 18, 81)
 
 
@@ -146,12 +155,14 @@ def test_results_are_c_contiguous(rng):
     x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2))
     out = conv2d(x, w, rng.standard_normal(4), stride=2, padding=1)
     assert out.flags.c_contiguous
-    assert all(g.flags.c_contiguous for g in conv2d_backward(np.ones(out.shape), x, w, stride=2, padding=1))
+    for backward in BACKWARDS:
+        assert all(g.flags.c_contiguous for g in backward(np.ones(out.shape), x, w, stride=2, padding=1))
 
 
 # ---------------------------------------------------------------- errors that teach
 
-@pytest.mark.parametrize("f", FORWARDS + [lambda x, w, **k: conv2d_backward(np.ones((1, 1, 1, 1)), x, w, **k)])
+@pytest.mark.parametrize("f", FORWARDS + [lambda x, w, backward=backward, **k:
+                                            backward(np.ones((1, 1, 1, 1)), x, w, **k) for backward in BACKWARDS])
 @pytest.mark.parametrize("x, w, kwargs, error, pattern", [
     (np.ones((3, 5, 5)), np.ones((1, 3, 3, 3)), {}, ValueError, r"x must have 4 dimensions.*x\[None\]"),
     (np.ones((1, 3, 5, 5)), np.ones((1, 2, 3, 3)), {}, ValueError, "channel mismatch: x has C = 3"),
@@ -171,8 +182,9 @@ def test_bias_and_dout_shapes_are_checked():
     x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
     with pytest.raises(ValueError, match="b has 2 entries but there are K = 3 filters"):
         conv2d(x, w, np.ones(2))
-    with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 2, 2\).*\(1, 3, 3, 3\)"):
-        conv2d_backward(np.ones((1, 3, 2, 2)), x, w)
+    for backward in BACKWARDS:
+        with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 2, 2\).*\(1, 3, 3, 3\)"):
+            backward(np.ones((1, 3, 2, 2)), x, w)
     with pytest.raises(ValueError, match="cols has shape"):
         col2im(np.ones((1, 9, 5)), (5, 5), 3)
 
@@ -222,8 +234,9 @@ def test_backward_equals_torch_autograd(case):
     x, w, b, stride, padding = case
     dout = np.random.default_rng(1).standard_normal(_torch_conv(x, w, b, stride, padding).shape)
     expected = _torch_conv(x, w, b, stride, padding, dout)
-    for name, got, exp in zip(("dx", "dw", "db"), conv2d_backward(dout, x, w, stride, padding), expected):
-        np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, err_msg=name)
+    for backward in BACKWARDS:
+        for name, got, exp in zip(("dx", "dw", "db"), backward(dout, x, w, stride, padding), expected):
+            np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-10, err_msg=f"{backward.__name__} {name}")
 
 
 @settings(max_examples=40, deadline=None)
@@ -258,26 +271,55 @@ def test_float32_forward_matches_torch_at_float32_precision(rng):
 
 # ---------------------------------------------------------------- numerical gradients
 
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), ((1, 2), (2, 0))])
-def test_backward_passes_the_numerical_gradient_check(rng, stride, padding):
+def test_backward_passes_the_numerical_gradient_check(rng, stride, padding, backward):
     x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
     dout = rng.standard_normal(conv2d(x, w, b, stride, padding).shape)
-    dx, dw, db = conv2d_backward(dout, x, w, stride, padding)
+    dx, dw, db = backward(dout, x, w, stride, padding)
     loss = lambda x_, w_, b_: float(np.sum(conv2d(x_, w_, b_, stride, padding) * dout))
     check_gradient(lambda v: loss(v, w, b), x, dx, "dx")
     check_gradient(lambda v: loss(x, v, b), w, dw, "dw")
     check_gradient(lambda v: loss(x, w, v), b, db, "db")
 
 
+def test_backward_by_hand_on_the_lecture_input():
+    """3x3 corner of the lecture's map, a 2x2 filter, dout = 1 everywhere: every number checkable by hand.
+
+    dw[u, v] is the sum of the 2x2 block of x at offset (u, v); dx[p, q] adds up the filter weights that
+    touched pixel (p, q) (the centre pixel is in all four windows); db counts the four outputs."""
+    x = LECTURE_7x7[None, None, :3, :3]                          # [[6, 3, 4], [4, 7, 4], [7, 0, 2]]
+    w = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    dout = np.ones((1, 1, 2, 2))
+    for backward in BACKWARDS:
+        dx, dw, db = backward(dout, x, w)
+        np.testing.assert_array_equal(dw[0, 0], [[6 + 3 + 4 + 7, 3 + 4 + 7 + 4], [4 + 7 + 7 + 0, 7 + 4 + 0 + 2]])
+        np.testing.assert_array_equal(dx[0, 0], [[1, 1 + 2, 2], [1 + 3, 1 + 2 + 3 + 4, 2 + 4], [3, 3 + 4, 4]])
+        np.testing.assert_array_equal(db, [4.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_naive_and_im2col_backward_equal_the_fast_one(case):
+    x, w, b, stride, padding = case
+    dout = np.random.default_rng(3).standard_normal(conv2d(x, w, b, stride, padding).shape)
+    fast = conv2d_backward(dout, x, w, stride, padding)
+    for backward in (conv2d_backward_naive, conv2d_backward_im2col):
+        for name, got, expected in zip(("dx", "dw", "db"), backward(dout, x, w, stride, padding), fast):
+            assert got.shape == expected.shape and got.dtype == expected.dtype, (backward.__name__, name)
+            np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, err_msg=f"{backward.__name__} {name}")
+
+
 def test_gradient_check_catches_a_wrong_gradient(rng):
     x, w = rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((1, 1, 2, 2))
     dout = np.ones((1, 1, 3, 3))
     _, dw, _ = conv2d_backward(dout, x, w)
-    with pytest.raises(AssertionError, match=r"dw: relative error .* worst element \(0, 0, \d, \d\): expected \(numerical\)"):
+    with pytest.raises(AssertionError,
+                       match=r"dw: relative error .* worst element \(0, 0, \d, \d\): expected \(numerical\)"):
         check_gradient(lambda v: float(conv2d(x, v).sum()), w, dw * 1.01, "dw")   # the index as plain ints
 
 
-# ---------------------------------------------------------------- the fast path's layout and its threads
+# ---------------------------------------------------------------- the fast path's layout, threads and workspace
 
 @contextlib.contextmanager
 def _forced_threads(n: int):
@@ -298,11 +340,11 @@ def _forced_threads(n: int):
 @given(conv_cases())
 def test_batched_unfold_is_f_unfold_with_the_batch_in_the_columns(case):
     x, w, _, stride, padding = case
-    (N, C, H, W), (KH, KW) = x.shape, w.shape[2:]
-    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
-    for n_threads in (1, 3):
+    C, (KH, KW) = x.shape[1], w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
+    for n_threads, workspace in ((1, None), (3, None), (3, Workspace())):
         with _forced_threads(n_threads):
-            cols = _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)
+            cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)
         unfold = F.unfold(torch.tensor(x), (KH, KW), stride=stride, padding=padding).numpy()  # (N, C*KH*KW, L)
         np.testing.assert_array_equal(cols, unfold.transpose(1, 0, 2).reshape(C * KH * KW, -1))
 
@@ -340,18 +382,36 @@ def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, m
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3, err_msg=name)
 
 
-def test_results_never_share_memory_with_the_scratch_buffers(rng):
-    """Results a caller keeps must survive later calls that reuse the scratch memory."""
+@settings(max_examples=25, deadline=None)
+@given(conv_cases())
+def test_a_workspace_changes_no_bit(case):
+    """The same results with fresh temporaries, a new workspace, and one grown by other shapes first."""
+    x, w, b, stride, padding = case
+    out = conv2d(x, w, b, stride, padding)
+    dout = np.random.default_rng(2).standard_normal(out.shape)
+    grads = conv2d_backward(dout, x, w, stride, padding)
+    grown = Workspace()
+    big = np.random.default_rng(4).standard_normal((4, x.shape[1], 12, 12))
+    conv2d_backward(conv2d(big, w, None, 1, 2, grown), big, w, 1, 2, grown)
+    for workspace in (Workspace(), grown):
+        np.testing.assert_array_equal(conv2d(x, w, b, stride, padding, workspace=workspace), out)
+        for got, expected in zip(conv2d_backward(dout, x, w, stride, padding, workspace=workspace), grads):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_results_never_share_memory_with_the_workspace(rng):
+    """Results a caller keeps must survive later calls that reuse the workspace's memory."""
     x, w, b = rng.standard_normal((3, 2, 9, 9)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
     big = rng.standard_normal((5, 2, 12, 12))
-    conv2d_backward(conv2d(big, w, b, 1, 2), big, w, 1, 2)     # grow every buffer first: later calls reuse them
-    kept = [conv2d(x, w, b, 1, 1), *conv2d_backward(np.ones((3, 4, 9, 9)), x, w, 1, 1)]
+    workspace = Workspace()
+    conv2d_backward(conv2d(big, w, b, 1, 2, workspace), big, w, 1, 2, workspace)   # grow every buffer first
+    kept = [conv2d(x, w, b, 1, 1, workspace), *conv2d_backward(np.ones((3, 4, 9, 9)), x, w, 1, 1, workspace)]
     saved = [a.copy() for a in kept]
     for shape, P in (((5, 2, 12, 12), 2), ((3, 2, 9, 9), 0), ((1, 2, 4, 4), 1)):
         xs = rng.standard_normal(shape)
-        out = conv2d(xs, w, b, 1, P)
-        conv2d_backward(out, xs, w, 1, P)
-    buffers = list(_scratch_arrays.__dict__.values())
+        out = conv2d(xs, w, b, 1, P, workspace)
+        conv2d_backward(out, xs, w, 1, P, workspace)
+    buffers = list(workspace.buffers.values())
     assert buffers, "no scratch buffer was used"
     for a, before in zip(kept, saved):
         np.testing.assert_array_equal(a, before)
@@ -359,17 +419,18 @@ def test_results_never_share_memory_with_the_scratch_buffers(rng):
 
 
 def test_user_threads_calling_conv_at_once_get_their_own_results():
-    """Scratch memory is per thread: four threads with different shapes must not mix their data."""
+    """Four threads with different shapes must not mix their data: fresh temporaries, or a workspace each."""
     import concurrent.futures
 
     def job(seed: int) -> None:
         rng = np.random.default_rng(seed)
+        workspace = Workspace() if seed % 2 else None
         for i in range(15):
             N, C, H = 1 + (seed + i) % 3, 1 + seed % 3, 5 + (seed * 7 + i) % 6
             x, w, b = rng.standard_normal((N, C, H, H)), rng.standard_normal((3, C, 3, 3)), rng.standard_normal(3)
-            out = conv2d(x, w, b, 1, 1)
+            out = conv2d(x, w, b, 1, 1, workspace)
             np.testing.assert_allclose(out, conv2d_im2col(x, w, b, 1, 1), rtol=1e-12, atol=1e-12)
-            dx, dw, db = conv2d_backward(out, x, w, 1, 1)
+            dx, dw, db = conv2d_backward(out, x, w, 1, 1, workspace)
             dx_ref, dw_ref, _ = _torch_conv(x, w, b, 1, 1, out)
             np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
             np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
@@ -378,12 +439,20 @@ def test_user_threads_calling_conv_at_once_get_their_own_results():
             future.result(timeout=120)
 
 
-def test_release_scratch_frees_what_the_thread_held(rng):
+def test_a_workspace_holds_its_memory_while_it_lives_and_no_longer(rng):
+    import gc
+    import weakref
+
     x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3))
-    conv2d_backward(conv2d(x, w, None, 1, 1), x, w, 1, 1)
-    held = sum(buf.nbytes for buf in _scratch_arrays.__dict__.values())
-    assert held > 0 and release_scratch() == held
-    assert not _scratch_arrays.__dict__ and release_scratch() == 0
+    workspace = Workspace()
+    conv2d_backward(conv2d(x, w, None, 1, 1, workspace), x, w, 1, 1, workspace)
+    held = sum(buf.nbytes for buf in workspace.buffers.values())
+    assert held > 0 and workspace.nbytes == held
+    assert set(workspace.buffers) == {"padded", "cols", "out", "dout", "dcols"}, workspace
+    refs = [weakref.ref(buf) for buf in workspace.buffers.values()]
+    del workspace
+    gc.collect()
+    assert all(ref() is None for ref in refs), "the workspace's buffers outlived it"
     np.testing.assert_allclose(conv2d(x, w, None, 1, 1), conv2d_im2col(x, w, None, 1, 1), rtol=1e-12)
 
 
@@ -404,7 +473,8 @@ def test_non_integer_error_counts_the_columns_or_rows_pytorch_drops():
 ])
 def test_both_elements_of_a_stride_or_padding_pair_are_checked(kwargs, pattern):
     x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
-    for f in FORWARDS + [lambda x, w, **k: conv2d_backward(np.ones((1, 1, 3, 3)), x, w, **k)]:
+    for f in FORWARDS + [lambda x, w, backward=backward, **k: backward(np.ones((1, 1, 3, 3)), x, w, **k)
+                         for backward in BACKWARDS]:
         with pytest.raises(ValueError, match=pattern):
             f(x, w, **kwargs)
     if "padding" in kwargs:
@@ -431,16 +501,18 @@ def test_col2im_rejects_rows_that_are_not_whole_kernels():
 
 def test_dout_must_be_a_floating_numpy_array():
     x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
-    with pytest.raises(TypeError, match="dout has dtype int64"):
-        conv2d_backward(np.ones((1, 1, 3, 3), dtype=np.int64), x, w)
-    with pytest.raises(TypeError, match="dout must be a numpy array.*detach"):
-        conv2d_backward(torch.ones(1, 1, 3, 3), x, w)
+    for backward in BACKWARDS:
+        with pytest.raises(TypeError, match="dout has dtype int64"):
+            backward(np.ones((1, 1, 3, 3), dtype=np.int64), x, w)
+        with pytest.raises(TypeError, match="dout must be a numpy array.*detach"):
+            backward(torch.ones(1, 1, 3, 3), x, w)
 
 
 def test_dout_with_the_wrong_spatial_shape_is_refused():
     x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
-    with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 3, 4\).*\(1, 3, 3, 3\)"):
-        conv2d_backward(np.ones((1, 3, 3, 4)), x, w)
+    for backward in BACKWARDS:
+        with pytest.raises(ValueError, match=r"dout has shape \(1, 3, 3, 4\).*\(1, 3, 3, 3\)"):
+            backward(np.ones((1, 3, 3, 4)), x, w)
 
 
 # ---------------------------------------------------------------- course_lib.gradcheck
@@ -453,7 +525,7 @@ def test_numerical_gradient_refuses_integers_and_works_in_float64(rng):
     before = x.copy()
     grad = numerical_gradient(lambda v: float(np.sum(v.astype(np.float64) ** 2)), x)
     assert grad.dtype == np.float64 and grad.shape == x.shape
-    np.testing.assert_allclose(grad, 2 * x.astype(np.float64), rtol=1e-8, atol=1e-8)   # float64 steps: no float32 rounding
+    np.testing.assert_allclose(grad, 2 * x.astype(np.float64), rtol=1e-8, atol=1e-8)   # float64 steps: exact
     np.testing.assert_array_equal(x, before)
 
 

@@ -63,7 +63,9 @@ def test_single_process_twin_is_plain_sgd(digits):
     losses = []
     for idx in ddp.global_batches(len(x), 16, 3, seed=1):
         loss = F.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     np.testing.assert_allclose(out["losses"], losses, rtol=1e-6)
     np.testing.assert_allclose(out["params"], ddp.flat_parameters(model), rtol=0, atol=1e-6)
@@ -128,7 +130,7 @@ def test_the_same_script_runs_under_torchrun(digits, capsys):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
     single = ddp.train_single(digits.x_train, digits.y_train, 3, 16)
-    line = [l for l in done.stdout.splitlines() if l.startswith("rank 0 of 2")]
+    line = [text for text in done.stdout.splitlines() if text.startswith("rank 0 of 2")]
     assert line, done.stdout
     checksum = float(line[0].rsplit(" ", 1)[1])
     assert checksum == pytest.approx(single["params"].sum(), abs=1e-4), (line, single["params"].sum())

@@ -10,9 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from course_lib.distributed import (allgather_step, chunk_bounds, ps_bytes_at_server, ps_bytes_per_rank,
-                                    ps_ring_ratio, ps_time, ring_bytes_per_rank, ring_schedule, ring_time,
-                                    scatter_reduce_step, simulate_ring_allreduce)
+from course_lib.distributed.cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_ring_ratio, ps_time,
+                                         ring_bytes_per_rank, ring_time)
+from course_lib.distributed.schedule import allgather_step, chunk_bounds, ring_schedule, scatter_reduce_step
+from course_lib.distributed.simulate import simulate_ring_allreduce
 
 FEW = settings(max_examples=30, deadline=None)
 
@@ -198,7 +199,7 @@ def test_ring_schedule_prints_the_documented_table():
                   scatter-reduce     0     1        1   ->   0            0   <-   0
                   allgather          0     0        1   ->   1            0   <-   1
                   allgather          0     1        0   ->   0            1   <-   0"""
-    assert [l.split() for l in str(ring_schedule(2)).splitlines()] == [l.split() for l in expected.splitlines()]
+    assert [row.split() for row in str(ring_schedule(2)).splitlines()] == [row.split() for row in expected.splitlines()]
 
 
 def test_ring_schedule_rows_come_from_the_step_functions():

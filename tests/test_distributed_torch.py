@@ -1,4 +1,5 @@
-"""The same all-reduce through torch.distributed (gloo on CPU), and launch_torch with DDP."""
+"""The PyTorch twin (course_lib.distributed.torch_dist) and its launcher (course_lib.machinery.torch_launch):
+the same all-reduce through torch.distributed (gloo on CPU), and DDP on launch_torch."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from course_lib.distributed import CollectiveError, allreduce, torch_dist
-from course_lib.distributed.torch_dist import (ddp_linear_worker, default_backend, failing_worker, launch_torch,
-                                               linear_reference, torch_allreduce)
+from course_lib.distributed.torch_dist import ddp_linear_worker, default_backend, linear_reference
+from course_lib.machinery import torch_launch
+from course_lib.machinery.launch import allreduce
+from course_lib.machinery.procs import CollectiveError
+from course_lib.machinery.torch_launch import failing_worker, launch_torch, torch_allreduce
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -84,20 +87,6 @@ def test_bad_arguments():
         torch_allreduce([np.zeros(2), np.zeros(3)])
 
 
-def test_sweep_reports_bandwidths_and_checks_results():
-    from course_lib.distributed.measure import bus_bandwidth, default_repeats, format_table, sweep
-    assert bus_bandwidth(1000, 0.5, 4) == (2000.0, 2000.0 * 2 * 3 / 4)       # busbw = algbw * 2(P-1)/P
-    assert bus_bandwidth(1000, 0.5, 1)[1] == 0.0
-    assert 5 <= default_repeats(64 << 20) <= default_repeats(4096) <= 200
-    rows = sweep([4096, 8192], [2], methods=("ring/shm", "ps/pipe", "gloo"), repeats=3, rounds=1)
-    assert [(r["method"], r["nbytes"]) for r in rows] == [(m, n) for n in (4096, 8192)
-                                                         for m in ("ring/shm", "ps/pipe", "gloo")]
-    for r in rows:
-        assert r["identical"] and r["max_error"] < 1e-5 and r["time"] > 0
-        assert r["algbw"] == pytest.approx(r["nbytes"] / r["time"]) and r["busbw"] == pytest.approx(r["algbw"])
-    assert len(format_table(rows).splitlines()) == 1 + len(rows)
-
-
 # ---- behaviour pinned down by mutation testing
 
 @pytest.mark.parametrize("cuda, gpus, nccl, expected", [
@@ -116,7 +105,7 @@ def test_default_backend_wants_nccl_and_one_gpu_per_rank(monkeypatch, cuda, gpus
 
 def test_launch_torch_spawns_for_nccl_and_passes_the_backend_on(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch_dist, "run_processes",
+    monkeypatch.setattr(torch_launch, "run_processes",
                         lambda worker, rank_args, timeout, start_method: calls.append((rank_args, start_method)) or [])
     launch_torch(failing_worker, 2, args=(0,), backend="nccl")
     launch_torch(failing_worker, 2, args=(0,), backend="nccl", start_method="forkserver")
@@ -128,8 +117,8 @@ def test_launch_torch_spawns_for_nccl_and_passes_the_backend_on(monkeypatch):
 
 def test_torch_allreduce_uses_the_default_backend_and_validates_repeats(monkeypatch):
     seen = []
-    monkeypatch.setattr(torch_dist, "default_backend", lambda P: "nccl")
-    monkeypatch.setattr(torch_dist, "launch_torch",
+    monkeypatch.setattr(torch_launch, "default_backend", lambda P: "nccl")
+    monkeypatch.setattr(torch_launch, "launch_torch",
                         lambda fn, P, args, backend, timeout, start_method: seen.append(backend) or [[0.1, 0.2]] * P)
     result = torch_allreduce([np.zeros(4, np.float32)] * 3, repeats=2)
     assert seen == ["nccl"] and result.transport == "nccl"

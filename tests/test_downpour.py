@@ -1,13 +1,10 @@
-"""course_lib.distributed.downpour: shards, staleness, the simulation and real processes."""
+"""course_lib.distributed.downpour: shards, staleness, the seeded simulation; the model and the figures.
+
+Downpour on real processes (``course_lib.machinery.downpour_processes``) is
+``tests/test_machinery_downpour.py``'s.
+"""
 
 from __future__ import annotations
-
-import multiprocessing as mp
-import os
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -15,10 +12,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from course_lib.data import load_digits
-from course_lib.distributed.downpour import (Replica, Shard, ShardFailure, TinyNet, make_shards,
-                                             run_processes, simulate, stale_lr, train_synchronous)
+from course_lib.distributed.downpour import (Replica, Shard, ShardFailure, make_shards, simulate, split_data,
+                                             stale_lr, train_synchronous)
 from course_lib.gradcheck import check_gradient
-from procfs import kill_left, still_alive, wait_for_workers
+from course_lib.models import TinyNet
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,7 @@ def test_tinynet_gradient_matches_torch_and_numerical(rng, hidden):
 
 def _torch_views(model, wt):
     start = 0
-    for shape in model._shapes():
+    for shape in model.shapes():
         n = int(np.prod(shape))
         yield wt[start:start + n].reshape(shape)
         start += n
@@ -179,92 +176,11 @@ def test_adagrad_makes_downpour_robust_to_many_replicas(digits):
     assert ada.final_loss < 0.5 < 1.0 < sgd.final_loss, (ada.final_loss, sgd.final_loss)
 
 
-# --- real processes -----------------------------------------------------
-
-PKW = dict(n_shards=2, total_steps=300, optimizer="adagrad", lr=0.03, timeout=60)
-
-
-@pytest.mark.slow
-def test_processes_train_and_survive_a_killed_replica(digits, monkeypatch):
-    from types import SimpleNamespace
-    from course_lib.distributed import downpour
-    real_wait, dead_in_wait = downpour.connection.wait, []
-
-    def spy(objects, timeout=None):                  # the parent's wait on its children's sentinels
-        if isinstance(objects, list) and real_wait(objects, timeout=0):
-            dead_in_wait.append(len(objects))        # one of them had already exited
-        return real_wait(objects, timeout)
-    monkeypatch.setattr(downpour, "connection", SimpleNamespace(wait=spy))   # this module's view only
-    res = run_processes(TinyNet(), *digits, n_replicas=3, kill_replicas={1: 20}, **PKW,
-                        start_method="fork")
-    assert res.failed == [1] and res.steps_per_replica[1] == 20
-    assert sum(res.steps_per_replica) == 300 and len(res.staleness) == 2 * 300
-    assert res.final_loss < 0.8 * res.curve[0, 2] or res.final_loss < 1.0
-    assert not mp.active_children(), "every child is joined"
-    # a dead child's sentinel stays ready: waiting on it again made the parent sample the loss in
-    # a busy loop (dozens of times after the kill), taking a core from the shards. Only a child
-    # that dies between the liveness check and the wait may be seen, once: at most 5 of them
-    assert len(dead_in_wait) <= 5, f"the parent waited on exited children {len(dead_in_wait)} times"
-
-
-@pytest.mark.slow
-def test_processes_under_spawn(digits):
-    res = run_processes(TinyNet(), *digits, n_replicas=2, **PKW, start_method="spawn")
-    assert res.failed == [] and sum(res.steps_per_replica) == 300
-    assert res.final_loss < 1.5
-    assert not mp.active_children()
-
-
-@pytest.mark.slow
-def test_processes_report_a_dead_shard(digits):
-    with pytest.raises(ShardFailure, match=r"shard 1 \(parameters \[1205:2410\]\) exited with code -9"):
-        run_processes(TinyNet(), *digits, n_replicas=2, kill_shards={1: 50}, **PKW, start_method="fork")
-    assert not mp.active_children()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(90)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
-@pytest.mark.parametrize("prctl", [True, False], ids=["death-signal", "getppid-polling"])
-def test_workers_die_with_a_killed_parent(prctl, tmp_path):
-    """SIGKILL the parent in the middle of a run that would never end: every shard and replica must go.
-
-    With ``prctl=False`` the parent-death signal is switched off, as on macOS, and the
-    workers must notice their dead parent themselves.
-    """
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from course_lib.distributed import downpour, procs
-        if not {prctl}:
-            procs.set_parent_death_signal = lambda parent_pid: None        # as without prctl
-        rng = np.random.default_rng(0)
-        x, y = rng.standard_normal((200, 64)), rng.integers(0, 10, 200)
-        downpour.run_processes(downpour.TinyNet(), x, y, n_replicas=2, n_shards=2, total_steps=10**9,
-                               timeout=60, start_method="fork")
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = {}
-    try:
-        workers = wait_for_workers(proc.pid, 4)                      # 2 shards + 2 replicas: pid -> start time
-        assert len(workers) >= 4, f"workers did not start: {sorted(workers)}"
-        time.sleep(0.5)                                  # let them train a little
-        proc.kill()
-        proc.wait(timeout=10)
-        left = still_alive(workers)
-        assert not left, f"workers {left} outlived their killed parent (of {sorted(workers)})"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        kill_left(workers)
-
-
 def test_robustness_sweep_and_figures(digits):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from course_lib.distributed.downpour import robustness_sweep
+    from course_lib.experiments.downpour import robustness_sweep
     from course_lib.viz import downpour as viz
     arms = {"async": dict(optimizer="sgd", lr=0.1), "sync": dict(synchronous=True, lr=0.1)}
     sweep = robustness_sweep(TinyNet(), *digits, [1, 4], arms, total_steps=200, eval_every=100)
@@ -325,8 +241,7 @@ def test_a_push_sends_the_mean_of_the_accumulated_gradients(digits):
 
 
 def test_replica_r_trains_on_every_rth_example():
-    from course_lib.distributed.downpour import _split_data
-    parts = _split_data(np.arange(7), np.arange(7) * 10, 3)
+    parts = split_data(np.arange(7), np.arange(7) * 10, 3)
     assert [p[0].tolist() for p in parts] == [[0, 3, 6], [1, 4], [2, 5]]
     assert [p[1].tolist() for p in parts] == [[0, 30, 60], [10, 40], [20, 50]]
 
@@ -378,35 +293,6 @@ def test_a_delayed_push_is_as_stale_as_the_updates_it_missed(digits):
         stale = res.staleness[res.staleness[:, 0] == s, 1]
         assert stale.mean() > 1.5, (s, stale[:20])
 
-
-def test_a_stopped_shard_applies_the_pushes_still_in_its_pipes():
-    """shard_worker on its own: five pushes and the "stop" are already waiting when it starts,
-    and a second replica has closed its pipe (it died). All five pushes must be applied
-    before the shard answers the stop, and the dead replica must not break it."""
-    from course_lib.distributed.downpour import shard_worker
-    ctx = mp.get_context("fork")
-    (replica, shard_end), (dead, dead_end), (control, control_end) = ctx.Pipe(), ctx.Pipe(), ctx.Pipe()
-    for _ in range(5):
-        replica.send(("push", np.ones(3), 0))              # all fetched version 0
-    dead.close()
-    control.send(("stop",))
-    proc = ctx.Process(target=shard_worker, daemon=True,
-                       args=(os.getpid(), 0, 0, 3, np.zeros(3), dict(optimizer="sgd", lr=0.1),
-                             [shard_end, dead_end], control_end, ctx.Event(), None))
-    proc.start()
-    try:
-        assert control.poll(20), f"the shard did not answer the stop (exit code {proc.exitcode})"
-        params, staleness = control.recv()
-        assert staleness == [0, 1, 2, 3, 4]
-        np.testing.assert_allclose(params, -0.5)
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-        for end in (replica, shard_end, dead_end, control, control_end):
-            end.close()
-    assert proc.exitcode == 0
 
 
 @pytest.mark.parametrize("n_fetch, n_push", [(0, 1), (1, 0)])

@@ -851,8 +851,8 @@ def test_the_kernel_imports_this_checkouts_course_lib(tmp_path):
     assert (str(execute.CHECKOUT) in python_path.split(os.pathsep)) == (not installed), (python_path, installed)
 
 
-def test_readme_step_4_describes_the_csv_as_written():
-    text = (ROOT / "README.md").read_text()
+def test_instructors_guide_step_4_describes_the_csv_as_written():
+    text = (ROOT / "docs" / "instructors.md").read_text()
     step = " ".join(text.split("4. **Read**")[1].split("5. **Return**")[0].split())
     assert f"`{','.join(grade.COLUMNS)}`" in step
     for status in (*grade.TEST_STATUSES, *grade.RAN_STATUSES, *grade.NOT_GRADED):
@@ -934,7 +934,8 @@ def test_guard_restores_submodules_builtins_and_sys_modules(capsys):
     import numpy as np
     import numpy.testing   # noqa: F401  numpy 2 loads it lazily: the snapshot covers loaded modules only
     snap = guard.take_snapshot(["numpy"])
-    linalg, assert_allclose, real_sorted, numpy_module = np.linalg, np.testing.assert_allclose, sorted, sys.modules["numpy"]
+    linalg, assert_allclose = np.linalg, np.testing.assert_allclose
+    real_sorted, numpy_module = sorted, sys.modules["numpy"]
     try:
         np.linalg = types.SimpleNamespace()
         np.testing.assert_allclose = lambda *a, **k: None

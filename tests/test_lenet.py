@@ -1,4 +1,5 @@
-"""LeNet-5: the architecture table, numpy == PyTorch (logits, gradients, training steps)."""
+"""LeNet-5: the architecture table, numpy == PyTorch (logits, gradients, training steps); lesson 5's
+training and timing experiment (course_lib.experiments.lenet_training) and its figures."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.data import Digits, load_digits
+from course_lib.experiments.lenet_training import History, epoch_timings, format_epoch_timings, minibatches, train
 from course_lib.gradcheck import check_gradient
 from course_lib.layers import softmax_cross_entropy
-from course_lib.lenet import (PARAM_NAMES, LeNet5, TorchLeNet5, architecture, copy_weights,
-                              minibatches, train)
+from course_lib.lenet import PARAM_NAMES, LeNet5, TorchLeNet5, architecture, copy_weights
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_train_rejects_unknown_optimizer(digits):
 
 
 # --------------------------------------------------------------------------
-# The functions behind lesson 05's figures and tables (course_lib.viz.lenet)
+# The functions behind lesson 05's figures and tables (course_lib.viz.lenet), and its timings
 # --------------------------------------------------------------------------
 
 def test_viz_table_and_misclassified():
@@ -161,7 +162,6 @@ def test_viz_figures_and_timings(digits):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from course_lib.lenet import History
     from course_lib.viz import lenet as viz
     h = History([2.0, 1.0], [0.5, 0.8], [0.4, 0.9], [1.0, 2.0])
     y_pred = digits.y_test.copy()
@@ -169,9 +169,9 @@ def test_viz_figures_and_timings(digits):
     figs = [viz.plot_history({"numpy": h, "PyTorch": h}), viz.plot_digits(digits.x_train, digits.y_train),
             viz.plot_misclassified(digits.x_test, digits.y_test, y_pred)]
     assert "3 of 450" in figs[2]._suptitle.get_text()
-    timings = viz.epoch_timings(digits, n_batches=2, repeats=1)
+    timings = epoch_timings(digits, n_batches=2, repeats=1)
     assert set(timings) == {"numpy", "PyTorch CPU"} and all(t > 0 for t in timings.values())
-    assert "1x PyTorch CPU" in viz.format_epoch_timings(timings)
+    assert "1x PyTorch CPU" in format_epoch_timings(timings)
     figs.append(viz.plot_epoch_timings(timings))
     for fig in (figs[0], figs[3]):
         for ax in fig.axes:
@@ -188,8 +188,10 @@ def test_architecture_follows_size_and_classes_like_torch():
     net = TorchLeNet5(classes=5)
     x = torch.zeros(1, 1, 36, 36)
     with torch.no_grad():
-        c1 = F.relu(net.c1(x)); s2 = F.max_pool2d(c1, 2)
-        c3 = F.relu(net.c3(s2)); s4 = F.max_pool2d(c3, 2)
+        c1 = F.relu(net.c1(x))
+        s2 = F.max_pool2d(c1, 2)
+        c3 = F.relu(net.c3(s2))
+        s4 = F.max_pool2d(c3, 2)
         c5 = F.relu(net.c5(s4))
     table = architecture(size=36, classes=5)
     assert [layer.output for layer in table[:5]] == [tuple(t.shape[1:]) for t in (c1, s2, c3, s4, c5)]
@@ -257,8 +259,8 @@ def test_history_records_the_epochs_loss_and_accuracy(digits):
 def test_history_seconds_are_cumulative(digits, monkeypatch):
     import itertools
     import types
-    from course_lib import lenet
-    monkeypatch.setattr(lenet, "time", types.SimpleNamespace(perf_counter=itertools.count().__next__))
+    from course_lib.experiments import lenet_training
+    monkeypatch.setattr(lenet_training, "time", types.SimpleNamespace(perf_counter=itertools.count().__next__))
     small = Digits(digits.x_train[:4], digits.y_train[:4], digits.x_test[:4], digits.y_test[:4])
     h = train(LeNet5(), small, epochs=3, lr=0.01, batch_size=4, progress=False)
     assert h.seconds == [1, 2, 3]                                      # a fake clock: each epoch takes 1 tick

@@ -137,50 +137,51 @@ def test_teaching_errors():
 
 
 # --------------------------------------------------------------------------
-# The functions behind lesson 04's figures and widget (course_lib.viz.optim)
+# Lesson 04's experiment (course_lib.experiments.optimizer_bowl) and its figures and widget
+# (course_lib.bowl.optim)
 # --------------------------------------------------------------------------
 
 def test_viz_runs_follow_the_optimizers():
-    from course_lib.viz import optim as viz
-    run = viz.run_optimizer("Adagrad", 0.5, steps=3)
+    from course_lib.experiments import optimizer_bowl as bowl
+    run = bowl.run_optimizer("Adagrad", 0.5, steps=3)
     # by hand: Adagrad's first step moves every coordinate by exactly gamma (g / |g|)
-    np.testing.assert_allclose(run["path"][1], viz.START - 0.5 * np.sign(viz.START), atol=1e-9)
-    np.testing.assert_allclose(run["loss"], viz.loss(run["path"]))
+    np.testing.assert_allclose(run["path"][1], bowl.START - 0.5 * np.sign(bowl.START), atol=1e-9)
+    np.testing.assert_allclose(run["loss"], bowl.bowl_loss(run["path"]))
     assert run["eta"].shape == (3, 2) and np.all(np.diff(run["eta"], axis=0) < 0)
     # against torch.optim on the same bowl
     for name, make in [("Nesterov", lambda p: torch.optim.SGD(p, 0.01, momentum=0.9, nesterov=True)),
                        ("Adagrad", lambda p: torch.optim.Adagrad(p, 0.5))]:
-        w = torch.tensor(viz.START, requires_grad=True)
+        w = torch.tensor(bowl.START, requires_grad=True)
         opt = make([w])
         for _ in range(20):
             opt.zero_grad()
-            (0.5 * (torch.tensor(viz.CURVATURES) * w ** 2).sum()).backward()
+            (0.5 * (torch.tensor(bowl.CURVATURES) * w ** 2).sum()).backward()
             opt.step()
         lr = 0.01 if name == "Nesterov" else 0.5
-        np.testing.assert_allclose(viz.run_optimizer(name, lr, 20)["path"][-1], w.detach().numpy(),
+        np.testing.assert_allclose(bowl.run_optimizer(name, lr, 20)["path"][-1], w.detach().numpy(),
                                    atol=1e-9)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        viz.run_optimizer("Adam", 0.1)
+        bowl.run_optimizer("Adam", 0.1)
 
 
 def test_viz_rotated_bowl():
-    from course_lib.viz import optim as viz
-    R = viz.rotation(45)
+    from course_lib.experiments import optimizer_bowl as bowl
+    R = bowl.rotation(45)
     np.testing.assert_allclose(R @ R.T, np.eye(2), atol=1e-15)
     np.testing.assert_allclose(R @ [1.0, 0.0], [np.sqrt(0.5), np.sqrt(0.5)])
     # the gradient of the rotated bowl against autograd
     w = torch.tensor([0.7, -1.3], dtype=torch.float64, requires_grad=True)
     Rt = torch.tensor(R)
-    f = 0.5 * (torch.tensor(viz.CURVATURES) * (Rt @ w) ** 2).sum()
+    f = 0.5 * (torch.tensor(bowl.CURVATURES) * (Rt @ w) ** 2).sum()
     f.backward()
-    assert viz.loss(w.detach().numpy(), 45) == pytest.approx(f.item())
-    np.testing.assert_allclose(viz.grad(w.detach().numpy(), 45), w.grad.numpy(), atol=1e-12)
+    assert bowl.bowl_loss(w.detach().numpy(), 45) == pytest.approx(f.item())
+    np.testing.assert_allclose(bowl.bowl_grad(w.detach().numpy(), 45), w.grad.numpy(), atol=1e-12)
     points = np.array([[0.7, -1.3], [2.0, 0.5], [0.0, 0.0]])                 # loss and grad take rows alike
-    np.testing.assert_allclose(viz.grad(points, 45), [viz.grad(p, 45) for p in points], atol=1e-15)
+    np.testing.assert_allclose(bowl.bowl_grad(points, 45), [bowl.bowl_grad(p, 45) for p in points], atol=1e-15)
     # SGD, momentum and Nesterov are linear in the gradient, so they do not see a rotation;
     # Adagrad's per-coordinate division does
     for name, lr in [("SGD", 0.07), ("momentum", 0.01), ("Nesterov", 0.01), ("Adagrad", 1.0)]:
-        aligned, rotated = viz.run_optimizer(name, lr, 60), viz.run_optimizer(name, lr, 60, angle=45)
+        aligned, rotated = bowl.run_optimizer(name, lr, 60), bowl.run_optimizer(name, lr, 60, angle=45)
         assert rotated["loss"][0] == pytest.approx(aligned["loss"][0])      # the same problem
         if name == "Adagrad":
             assert rotated["loss"][-1] > 1e6 * aligned["loss"][-1]
@@ -189,9 +190,10 @@ def test_viz_rotated_bowl():
 
 
 def test_viz_adagrad_report_and_widget():
+    from course_lib.experiments.optimizer_bowl import run_optimizer
     from course_lib.viz import optim as viz
     text = viz.adagrad_report(0.5, steps=50)
-    run = viz.run_optimizer("Adagrad", 0.5, 50)
+    run = run_optimizer("Adagrad", 0.5, 50)
     assert f"-> {run['loss'][-1]:.3g}" in text and f"step 50 {run['eta'][-1, 1]:.3g}" in text, text
     box = viz.gamma_explorer(0.5)
     box.slider.value = 0.1
@@ -202,15 +204,16 @@ def test_viz_figures_have_titles_and_labels():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from course_lib.experiments.optimizer_bowl import OPTIMIZERS, run_optimizer
     from course_lib.viz import optim as viz
-    runs = [viz.run_optimizer(n, 0.01, 30) for n in viz.OPTIMIZERS]
+    runs = [run_optimizer(n, 0.01, 30) for n in OPTIMIZERS]
     for fig in (viz.plot_trajectories(runs), viz.plot_losses(runs), viz.plot_effective_lr(runs[-1])):
         for ax in fig.axes:
             assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
         plt.close(fig)
     with pytest.raises(ValueError, match="needs an Adagrad run"):
         viz.plot_effective_lr(runs[0])
-    rotated = viz.run_optimizer("Adagrad", 0.5, 10, angle=45)
+    rotated = run_optimizer("Adagrad", 0.5, 10, angle=45)
     with pytest.raises(ValueError, match="unrotated bowl.*plot_losses"):       # it would draw the wrong contours
         viz.plot_trajectories(runs + [rotated])
 

@@ -1,4 +1,5 @@
-"""course_lib.pooling against the lecture, PyTorch and numerical gradients."""
+"""course_lib.pooling and the tuned course_lib.machinery.fast_pool: against the lecture, each other,
+PyTorch and numerical gradients."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ from hypothesis import given, settings, strategies as st
 
 from course_lib.conv import LECTURE_PADDING_EXAMPLE
 from course_lib.gradcheck import check_gradient
-from course_lib.pooling import max_pool2d, max_pool2d_backward, max_pool2d_naive, pool_output_shape
+from course_lib.machinery.fast_pool import max_pool2d_backward_fast
+from course_lib.pooling import (max_pool2d, max_pool2d_backward, max_pool2d_backward_naive, max_pool2d_naive,
+                                pool_output_shape)
 
 LECTURE_MAP = LECTURE_PADDING_EXAMPLE  # the lecture's 7x7 activation map ("Padding example" slide)
+BACKWARDS = [max_pool2d_backward_naive, max_pool2d_backward, max_pool2d_backward_fast]
+
+
+def backwards_for(x: np.ndarray) -> list:
+    """Every backward pass; the naive loops only on inputs small enough to loop over quickly."""
+    return BACKWARDS if x.size <= 20_000 else BACKWARDS[1:]
 
 
 def torch_pool(x, k, s, p, dout=None):
@@ -55,7 +64,25 @@ def test_forward_and_backward_equal_torch(N, C, H, W, K, S, P, ties, seed):
     _, dx_ref = torch_pool(x, K, S, P, dout)
     np.testing.assert_array_equal(max_pool2d(x, K, S, P), out_ref)
     np.testing.assert_array_equal(max_pool2d_naive(x, K, S, P), out_ref)
-    np.testing.assert_allclose(max_pool2d_backward(dout, x, K, S, P), dx_ref, rtol=0, atol=1e-12)
+    fast = max_pool2d_backward_fast(dout, x, K, S, P)
+    for backward in BACKWARDS:
+        dx = backward(dout, x, K, S, P)
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-12, err_msg=backward.__name__)
+        np.testing.assert_allclose(dx, fast, rtol=0, atol=1e-12, err_msg=backward.__name__)
+        if (S or K) >= K:                                           # no overlap, no sums: equal bit for bit
+            np.testing.assert_array_equal(dx, fast, err_msg=backward.__name__)
+
+
+def test_backward_by_hand_on_the_lecture_map():
+    """2x2 windows, stride 2, on the lecture's 7x7 map; dout = 1..9. Each window's winner (ties: the first
+    in row-major order) gets its window's number; losers and the last row and column (in no window) get 0."""
+    x = LECTURE_MAP[None, None]
+    dout = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    expected = np.zeros((7, 7))
+    for (i, j), g in zip([(1, 1), (0, 2), (0, 4), (2, 0), (3, 2), (2, 5), (4, 1), (4, 3), (5, 4)], range(1, 10)):
+        expected[i, j] = g                 # e.g. window (0, 1) holds [[4, 4], [4, 0]]: its first 4, at (0, 2)
+    for backward in BACKWARDS:
+        np.testing.assert_array_equal(backward(dout, x, 2)[0, 0], expected, err_msg=backward.__name__)
 
 
 @pytest.mark.parametrize("shape,k,s,p", [((64, 16, 28, 28), 2, 2, 0), ((2, 64, 30, 30), 3, 2, 1),
@@ -67,9 +94,10 @@ def test_float32_and_rectangular_equal_torch(rng, shape, k, s, p):
     ref, dx_ref = torch_pool(x, k, s, p, dout)
     np.testing.assert_array_equal(out, ref)
     assert out.dtype == np.float32
-    dx = max_pool2d_backward(dout, x, k, s, p, argmax=argmax)
-    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5)  # overlap sums in another order
-    np.testing.assert_array_equal(dx, max_pool2d_backward(dout, x, k, s, p))
+    for backward in backwards_for(x):
+        dx = backward(dout, x, k, s, p, argmax=argmax)
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5, err_msg=backward.__name__)  # sums in another order
+        np.testing.assert_array_equal(dx, backward(dout, x, k, s, p), err_msg=backward.__name__)
 
 
 @pytest.mark.parametrize("shape,k,s,p", [((64, 16, 28, 28), 2, 2, 0),    # windows tile the input exactly
@@ -83,10 +111,11 @@ def test_non_overlapping_backward_is_exactly_torchs(rng, shape, k, s, p):
     out, argmax = max_pool2d(x, k, s, p, return_indices=True)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     _, dx_ref = torch_pool(x, k, s, p, dout)
-    dx = max_pool2d_backward(dout, x, k, s, p, argmax=argmax)
-    np.testing.assert_array_equal(dx, dx_ref)
-    assert dx.flags.c_contiguous and dx.dtype == np.float32
-    assert np.count_nonzero(dx) == np.count_nonzero(dout)      # one winner per window, the rest 0
+    for backward in backwards_for(x):
+        dx = backward(dout, x, k, s, p, argmax=argmax)
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=backward.__name__)
+        assert dx.flags.c_contiguous and dx.dtype == np.float32
+        assert np.count_nonzero(dx) == np.count_nonzero(dout)      # one winner per window, the rest 0
 
 
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 2)])
@@ -97,27 +126,30 @@ def test_non_finite_gradients_reach_only_the_winners(k, s):
     dout = -np.ones(out.shape)
     dout.flat[0], dout.flat[1] = np.inf, np.nan
     _, dx_ref = torch_pool(x, k, s, 0, dout)
-    dx = max_pool2d_backward(dout, x, k, s)
-    np.testing.assert_array_equal(dx, dx_ref)                             # NaN == NaN here
-    assert not np.signbit(dx[dx == 0]).any(), "a loser got -0.0"
+    for backward in BACKWARDS:
+        dx = backward(dout, x, k, s)
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=backward.__name__)    # NaN == NaN here
+        assert not np.signbit(dx[dx == 0]).any(), f"{backward.__name__}: a loser got -0.0"
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.longdouble, np.dtype(">f4")])
 def test_backward_for_other_float_dtypes(rng, dtype):
     x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
     dout = rng.standard_normal((2, 3, 3, 3)).astype(dtype)
-    dx = max_pool2d_backward(dout, x, 2)
     _, dx_ref = torch_pool(x.astype(np.float64), 2, None, 0, dout.astype(np.float64))
-    assert dx.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(dx.astype(np.float64), dx_ref)
+    for backward in BACKWARDS:
+        dx = backward(dout, x, 2)
+        assert dx.dtype == np.dtype(dtype), backward.__name__
+        np.testing.assert_array_equal(dx.astype(np.float64), dx_ref, err_msg=backward.__name__)
 
 
-def test_tie_rule_first_in_row_major_order():
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_tie_rule_first_in_row_major_order(backward):
     x = np.ones((1, 1, 2, 2))
-    dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
+    dx = backward(np.array([[[[5.0]]]]), x, 2)
     np.testing.assert_array_equal(dx[0, 0], [[5.0, 0.0], [0.0, 0.0]])
     x = np.array([[[[0.0, 1.0], [1.0, 0.0]]]])
-    dx = max_pool2d_backward(np.array([[[[5.0]]]]), x, 2)
+    dx = backward(np.array([[[[5.0]]]]), x, 2)
     np.testing.assert_array_equal(dx[0, 0], [[0.0, 5.0], [0.0, 0.0]])
 
 
@@ -129,23 +161,26 @@ def test_windows_of_minus_infinity_give_the_gradient_to_their_first_input(k, s, 
     shape = max_pool2d(x, k, s, p).shape
     dout = np.arange(1.0, 1 + np.prod(shape)).reshape(shape)    # a different gradient per window
     _, expected = torch_pool(x, k, s, p, dout)
-    dx = max_pool2d_backward(dout, x, k, s, p)
-    np.testing.assert_array_equal(dx, expected)
-    assert dx.sum() == dout.sum()                                # none lost to the padding
+    for backward in BACKWARDS:
+        dx = backward(dout, x, k, s, p)
+        np.testing.assert_array_equal(dx, expected, err_msg=backward.__name__)
+        assert dx.sum() == dout.sum()                                # none lost to the padding
 
 
-def test_overlapping_windows_accumulate():
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_overlapping_windows_accumulate(backward):
     # 1x3 input, kernel 2 stride 1: the middle maximum wins both windows
     x = np.array([[[[0.0, 9.0, 1.0]]]])
-    dx = max_pool2d_backward(np.array([[[[2.0, 3.0]]]]), x, (1, 2), 1)
+    dx = backward(np.array([[[[2.0, 3.0]]]]), x, (1, 2), 1)
     np.testing.assert_array_equal(dx[0, 0, 0], [0.0, 5.0, 0.0])
 
 
-def test_numerical_gradient(rng):
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_numerical_gradient(rng, backward):
     x = rng.standard_normal((2, 2, 6, 6))  # distinct values: the max is differentiable
     dout = rng.standard_normal(max_pool2d(x, 3, 2, 1).shape)
     check_gradient(lambda v: float(np.sum(max_pool2d(v, 3, 2, 1) * dout)), x,
-                   max_pool2d_backward(dout, x, 3, 2, 1), name="max_pool2d dx")
+                   backward(dout, x, 3, 2, 1), name=f"{backward.__name__} dx")
 
 
 def test_padding_is_minus_infinity():
@@ -157,7 +192,8 @@ def test_does_not_modify_input(rng):
     x = rng.standard_normal((1, 2, 5, 5))
     before = x.copy()
     max_pool2d(x, 2)
-    max_pool2d_backward(np.ones((1, 2, 2, 2)), x, 2)
+    for backward in BACKWARDS:
+        backward(np.ones((1, 2, 2, 2)), x, 2)
     np.testing.assert_array_equal(x, before)
 
 
@@ -165,9 +201,11 @@ def test_teaching_errors(rng):
     x = rng.standard_normal((1, 1, 4, 4))
     with pytest.raises(ValueError, match="more than half the kernel"):
         max_pool2d(x, 2, padding=2)
-    with pytest.raises(ValueError, match="pooling window size F = 5 is larger than the padded input W .*use a smaller pooling window$"):
+    with pytest.raises(ValueError, match="pooling window size F = 5 is larger than the padded input W "
+                                         ".*use a smaller pooling window$"):
         max_pool2d(x, 5)                                          # the width is checked first
-    with pytest.raises(ValueError, match="pooling window height F = 5 is larger than the padded input H .*use a smaller pooling window$"):
+    with pytest.raises(ValueError, match="pooling window height F = 5 is larger than the padded input H "
+                                         ".*use a smaller pooling window$"):
         max_pool2d(x, (5, 1))
     with pytest.raises(ValueError, match="single image use x\\[None\\]"):
         max_pool2d(x[0], 2)
@@ -175,8 +213,9 @@ def test_teaching_errors(rng):
         max_pool2d(torch.zeros(1, 1, 4, 4), 2)
     with pytest.raises(ValueError, match="stride"):
         max_pool2d(x, 2, stride=0)
-    with pytest.raises(ValueError, match=r"dout has shape \(1, 1, 3, 3\)"):
-        max_pool2d_backward(np.zeros((1, 1, 3, 3)), x, 2)
+    for backward in BACKWARDS:
+        with pytest.raises(ValueError, match=r"dout has shape \(1, 1, 3, 3\)"):
+            backward(np.zeros((1, 1, 3, 3)), x, 2)
     assert pool_output_shape((1, 1, 7, 7), 2) == ((2, 2), (2, 2), (0, 0), (3, 3))
 
 
@@ -238,7 +277,8 @@ def test_rectangular_windows_naive_and_fast_equal_torch(rng, k, s, p):
     np.testing.assert_array_equal(max_pool2d_naive(x, k, s, p), ref)
     dout = rng.standard_normal(ref.shape)
     _, dx_ref = torch_pool(x, k, s if s is not None else k, p, dout)
-    np.testing.assert_allclose(max_pool2d_backward(dout, x, k, s, p), dx_ref, rtol=0, atol=1e-12)
+    for backward in BACKWARDS:
+        np.testing.assert_allclose(backward(dout, x, k, s, p), dx_ref, rtol=0, atol=1e-12, err_msg=backward.__name__)
 
 
 def test_the_half_kernel_padding_rule_is_checked_per_axis(rng):
@@ -259,9 +299,10 @@ def test_rectangular_windows_of_minus_infinity_give_the_gradient_to_their_first_
     shape = max_pool2d(x, k, s, p).shape
     dout = np.arange(1.0, 1 + np.prod(shape)).reshape(shape)
     _, expected = torch_pool(x, k, s, p, dout)
-    dx = max_pool2d_backward(dout, x, k, s, p)
-    np.testing.assert_array_equal(dx, expected)
-    assert dx.sum() == dout.sum()
+    for backward in BACKWARDS:
+        dx = backward(dout, x, k, s, p)
+        np.testing.assert_array_equal(dx, expected, err_msg=backward.__name__)
+        assert dx.sum() == dout.sum()
 
 
 @pytest.mark.parametrize("s", [(2, 1), (1, 2)])
@@ -271,7 +312,8 @@ def test_windows_that_overlap_along_one_axis_only_accumulate(rng, s):
     dout = rng.standard_normal(out.shape)
     ref, dx_ref = torch_pool(x, 2, s, 0, dout)
     np.testing.assert_array_equal(out, ref)
-    np.testing.assert_allclose(max_pool2d_backward(dout, x, 2, s), dx_ref, rtol=0, atol=1e-12)
+    for backward in BACKWARDS:
+        np.testing.assert_allclose(backward(dout, x, 2, s), dx_ref, rtol=0, atol=1e-12, err_msg=backward.__name__)
 
 
 def test_large_windows_index_past_int8():
@@ -284,18 +326,21 @@ def test_large_windows_index_past_int8():
     assert argmax.ravel().tolist() == [143, 123] and argmax.dtype == np.int16
     dout = np.array([2.0, 3.0]).reshape(1, 2, 1, 1)
     _, dx_ref = torch_pool(x, 12, 12, 0, dout)
-    np.testing.assert_array_equal(max_pool2d_backward(dout, x, 12, argmax=argmax), dx_ref)
+    for backward in BACKWARDS:
+        np.testing.assert_array_equal(backward(dout, x, 12, argmax=argmax), dx_ref, err_msg=backward.__name__)
 
 
 def test_argmax_of_the_wrong_shape_is_refused(rng):
     x = rng.standard_normal((1, 1, 4, 4))
-    with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 1\); it must match dout \(1, 1, 2, 2\)"):
-        max_pool2d_backward(np.ones((1, 1, 2, 2)), x, 2, argmax=np.zeros((1, 1, 1, 1), np.int8))
+    for backward in BACKWARDS:
+        with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 1\); it must match dout \(1, 1, 2, 2\)"):
+            backward(np.ones((1, 1, 2, 2)), x, 2, argmax=np.zeros((1, 1, 1, 1), np.int8))
 
 
 def test_an_integer_input_is_refused_in_pooling_terms():
     with pytest.raises(TypeError, match="x has dtype int64; max pooling needs floating point"):
         max_pool2d(np.zeros((1, 1, 4, 4), dtype=np.int64), 2)
     x = np.zeros((1, 1, 4, 4), dtype=np.float32)
-    with pytest.raises(TypeError, match="dout has dtype int32; max pooling needs floating point"):
-        max_pool2d_backward(np.zeros((1, 1, 2, 2), dtype=np.int32), x, 2)
+    for backward in BACKWARDS:
+        with pytest.raises(TypeError, match="dout has dtype int32; max pooling needs floating point"):
+            backward(np.zeros((1, 1, 2, 2), dtype=np.int32), x, 2)

@@ -52,8 +52,8 @@ def test_goyal_time_matches_their_90_percent():
 def test_resnet50_has_the_published_parameter_count():
     layers = resnet50_layers()
     assert sum(layer.params for layer in layers) == 25_557_032     # torchvision's resnet50
-    assert len([l for l in layers if l.name.endswith(".proj")]) == 4
-    assert round(sum(l.flops for l in layers) / 1e9, 1) == 7.7        # 3.86 G multiply-adds (paper: 3.8)
+    assert len([layer for layer in layers if layer.name.endswith(".proj")]) == 4
+    assert round(sum(layer.flops for layer in layers) / 1e9, 1) == 7.7        # 3.86 G multiply-adds (paper: 3.8)
 
 
 def test_ring_time_agrees_with_cost_module():
@@ -67,7 +67,7 @@ def test_ring_time_agrees_with_cost_module():
 def test_timeline_without_overlap_is_compute_plus_all_communication():
     layers, comm = resnet50_layers(), CommModel(alpha=0.0, bandwidth=1e10, bucket_bytes=0)
     tl = iteration_timeline(layers, 0.1, 8, comm, overlap=False)
-    n_bytes = 4 * sum(l.params for l in layers)
+    n_bytes = 4 * sum(layer.params for layer in layers)
     assert tl.total == pytest.approx(0.1 + 2 * n_bytes * 7 / 8 / 1e10)
     assert tl.backward[-1][2] == pytest.approx(0.1)
     assert len(tl.allreduce) == len(layers)                           # one per layer: bucket 0
@@ -190,5 +190,5 @@ def test_bytes_per_param_sets_the_message_size():
     layers = resnet50_layers()
     comm = CommModel(alpha=0.0, bandwidth=1e10, bytes_per_param=2)
     tl = iteration_timeline(layers, 0.1, 8, comm, overlap=False)
-    n_bytes = 2 * sum(l.params for l in layers)
+    n_bytes = 2 * sum(layer.params for layer in layers)
     assert tl.total == pytest.approx(0.1 + 2 * n_bytes * 7 / 8 / 1e10)

@@ -1,4 +1,4 @@
-"""course_lib.threads: how work is split, that errors come back, and that a forked child still works."""
+"""course_lib.machinery.threads: how work is split, that errors come back, and that a forked child still works."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from course_lib import threads
-from course_lib.threads import for_each_slice, num_threads
+from course_lib.machinery import threads
+from course_lib.machinery.threads import for_each_slice, num_threads
 from threadrun import in_threads
 
 
@@ -178,7 +178,7 @@ def test_works_while_the_interpreter_shuts_down():
     """From an atexit handler no new thread may start: every slice then runs on the caller."""
     code = ("import atexit, os\n"
             "os.environ['COURSE_LIB_THREADS'] = '2'\n"
-            "from course_lib.threads import for_each_slice\n"
+            "from course_lib.machinery.threads import for_each_slice\n"
             "seen = []\n"
             "for_each_slice(seen.append, 4, 1 << 40)\n"
             "def late():\n"

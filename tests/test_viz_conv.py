@@ -1,8 +1,9 @@
-"""The plain functions behind lessons 01 and 02's figures and widgets.
+"""The plain functions behind lessons 01 and 02's figures and widgets, and lesson 02's measurements.
 
 Each function a widget or a figure relies on is checked against an
 independent reference: course_lib.conv's formulas, torch.nn.functional, or
-torch autograd (for the receptive field).
+torch autograd (for the receptive field). The measurements are
+course_lib.experiments.conv_costs (im2col's memory, the timings).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.conv import conv_output_size, im2col, pad2d
+from course_lib.experiments import conv_costs
 from course_lib.viz import conv as viz
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -202,9 +204,9 @@ def test_every_pixel_gets_its_own_colour_and_none_is_the_padding_grey():
 
 
 def test_memory_table_equals_the_bytes_im2col_really_allocates():
-    layers = [viz.ConvLayer("small", 2, 3, 9, 7, 4, 3, 2, S=2, P=1),
-              viz.ConvLayer("lenet", 2, 1, 32, 32, 6, 5, 5)]
-    for layer, row in zip(layers, viz.im2col_memory(layers)):
+    layers = [conv_costs.ConvLayer("small", 2, 3, 9, 7, 4, 3, 2, S=2, P=1),
+              conv_costs.ConvLayer("lenet", 2, 1, 32, 32, 6, 5, 5)]
+    for layer, row in zip(layers, conv_costs.im2col_memory(layers)):
         x = np.zeros((layer.N, layer.C, layer.H, layer.W), dtype=np.float32)
         cols = im2col(x, (layer.KH, layer.KW), layer.S, layer.P)
         assert row["input_bytes"] == x.nbytes
@@ -212,15 +214,15 @@ def test_memory_table_equals_the_bytes_im2col_really_allocates():
 
 
 def test_memory_blow_up_is_kernel_area_over_stride_squared_with_same_padding():
-    rows = {r["layer"]: r for r in viz.im2col_memory()}
+    rows = {r["layer"]: r for r in conv_costs.im2col_memory()}
     assert rows["ResNet 3x3, 64 ch, 56x56"]["ratio"] == pytest.approx(9.0)
     assert rows["ResNet 3x3, 128 ch, S=2"]["ratio"] == pytest.approx(9 / 4)
-    text = viz.format_memory(viz.im2col_memory())
+    text = conv_costs.format_memory(conv_costs.im2col_memory())
     assert "VGG conv1_2" in text and "7056.0" in text  # 64*64*9*224*224*4 bytes in MiB
-    fig = viz.plot_im2col_memory(viz.im2col_memory())
+    fig = viz.plot_im2col_memory(conv_costs.im2col_memory())
     _assert_labelled(fig)
     assert "float32" in fig.axes[0].get_xlabel()
-    assert "float64" in viz.plot_im2col_memory(viz.im2col_memory(itemsize=8)).axes[0].get_xlabel()
+    assert "float64" in viz.plot_im2col_memory(conv_costs.im2col_memory(itemsize=8)).axes[0].get_xlabel()
 
 
 def test_median_seconds_takes_the_median_after_warm_up(monkeypatch):
@@ -228,13 +230,13 @@ def test_median_seconds_takes_the_median_after_warm_up(monkeypatch):
     from types import SimpleNamespace
     now = [0.0]                                 # seconds on the fake clock
     durations = iter([100.0, 1.0, 2.0, 50.0, 3.0])  # one warm-up, then 4 timed calls with an outlier
-    monkeypatch.setattr(viz, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(conv_costs, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
     def fn():
         now[0] += next(durations)
 
     syncs = []
-    seconds = viz.median_seconds(fn, repeats=4, warmup=1, sync=lambda: syncs.append(1))
+    seconds = conv_costs.median_seconds(fn, repeats=4, warmup=1, sync=lambda: syncs.append(1))
     assert next(durations, None) is None        # fn ran 5 times: 1 warm-up + 4 timed
     assert len(syncs) == 5  # once after the warm-up, then once inside each timed call
     # median of [1, 2, 50, 3] = 2.5; the mean would be 14, the max 50, and with the warm-up 3
@@ -243,28 +245,29 @@ def test_median_seconds_takes_the_median_after_warm_up(monkeypatch):
 
 def test_conv_timings_checks_results_and_skips_a_long_naive_loop():
     cases = [("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1), ("wide", (1, 2, 9, 9), (3, 2, 3, 3), 2, 0)]
-    rows = viz.conv_timings(cases, repeats=1, warmup=0, naive_max_windows=50)
+    rows = conv_costs.conv_timings(cases, repeats=1, warmup=0, naive_max_windows=50)
     got = {(r["case"], r["implementation"]): r["seconds"] for r in rows}
     assert math.isnan(got[("tiny", "conv2d_naive")])                    # 1*3*6*6 = 108 > 50
     assert got[("wide", "conv2d_naive")] > 0                             # 1*3*4*4 = 48: timed
     assert math.isnan(got[("wide", "PyTorch GPU")])                      # no device given
     assert all(got[(c, i)] > 0 for c in ("tiny", "wide") for i in ("conv2d", "PyTorch CPU"))
-    table = viz.format_timings(rows)
+    table = conv_costs.format_timings(rows)
     assert "skipped" in table and "PyTorch GPU" not in table
     _assert_labelled(viz.plot_timings(rows))
 
 
 def test_conv_timings_refuses_to_time_a_wrong_implementation(monkeypatch):
-    monkeypatch.setattr(viz, "conv2d", lambda x, w, b, stride, padding: np.zeros((1, 3, 6, 6), np.float32))
+    monkeypatch.setattr(conv_costs, "conv2d", lambda x, w, b, stride, padding, workspace=None:
+                        np.zeros((1, 3, 6, 6), np.float32))
     with pytest.raises(AssertionError, match="conv2d differs from F.conv2d on tiny"):
-        viz.conv_timings([("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1)], repeats=1, warmup=0)
+        conv_costs.conv_timings([("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1)], repeats=1, warmup=0)
 
 
 def test_time_layouts_reports_every_copy_and_every_product():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
     w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
-    steps = viz.time_layouts(x, w, stride=1, padding=1, repeats=1)
+    steps = conv_costs.time_layouts(x, w, stride=1, padding=1, repeats=1)
     assert set(steps) == {"F.unfold layout: im2col copy", "F.unfold layout: N matmuls",
                           "batched: im2col copy", "batched: one GEMM",
                           "channels-last: window copy", "channels-last: one GEMM"}

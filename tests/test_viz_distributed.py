@@ -1,8 +1,8 @@
 """The plain functions behind lessons 06-08's figures and widgets.
 
 References are independent of the code under test: the lecture's formulas
-written out here, ``simulate_ring_allreduce``'s recorded states, real
-all-reduces on processes, and numpy sums.
+written out here, ``simulate_ring_allreduce``'s recorded states, and numpy
+sums. (Real all-reduces beside the formulas: ``tests/test_experiments_allreduce.py``.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.distributed import ps_bytes_at_server, simulate_ring_allreduce
+from course_lib.distributed.simulate import simulate_ring_allreduce
 from course_lib.viz import distributed as viz
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -104,19 +104,6 @@ def test_cost_plot_draws_the_formulas():
     np.testing.assert_allclose(ps_line.get_ydata() * 2 ** 20, [2 * 1000 * (p - 1) * 4 for p in range(2, 9)])
     ratio_large = fig.axes[1].lines[0].get_ydata()
     assert np.all(np.diff(ratio_large) > 0) and ratio_large[-1] <= 8   # grows with P, at most P
-
-
-@pytest.mark.slow
-def test_measured_bytes_equal_the_formulas_on_real_processes():
-    rows = viz.measured_bytes([(10, 3), (12, 2)])
-    assert [(r["N"], r["P"], r["algorithm"]) for r in rows] == [(10, 3, "ring"), (10, 3, "ps"),
-                                                                 (12, 2, "ring"), (12, 2, "ps")]
-    for r in rows:
-        assert r["outputs_ok"]
-        np.testing.assert_array_equal(r["measured"], r["formula"])
-        if r["algorithm"] == "ps":
-            assert r["server"] == ps_bytes_at_server(r["N"], r["P"], 4)
-    assert "True" in viz.format_measured_bytes(rows) and "False" not in viz.format_measured_bytes(rows)
 
 
 # ---------------------------------------------------------------- lesson 07
@@ -213,7 +200,8 @@ def test_bandwidth_series_sorts_by_size_and_keeps_one_P():
 
 # ---------------------------------------------------------------- lesson 08
 
-EVENTS = [("grad", "out.bias", 0.001), ("grad", "out.weight", 0.002), ("allreduce", 0, ["out.bias", "out.weight"], 0.0021),
+EVENTS = [("grad", "out.bias", 0.001), ("grad", "out.weight", 0.002),
+          ("allreduce", 0, ["out.bias", "out.weight"], 0.0021),
           ("grad", "c1.weight", 0.004), ("grad", "c1.bias", 0.005), ("allreduce", 1, ["c1.weight", "c1.bias"], 0.0051),
           ("done", 0, 0.006), ("done", 1, 0.007)]
 SIZES = {"out.bias": 10, "out.weight": 840, "c1.weight": 150, "c1.bias": 6}

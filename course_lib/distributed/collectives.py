@@ -1,9 +1,16 @@
-"""All-reduce algorithms, written once against a transport's ``step`` (see ``transport.py``).
+"""All-reduce algorithms, written once against a transport's ``step``.
 
 ``ring_allreduce_(endpoint, count)`` and ``ps_allreduce_(endpoint, count, shards)``
 sum ``endpoint.buffer[:count]`` across all ranks, in place, on every rank. They
 run inside worker processes; ``ProcessGroup`` wraps them for worker functions
-(``pg.allreduce_(grad)``) and ``runner.allreduce`` runs them from a notebook.
+(``pg.allreduce_(grad)``).
+
+All they ask of the transport is one call per step: ``endpoint.step(sends, recvs)``
+sends regions ``(dst, start, stop)`` of ``endpoint.buffer`` and returns one array
+per receive ``(src, count)``; ``endpoint.fence()`` after the last step. How the
+bytes move (pipes, shared memory) and how the processes start is not the
+lecture: ``course_lib.machinery.transport`` and ``course_lib.machinery.launch``
+(``allreduce(arrays)`` runs these functions from a notebook).
 
 Both give bit-identical results on every rank: each element is summed on
 exactly one rank, in a fixed order, and then copied to the others. (They may
@@ -51,32 +58,35 @@ def ps_allreduce_(endpoint, count: int, shards: int = 1) -> None:
     """Parameter-server all-reduce of ``endpoint.buffer[:count]`` with ``shards`` servers.
 
     Lecture 5, "Reduction Topologies: Parameter server: single reducer". The
-    array is cut into S shards; rank s < S is the server of shard s. Step 1:
-    every rank sends its shard s to server s, which adds the P - 1 partial
-    arrays to its own (in rank order). Step 2: each server sends its summed shard
-    back to all. With S = 1, rank 0 receives N(P-1) and sends N(P-1): 2N(P-1).
+    array is cut into ``n_shards = shards`` shards; rank s < n_shards is the server
+    of shard s. Step 1: every rank sends its shard s to server s, which adds the
+    P - 1 partial arrays to its own (in rank order). Step 2: each server sends its
+    summed shard back to all. With one shard, rank 0 receives N(P-1) and sends
+    N(P-1): 2N(P-1).
     """
-    P, r, S = endpoint.world_size, endpoint.rank, shards
-    if not 1 <= S <= P:
-        raise ValueError(f"shards = {S} must be between 1 and world_size = {P}")
+    P, r, n_shards = endpoint.world_size, endpoint.rank, shards
+    if not 1 <= n_shards <= P:
+        raise ValueError(f"shards = {n_shards} must be between 1 and world_size = {P}")
     if P == 1:
         return
     x = endpoint.buffer[:count]                          # (N,)
-    bounds = chunk_bounds(count, S)                      # shard s = x[bounds[s][0]:bounds[s][1]]
-    mine = bounds[r] if r < S else (0, 0)                # the shard this rank serves, if any
+    bounds = chunk_bounds(count, n_shards)               # shard s = x[bounds[s][0]:bounds[s][1]]
+    serves = r < n_shards                                # is this rank the server of shard r?
+    mine = bounds[r] if serves else (0, 0)
     others = [q for q in range(P) if q != r]
+    servers = [s for s in range(n_shards) if s != r]     # the other ranks' shards
 
     partials = endpoint.step(                            # 1. learners -> servers
-        sends=[(s, *bounds[s]) for s in range(S) if s != r],
-        recvs=[(q, mine[1] - mine[0]) for q in others] if r < S else [])
+        sends=[(s, *bounds[s]) for s in servers],
+        recvs=[(q, mine[1] - mine[0]) for q in others] if serves else [])
     total = x[mine[0]:mine[1]]
     for partial in partials:                             # the reduce, in rank order
         np.add(total, partial, out=total)
 
     summed = endpoint.step(                              # 2. servers -> everyone
-        sends=[(q, *mine) for q in others] if r < S else [],
-        recvs=[(s, bounds[s][1] - bounds[s][0]) for s in range(S) if s != r])
-    for s, shard in zip([s for s in range(S) if s != r], summed):
+        sends=[(q, *mine) for q in others] if serves else [],
+        recvs=[(s, bounds[s][1] - bounds[s][0]) for s in servers])
+    for s, shard in zip(servers, summed):
         x[bounds[s][0]:bounds[s][1]] = shard
     endpoint.fence()
 
@@ -87,7 +97,7 @@ ALGORITHMS = {"ring": ring_allreduce_, "ps": ps_allreduce_}
 class ProcessGroup:
     """What a worker function gets: its rank, the world size, and collectives.
 
-    Created by ``runner.launch`` in each worker; a training function receives it
+    Created by ``course_lib.machinery.launch.launch`` in each worker; a training function receives it
     as its first argument::
 
         def train_worker(pg, steps):           # lives in course_lib, not in a notebook

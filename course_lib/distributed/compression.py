@@ -212,7 +212,7 @@ def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int =
 
     Parameters
     ----------
-    model : a ``course_lib.distributed.downpour.TinyNet`` (flat parameters)
+    model : a ``course_lib.models.TinyNet`` (flat parameters)
     data : ``(x_train, y_train, x_test, y_test)``, x of shape (n, n_in)
     scheme : "dense", "sign", "threshold" or "topk"
     tau : Strom's threshold; k_fraction : top-k keeps k = ceil(k_fraction * N)

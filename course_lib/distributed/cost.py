@@ -17,8 +17,8 @@ The time model is the usual latency-bandwidth ("alpha-beta") one: sending a
 message of m bytes costs ``alpha + m * beta``, with alpha the latency in
 seconds and beta seconds per byte (1 / bandwidth). A ring all-reduce is
 2(P - 1) such sends of N/P elements one after another; the PS's one link
-carries 2(P - 1) messages of N elements (with S shards, N/S each, on S links
-in parallel).
+carries 2(P - 1) messages of N elements (with ``n_shards`` shards, N/n_shards
+each, on n_shards links in parallel).
 """
 
 from __future__ import annotations
@@ -57,26 +57,27 @@ def ps_bytes_at_server(N: int, world_size: int, itemsize: int = 1) -> int:
 
 
 def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes each rank sends and receives in a parameter-server reduction with S shards.
+    """Bytes each rank sends and receives in a parameter-server reduction with ``shards`` shards.
 
-    The array is cut into S shards (``chunk_bounds(N, S)``); rank s < S serves
-    shard s: the other P - 1 ranks send it their shard s, it sums and sends the
-    result back to them. With S = 1, rank 0 sends and receives N(P-1) and each
-    learner sends and receives N, so ``sent[0] + received[0] = 2N(P-1)``.
+    The array is cut into n_shards = ``shards`` pieces (``chunk_bounds(N, n_shards)``);
+    rank s < n_shards serves shard s: the other P - 1 ranks send it their shard s,
+    it sums and sends the result back to them. With one shard, rank 0 sends and
+    receives N(P-1) and each learner sends and receives N, so
+    ``sent[0] + received[0] = 2N(P-1)``.
 
     Returns
     -------
     sent, received : int64 ndarrays, shape (world_size,), in bytes
     """
     N, P, itemsize = check_int(N, "N", 0), check_int(world_size, "world_size", 1), check_int(itemsize, "itemsize", 1)
-    S = check_int(shards, "shards", 1)
-    if S > P:
-        raise ValueError(f"shards = {S} must be <= world_size = {P}: shard s is served by rank s")
-    size = [stop - start for start, stop in chunk_bounds(N, S)]
+    n_shards = check_int(shards, "shards", 1)
+    if n_shards > P:
+        raise ValueError(f"shards = {n_shards} must be <= world_size = {P}: shard s is served by rank s")
+    size = [stop - start for start, stop in chunk_bounds(N, n_shards)]
     sent = np.zeros(P, dtype=np.int64)
     for r in range(P):
-        as_learner = sum(size[s] for s in range(S) if s != r)        # my shard s to server s
-        as_server = (P - 1) * size[r] if r < S else 0               # the sum back to everyone
+        as_learner = sum(size[s] for s in range(n_shards) if s != r)    # my shard s to server s
+        as_server = (P - 1) * size[r] if r < n_shards else 0           # the sum back to everyone
         sent[r] = as_learner + as_server
     return sent * itemsize, sent * itemsize   # every message sent is received by someone, symmetrically
 
@@ -88,13 +89,14 @@ def ring_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int 
 
 
 def ps_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 4, shards: int = 1) -> float:
-    """alpha-beta time of a parameter server: ``2(P-1) * (alpha + (N/S) * itemsize * beta)`` seconds.
+    """alpha-beta time of a parameter server: ``2(P-1) * (alpha + (N/n_shards) * itemsize * beta)`` seconds.
 
     The server's link is the bottleneck: P - 1 messages in, P - 1 out, one after
-    another; with S shards each server link carries N/S per message, in parallel.
+    another; with n_shards = ``shards`` shards each server link carries N/n_shards
+    per message, in parallel.
     """
-    P, S = check_int(world_size, "world_size", 1), check_int(shards, "shards", 1)
-    return 2 * (P - 1) * (alpha + N / S * itemsize * beta)
+    P, n_shards = check_int(world_size, "world_size", 1), check_int(shards, "shards", 1)
+    return 2 * (P - 1) * (alpha + N / n_shards * itemsize * beta)
 
 
 def ps_ring_ratio(N: int, world_size, alpha: float, beta: float, itemsize: int = 4):

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from course_lib.checks import check_int
 
 

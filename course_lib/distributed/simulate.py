@@ -77,6 +77,8 @@ def simulate_ring_allreduce(arrays) -> RingTrace:
                     state[r, a:b] = before[left, a:b]
                     count[r, recv] = count_before[left, recv]
                 moves.append((left, r, recv))
-            buffers.append(state.copy()); contributions.append(count.copy())
-            labels.append(f"{phase} step {k}"); transfers.append(moves)
+            buffers.append(state.copy())
+            contributions.append(count.copy())
+            labels.append(f"{phase} step {k}")
+            transfers.append(moves)
     return RingTrace(np.stack(buffers), np.stack(contributions), labels, transfers, bounds)

@@ -1,4 +1,4 @@
-"""Worker functions that run inside ``launch`` (they must live in a module, not a notebook).
+"""Worker functions that run inside ``machinery.launch.launch`` (they live in a module, not a notebook).
 
 ``data_parallel_least_squares`` is data-parallel training in miniature: each
 rank holds a slice of the rows, computes the gradient on its slice, all-reduces

@@ -293,23 +293,27 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
-async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) -> list[CellRun]:
-    runs = [CellRun() for _ in nb.cells]
-    replies: dict[int, dict] = {}
-    client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
-                           record_timing=False, resources={"metadata": {"path": str(workdir)}})
-    client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
-    env = kernel_env()
+async def _start_kernel(client) -> None:
+    """Start ``client``'s kernel and connect to it; a failure cleans up and raises KernelStartError."""
     client.km = client.create_kernel_manager()
     try:
         # the kernel process's own stdout/stderr (start-up banners) are not the cells' output
-        await client.async_start_new_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await client.async_start_new_kernel(env=kernel_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await client.async_start_new_kernel_client()
     except Exception as err:  # noqa: BLE001 - nothing of the student's has run yet
         if client.km is not None:
             with contextlib.suppress(Exception):
                 await client._async_cleanup_kernel()
         raise KernelStartError(f"the kernel did not start: {type(err).__name__}: {err}") from err
+
+
+async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) -> list[CellRun]:
+    runs = [CellRun() for _ in nb.cells]
+    replies: dict[int, dict] = {}
+    client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
+                           record_timing=False, resources={"metadata": {"path": str(workdir)}})
+    client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
+    await _start_kernel(client)
     async with client.async_setup_kernel():  # the kernel above; shut down on the way out
         deadline = time.monotonic() + notebook_timeout
         for index, cell in enumerate(nb.cells):

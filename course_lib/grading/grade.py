@@ -485,7 +485,8 @@ def summary(grades: list[Grade]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.grade", description=__doc__.split("\n\n")[0])
-    parser.add_argument("solution", type=Path, help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
+    parser.add_argument("solution", type=Path,
+                        help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
     parser.add_argument("submissions", type=Path, help="folder: one STUDENT.ipynb or one STUDENT/ folder per student")
     parser.add_argument("--out", type=Path, help="output folder (default grades/<exercise>)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once (default 2)")

@@ -45,7 +45,8 @@ def plot_bytes_vs_workers(n_params: int, message_bytes: dict, workers=(2, 4, 8, 
     """
     fig, (ax_ring, ax_ps) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     dense = [bytes_per_step(n_params, P) for P in workers]
-    ax_ring.plot(workers, [d["ring_per_rank"] for d in dense], "k-o", label="dense ring: 2N(P-1)/P floats, 8N(P-1)/P bytes")
+    ax_ring.plot(workers, [d["ring_per_rank"] for d in dense], "k-o",
+                 label="dense ring: 2N(P-1)/P floats, 8N(P-1)/P bytes")
     ax_ps.plot(workers, [d["ps_at_server"] for d in dense], "k-o", label="dense PS: 2N(P-1) floats, 8N(P-1) bytes")
     styles = [("--", "s", 9), ("-.", "^", 6.5), (":", "o", 4)]
     for i, (label, nbytes) in enumerate(message_bytes.items()):

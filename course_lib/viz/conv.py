@@ -1,4 +1,4 @@
-"""Figures, widgets and measurements for lessons 01 (convolution) and 02 (im2col).
+"""Figures and widgets for lessons 01 (convolution) and 02 (im2col).
 
 Every widget drives a plain function defined here and tested in
 ``tests/test_viz_conv.py``; every figure has a title and labelled axes with
@@ -8,8 +8,8 @@ lesson 01  ``output_size_report`` / ``output_size_explorer`` (the sliders),
            ``plot_padding``, ``receptive_field_sizes`` / ``receptive_field_1d``
            / ``plot_receptive_field``
 lesson 02  ``im2col_index_map`` / ``im2col_copies`` / ``pixel_colours`` / ``plot_im2col``,
-           ``ConvLayer`` / ``im2col_memory`` / ``plot_im2col_memory``, ``time_layouts``,
-           ``conv_timings`` / ``format_timings`` / ``plot_timings``
+           ``plot_im2col_memory``, ``plot_timings``: the figures of
+           ``course_lib.experiments.conv_costs``'s measurements
 
 Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
 """
@@ -17,16 +17,12 @@ Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, 
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from dataclasses import dataclass
-from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.conv import (_conv_geometry, _unfold_batched, _windows, conv2d, conv2d_im2col,
-                             conv2d_naive, conv_output_size, conv_param_count, im2col)
+from course_lib.conv import conv_geometry, conv_output_size, conv_param_count, im2col
+from course_lib.experiments.conv_costs import IMPLEMENTATIONS
 from course_lib.viz import print_initial
 
 
@@ -249,7 +245,7 @@ def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padd
     The title gives the largest number of copies of one pixel (``im2col_copies``).
     """
     index = im2col_index_map(H, W, KH, KW, stride, padding)      # (KH*KW, L)
-    _, _, (H_out, W_out) = _conv_geometry(np.empty((1, 1, H, W)), KH, KW, stride, padding)
+    _, _, (H_out, W_out) = conv_geometry(np.empty((1, 1, H, W)), KH, KW, stride, padding)
     most_copies = int(im2col_copies(H, W, KH, KW, stride, padding).max())
     colours = pixel_colours(H * W)
     to_rgb = lambda ids: np.where(ids[..., None] >= 0, colours[np.maximum(ids, 0)], 0.92)
@@ -277,64 +273,11 @@ def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padd
 
 
 # --------------------------------------------------------------------------
-# Lesson 02: the KH*KW memory blow-up
+# Lesson 02: the KH*KW memory blow-up and the timings (measured by experiments.conv_costs)
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ConvLayer:
-    """One convolution layer of a real network, input (N, C, H, W), K filters KH x KW."""
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    KH: int
-    KW: int
-    S: int = 1
-    P: int = 0
-
-
-REAL_LAYERS = (
-    ConvLayer("LeNet-5 C1", 64, 1, 32, 32, 6, 5, 5),
-    ConvLayer("LeNet-5 C3", 64, 6, 14, 14, 16, 5, 5),
-    ConvLayer("AlexNet conv1 (11x11, S=4)", 64, 3, 227, 227, 96, 11, 11, S=4),
-    ConvLayer("ResNet conv1 (7x7, S=2)", 64, 3, 224, 224, 64, 7, 7, S=2, P=3),
-    ConvLayer("ResNet 3x3, 64 ch, 56x56", 64, 64, 56, 56, 64, 3, 3, P=1),
-    ConvLayer("ResNet 3x3, 128 ch, S=2", 64, 64, 56, 56, 128, 3, 3, S=2, P=1),
-    ConvLayer("VGG conv1_2 (3x3, 224x224)", 64, 64, 224, 224, 64, 3, 3, P=1),
-)
-
-
-def im2col_memory(layers=REAL_LAYERS, itemsize: int = 4) -> list[dict]:
-    """Bytes of each layer's input and of its im2col matrix (float32 by default).
-
-    cols holds N * C*KH*KW * L numbers, L = H_out*W_out: every pixel copied
-    once per window covering it, about KH*KW/S^2 times the input.
-    """
-    rows = []
-    for layer in layers:
-        W_out = conv_output_size(layer.W, layer.KW, layer.P, layer.S, floor=True)
-        H_out = conv_output_size(layer.H, layer.KH, layer.P, layer.S, floor=True, axis="height")
-        input_bytes = layer.N * layer.C * layer.H * layer.W * itemsize
-        cols_bytes = layer.N * layer.C * layer.KH * layer.KW * H_out * W_out * itemsize
-        rows.append({"layer": layer.name, "N": layer.N, "input_bytes": input_bytes, "cols_bytes": cols_bytes,
-                     "ratio": cols_bytes / input_bytes, "kernel_area": layer.KH * layer.KW,
-                     "stride": layer.S, "itemsize": itemsize})
-    return rows
-
-
-def format_memory(rows: list[dict]) -> str:
-    """``im2col_memory``'s rows as a fixed-width text table (MiB)."""
-    lines = [f"{'layer':30s} {'input MiB':>10s} {'cols MiB':>10s} {'cols/input':>10s} {'KH*KW/S^2':>10s}"]
-    for r in rows:
-        lines.append(f"{r['layer']:30s} {r['input_bytes'] / 2**20:10.1f} {r['cols_bytes'] / 2**20:10.1f} "
-                     f"{r['ratio']:10.2f} {r['kernel_area'] / r['stride'] ** 2:10.2f}")
-    return "\n".join(lines)
-
-
 def plot_im2col_memory(rows: list[dict]):
-    """Input bytes vs im2col bytes per layer, a log-scale bar chart (MiB)."""
+    """Input bytes vs im2col bytes per layer (``conv_costs.im2col_memory``'s rows), a log-scale bar chart (MiB)."""
     names = [r["layer"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
@@ -357,149 +300,11 @@ def plot_im2col_memory(rows: list[dict]):
     return fig
 
 
-# --------------------------------------------------------------------------
-# Lesson 02: timings (warm-up, repeats, median)
-# --------------------------------------------------------------------------
-
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
-                   sync: Callable[[], None] = lambda: None) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones.
-
-    ``sync`` is called before reading the clock (a GPU queues work and returns
-    at once; ``course_lib.device.synchronize`` waits for it).
-    """
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
-    """(N, C, H, W) -> zero-padded, contiguous channels-last (N, H + 2PH, W + 2PW, C)."""
-    N, C, H, W = x.shape
-    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=x.dtype)
-    xp[:, PH:PH + H, PW:PW + W, :] = x.transpose(0, 2, 3, 1)  # one pass: NCHW -> NHWC
-    return xp
-
-
-def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
-    """Split three im2col convolutions into their copy and their matrix multiply.
-
-    - ``F.unfold`` layout (``conv2d_im2col``): cols (N, C*KH*KW, L), then N
-      matmuls (K, C*KH*KW) @ (C*KH*KW, L);
-    - batched (``conv2d``): cols (C*KH*KW, N*L), F.unfold's rows with the
-      images side by side, then ONE GEMM (K, C*KH*KW) @ (C*KH*KW, N*L);
-    - channels-last: cols (N*L, KH*KW*C), each row one window read from
-      KH runs of KW*C numbers of an (N, H, W, C) copy of x, then ONE GEMM
-      with the weights as a (KH*KW*C, K) matrix.
-
-    The batched and channels-last outputs still have to be put back into NCHW
-    order (not timed); the F.unfold layout's output already is NCHW.
-    Returns seconds per step.
-    """
-    (K, C, KH, KW), N = w.shape, x.shape[0]
-    (SH, SW), (PH, PW), (H_out, W_out) = _conv_geometry(x, KH, KW, stride, padding)
-    unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                        # (N, C*KH*KW, L)
-    batched_copy = lambda: _unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out)   # (C*KH*KW, N*L)
-    cl_copy = lambda: _windows(_padded_nhwc(x, PH, PW).transpose(0, 3, 1, 2),        # NHWC memory, NCHW view
-                               KH, KW, SH, SW, H_out, W_out                           # [n, c, u, v, i, j]
-                               ).transpose(0, 4, 5, 2, 3, 1).reshape(N * H_out * W_out, KH * KW * C)  # (N*L, KH*KW*C)
-    cols_unfold, cols_batched, cols_cl = unfold_copy(), batched_copy(), cl_copy()
-    w_row = w.reshape(K, -1)                                                          # (K, C*KH*KW)
-    w_mat = w.transpose(2, 3, 1, 0).reshape(-1, K)                                    # (KH*KW*C, K)
-    return {
-        "F.unfold layout: im2col copy": median_seconds(unfold_copy, repeats),
-        "F.unfold layout: N matmuls": median_seconds(lambda: w_row @ cols_unfold, repeats),
-        "batched: im2col copy": median_seconds(batched_copy, repeats),
-        "batched: one GEMM": median_seconds(lambda: w_row @ cols_batched, repeats),
-        "channels-last: window copy": median_seconds(cl_copy, repeats),
-        "channels-last: one GEMM": median_seconds(lambda: cols_cl @ w_mat, repeats),
-    }
-
-
-IMPLEMENTATIONS = ("conv2d_naive", "conv2d_im2col", "conv2d", "PyTorch CPU", "PyTorch GPU")
-
-
-def _implementations(x, w, b, stride, padding, device) -> tuple[dict, dict]:
-    """``{name: call}`` for every implementation on one case, and ``{name: sync}`` for the GPU."""
-    import torch
-    import torch.nn.functional as F
-
-    from course_lib.device import synchronize
-
-    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-    calls = {"conv2d_naive": lambda: conv2d_naive(x, w, b, stride, padding),
-             "conv2d_im2col": lambda: conv2d_im2col(x, w, b, stride, padding),
-             "conv2d": lambda: conv2d(x, w, b, stride, padding),
-             "PyTorch CPU": lambda: F.conv2d(xt, wt, bt, stride, padding)}
-    syncs = {}
-    if device is not None and torch.device(device).type != "cpu":
-        dev = torch.device(device)
-        xd, wd, bd = xt.to(dev), wt.to(dev), bt.to(dev)
-        calls["PyTorch GPU"] = lambda: F.conv2d(xd, wd, bd, stride, padding)
-        syncs["PyTorch GPU"] = lambda: synchronize(dev)
-    return calls, syncs
-
-
-def conv_timings(cases: list[tuple], device=None, repeats: int = 5, warmup: int = 1,
-                 naive_max_windows: int = 50_000, seed: int = 0) -> list[dict]:
-    """Time every implementation on each case; check each one against F.conv2d first.
-
-    cases : list of (name, x_shape, w_shape, stride, padding)
-    device : a torch.device; "PyTorch GPU" is timed when it is not the CPU
-    naive_max_windows : conv2d_naive is skipped (seconds = nan) when it would
-        loop over more than this many (n, k, i, j) positions
-    Returns one dict per (case, implementation): case, implementation, seconds.
-    """
-    rng = np.random.default_rng(seed)
-    rows = []
-    for name, x_shape, w_shape, stride, padding in cases:
-        x, w = rng.standard_normal(x_shape, dtype=np.float32), rng.standard_normal(w_shape, dtype=np.float32)
-        b = rng.standard_normal(w_shape[0], dtype=np.float32)
-        calls, syncs = _implementations(x, w, b, stride, padding, device)
-        reference = calls["PyTorch CPU"]().numpy()                      # (N, K, H_out, W_out)
-        if reference.size > naive_max_windows:
-            calls.pop("conv2d_naive")
-        scale = float(np.max(np.abs(reference)))
-        for impl in IMPLEMENTATIONS:
-            if impl not in calls:
-                rows.append({"case": name, "implementation": impl, "seconds": math.nan})
-                continue
-            out = calls[impl]()
-            out = out.cpu().numpy() if hasattr(out, "cpu") else out         # a torch tensor, maybe on a GPU
-            error = float(np.max(np.abs(out - reference)))
-            if error > (1e-2 if impl == "PyTorch GPU" else 1e-4) * scale:  # GPUs may use TF32 (10-bit mantissa)
-                raise AssertionError(f"{impl} differs from F.conv2d on {name}: max abs diff "
-                                     f"{error:.3g}, largest output {scale:.3g}")
-            seconds = median_seconds(calls[impl], repeats, warmup, syncs.get(impl, lambda: None))
-            rows.append({"case": name, "implementation": impl, "seconds": seconds})
-    return rows
-
-
-def format_timings(rows: list[dict]) -> str:
-    """A text table: milliseconds per call and the ratio to PyTorch on the CPU."""
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    impls = [i for i in IMPLEMENTATIONS
-             if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]
-    width = max([28] + [len(c) + 2 for c in cases])
-    lines = [f"{'case':{width}s}" + "".join(f"{i:>20s}" for i in impls)]
-    for case in cases:
-        got = {r["implementation"]: r["seconds"] for r in rows if r["case"] == case}
-        base = got["PyTorch CPU"]
-        cells = ["skipped" if math.isnan(got[i]) else f"{got[i] * 1e3:.2f} ms ({got[i] / base:.2g}x)"
-                 for i in impls]
-        lines.append(f"{case:{width}s}" + "".join(f"{c:>20s}" for c in cells))
-    return "\n".join(lines) + "\n(ratio = time / PyTorch CPU time; lower is faster)"
-
-
 def plot_timings(rows: list[dict]):
-    """Grouped bars: time per forward call of each implementation, per case (log scale)."""
+    """Grouped bars: time per forward call of each implementation, per case (log scale).
+
+    rows : ``course_lib.experiments.conv_costs.conv_timings``'s
+    """
     cases = list(dict.fromkeys(r["case"] for r in rows))
     impls = [i for i in IMPLEMENTATIONS
              if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]

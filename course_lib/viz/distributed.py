@@ -7,8 +7,8 @@ with units. Symbols are those of ``course_lib``: N elements (the model's
 parameters), P = ``world_size`` ranks.
 
 lesson 06  ``plot_topologies``, ``cost_rows`` / ``format_cost_rows``, ``cost_report`` / ``cost_explorer``
-           (sliders for N and P), ``plot_cost_vs_P``, ``measured_bytes`` /
-           ``format_measured_bytes`` (real runs against the formulas)
+           (sliders for N and P), ``plot_cost_vs_P``; real runs against the formulas are
+           an experiment, ``course_lib.experiments.allreduce.measured_bytes``
 lesson 07  ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
            ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
            ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth``
@@ -25,12 +25,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from course_lib.distributed.cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_time,
-                                         ring_bytes_per_rank, ring_time)
+from course_lib.distributed.cost import ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
 from course_lib.viz import print_initial
 
 # A 1 GB/s link with 50 us latency: about what two processes see on one machine
-# (NOTES: gloo over loopback reaches 0.65 to 0.94 GB/s busbw at 64 MiB).
+# (gloo over loopback on the course machine: docs/benchmarks.md).
 ALPHA_S, BETA_S_PER_BYTE = 50e-6, 1 / 1e9
 
 
@@ -188,39 +187,6 @@ def plot_topologies(world_size: int = 4):
     fig.suptitle("Reduction topologies (lecture 5, after Gibiansky 2017)")
     fig.tight_layout()
     return fig
-
-
-def measured_bytes(cases, transport: str = "shm", seed: int = 0) -> list[dict]:
-    """Run real all-reduces and put the bytes each process sent beside the formulas.
-
-    cases : iterable of (N, P); each runs algorithm "ring" and "ps" on P processes
-    Returns rows with N, P, algorithm, ``measured`` and ``formula`` (int64 arrays (P,)
-    of bytes sent per rank) and ``server`` (PS: bytes through rank 0, sent + received).
-    """
-    from course_lib.distributed import allreduce
-
-    rng, rows = np.random.default_rng(seed), []
-    for N, P in cases:
-        arrays = [rng.standard_normal(N).astype(np.float32) for _ in range(P)]
-        for algorithm in ("ring", "ps"):
-            res = allreduce(arrays, algorithm=algorithm, transport=transport)
-            formula = (ring_bytes_per_rank(N, P, 4) if algorithm == "ring"
-                       else ps_bytes_per_rank(N, P, 1, 4)[0])
-            rows.append({"N": N, "P": P, "algorithm": algorithm, "measured": res.bytes_sent,
-                         "formula": formula, "server": int(res.bytes_sent[0] + res.bytes_received[0]),
-                         "outputs_ok": all(np.allclose(o, np.sum(arrays, axis=0), rtol=1e-5, atol=1e-5)
-                                           for o in res.outputs)})
-    return rows
-
-
-def format_measured_bytes(rows: list[dict]) -> str:
-    """``measured_bytes`` as a table: bytes sent per rank, measured and from the formula."""
-    lines = [f"{'N':>7} {'P':>2} {'algorithm':<9} {'bytes sent per rank (measured)':<34} "
-             f"{'formula':<34} {'equal':>5}"]
-    for r in rows:
-        lines.append(f"{r['N']:>7} {r['P']:>2} {r['algorithm']:<9} {str(r['measured'].tolist()):<34} "
-                     f"{str(r['formula'].tolist()):<34} {str(bool(np.array_equal(r['measured'], r['formula']))):>5}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
@@ -395,7 +361,7 @@ def plot_duplex(world_size: int = 4):
 
 
 def bandwidth_series(rows: list[dict], world_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Rows of ``measure.sweep`` for one P, as {method: {"nbytes", "algbw", "busbw"}} sorted by size."""
+    """Rows of ``experiments.allreduce.sweep`` for one P, as {method: {"nbytes", "algbw", "busbw"}} sorted by size."""
     series = {}
     for method in dict.fromkeys(r["method"] for r in rows if r["P"] == world_size):
         mine = sorted((r for r in rows if r["P"] == world_size and r["method"] == method),

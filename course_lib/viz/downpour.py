@@ -3,7 +3,7 @@
 Reading order: ``plot_architecture`` (shards, replicas, data shards, fetch
 and push), ``plot_staleness`` (histograms), ``plot_curves`` (loss against
 steps or time, events marked), ``plot_robustness`` (final loss against
-replicas: the experiment of ``course_lib.distributed.downpour.robustness_sweep``).
+replicas: the experiment of ``course_lib.experiments.downpour.robustness_sweep``).
 Tested in ``tests/test_downpour.py``.
 """
 
@@ -59,8 +59,8 @@ def plot_architecture(n_replicas: int = 4, n_shards: int = 3, n_params: int | No
 def plot_staleness(results: dict):
     """Histogram of update staleness (updates missed), one panel per run.
 
-    The counts are shard updates: every pushed gradient updates each of the S
-    shards once, so a run of n pushes has S * n of them.
+    The counts are shard updates: every pushed gradient updates each of the n_shards
+    shards once, so a run of n pushes has n_shards * n of them.
     """
     fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4), sharey=True)
     n_shards = set()
@@ -84,7 +84,8 @@ def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
     """Training loss of the server's parameters against steps done or time.
 
     x : "steps" (gradient steps done), "time" (the simulation's virtual
-        seconds) or "wall" (wall-clock seconds of a real run, ``run_processes``)
+        seconds) or "wall" (wall-clock seconds of a real run,
+        ``machinery.downpour_processes.train_on_processes``)
     marks : {text: x position}, each drawn as a dotted vertical line (an event,
         such as a replica's death)
     """

@@ -3,20 +3,16 @@
 Reading order: ``format_architecture`` (the lecture's table as text),
 ``plot_digits`` (samples of the data), ``plot_history`` (loss and accuracy
 curves side by side), ``misclassified`` / ``plot_misclassified``,
-``epoch_timings`` / ``format_epoch_timings`` / ``plot_epoch_timings``.
-Tested in ``tests/test_lenet.py``.
+``plot_epoch_timings``. The training runs and timings they draw are
+``course_lib.experiments.lenet_training``'s. Tested in ``tests/test_lenet.py``.
 """
 
 from __future__ import annotations
 
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
-from course_lib.data import Digits
-from course_lib.lenet import LeNet5, TorchLeNet5, architecture, copy_weights, train
+from course_lib.lenet import architecture
 
 
 def format_architecture(size: int = 32) -> str:
@@ -26,7 +22,7 @@ def format_architecture(size: int = 32) -> str:
     for layer in architecture(size):
         shape = " x ".join(str(d) for d in layer.output)
         lines.append(f"{layer.name:6s} {layer.kind:34s} {shape:>14s} {layer.params:>11,}")
-    lines.append(f"{'total':6s} {'':34s} {'':>14s} {sum(l.params for l in architecture(size)):>11,}")
+    lines.append(f"{'total':6s} {'':34s} {'':>14s} {sum(row.params for row in architecture(size)):>11,}")
     return "\n".join(lines)
 
 
@@ -48,7 +44,7 @@ def plot_digits(x: np.ndarray, y: np.ndarray, n: int = 10, title: str = "Trainin
 def plot_history(histories: dict):
     """Training loss (left) and test accuracy (right) per epoch, one line per run.
 
-    histories : {name: course_lib.lenet.History}
+    histories : {name: course_lib.experiments.lenet_training.History}
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for k, (name, h) in enumerate(histories.items()):
@@ -101,50 +97,8 @@ def plot_misclassified(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, ma
     return fig
 
 
-def epoch_timings(data: Digits, batch_size: int = 32, n_batches: int = 10, device=None,
-                  repeats: int = 3) -> dict[str, float]:
-    """Seconds per training epoch (forward + backward + SGD step) of each implementation.
-
-    Times ``n_batches`` minibatches after one warm-up batch, takes the median
-    of ``repeats``, and scales to a full epoch of ``data.x_train``. Keys:
-    'numpy', 'PyTorch CPU' and, when ``device`` is a GPU, 'PyTorch GPU'.
-    """
-    from course_lib.device import synchronize
-
-    n = batch_size * n_batches
-    warmup = Digits(data.x_train[:batch_size], data.y_train[:batch_size], data.x_test[:1], data.y_test[:1])
-    timed = Digits(data.x_train[:n], data.y_train[:n], data.x_test[:1], data.y_test[:1])
-    batches_per_epoch = -(-len(data.x_train) // batch_size)
-    devices = {"numpy": None, "PyTorch CPU": torch.device("cpu")}
-    if device is not None and torch.device(device).type != "cpu":
-        devices["PyTorch GPU"] = torch.device(device)
-    result = {}
-    for name, dev in devices.items():
-        model = LeNet5(seed=0)
-        if dev is not None:
-            model, numpy_model = TorchLeNet5(), model
-            copy_weights(numpy_model, model)
-        train(model, warmup, epochs=1, batch_size=batch_size, device=dev, progress=False)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            train(model, timed, epochs=1, batch_size=batch_size, device=dev, progress=False)
-            if dev is not None:
-                synchronize(dev)
-            samples.append((time.perf_counter() - start) / n_batches)
-        result[name] = float(np.median(samples)) * batches_per_epoch
-    return result
-
-
-def format_epoch_timings(timings: dict[str, float]) -> str:
-    """``epoch_timings`` as text: seconds per epoch and the ratio to PyTorch on the CPU."""
-    base = timings["PyTorch CPU"]
-    return "\n".join(f"{name:12s} {seconds:7.2f} s per epoch   ({seconds / base:.2g}x PyTorch CPU)"
-                     for name, seconds in timings.items())
-
-
 def plot_epoch_timings(timings: dict[str, float]):
-    """Bar chart of seconds per training epoch."""
+    """Bar chart of seconds per training epoch (``experiments.lenet_training.epoch_timings``)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bars = ax.bar(list(timings), list(timings.values()), color=["tab:blue", "tab:orange", "tab:green"][:len(timings)])
     for bar, value in zip(bars, timings.values()):

@@ -1,19 +1,8 @@
 """Figures and widgets for lesson 04 (Adagrad beside SGD, momentum and Nesterov).
 
-The test problem is an ill-conditioned quadratic bowl,
-
-    f(w) = 0.5 * (a_1 w_1^2 + a_2 w_2^2),   a = CURVATURES = (0.5, 25),
-
-steep along w_2 and flat along w_1: one global learning rate is either too
-large for w_2 or too small for w_1, which is exactly what Adagrad's
-per-parameter rates ``eta_ik = gamma / sqrt(sum_j dw_ij^2)`` address.
-
-``angle`` rotates the bowl: f(w) = 0.5 * (R w)^T diag(a) (R w), with R the
-rotation by ``angle`` degrees, so its steep and flat directions no longer lie
-along the parameters' axes.
-
-Reading order: ``run_optimizer`` (any optimizer of ``course_lib.optim`` on
-the bowl, axis-aligned or rotated), ``adagrad_report`` / ``gamma_explorer`` (the widget),
+The runs come from ``course_lib.experiments.optimizer_bowl`` (the bowl
+f(w) = 0.5 * (a_1 w_1^2 + a_2 w_2^2), a = (0.5, 25), and ``run_optimizer``).
+Reading order: ``adagrad_report`` / ``gamma_explorer`` (the widget),
 ``plot_trajectories``, ``plot_losses``, ``plot_effective_lr``.
 Tested in ``tests/test_optim.py``.
 """
@@ -25,76 +14,8 @@ import html
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.optim import SGD, Adagrad
+from course_lib.experiments.optimizer_bowl import CURVATURES, START, bowl_loss, run_optimizer
 from course_lib.viz import print_initial
-
-CURVATURES = np.array([0.5, 25.0])
-START = np.array([-4.0, 1.5])
-OPTIMIZERS = ("SGD", "momentum", "Nesterov", "Adagrad")
-
-
-def rotation(angle: float) -> np.ndarray:
-    """The 2 x 2 matrix R that rotates by ``angle`` degrees (counter-clockwise)."""
-    c, s = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
-    return np.array([[c, -s], [s, c]])
-
-
-def loss(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
-    """f(w) of the bowl for w of shape (..., 2); rotated by ``angle`` degrees: f evaluated at R w."""
-    w = np.asarray(w)
-    if angle:
-        w = w @ rotation(angle).T                  # R w, for every row of w
-    return 0.5 * np.sum(CURVATURES * w ** 2, axis=-1)
-
-
-def grad(w: np.ndarray, angle: float = 0.0) -> np.ndarray:
-    """Its gradient for w of shape (..., 2): ``a * w`` elementwise; rotated, ``R^T (a * (R w))``."""
-    w = np.asarray(w)
-    if not angle:
-        return CURVATURES * w
-    R = rotation(angle)
-    return (CURVATURES * (w @ R.T)) @ R            # R^T (a * (R w)), for every row of w
-
-
-def make_optimizer(name: str, params: list[np.ndarray], lr: float):
-    """One of ``OPTIMIZERS`` over ``params`` (momentum 0.9 for the two momentum methods)."""
-    if name == "SGD":
-        return SGD(params, lr)
-    if name == "momentum":
-        return SGD(params, lr, momentum=0.9)
-    if name == "Nesterov":
-        return SGD(params, lr, momentum=0.9, nesterov=True)
-    if name == "Adagrad":
-        return Adagrad(params, lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-
-
-def run_optimizer(name: str, lr: float, steps: int = 100, start=START, angle: float = 0.0) -> dict:
-    """Run an optimizer on the bowl from ``start``.
-
-    With ``angle``, on the bowl rotated by that many degrees, from the start
-    rotated with it (``R^T start``): the same problem, seen in axes turned by
-    ``angle``, so the loss starts at the same value.
-
-    Returns a dict with ``path`` (steps + 1, 2), ``loss`` (steps + 1,) and,
-    for Adagrad, ``eta`` (steps, 2): the effective learning rate of each
-    parameter used at each step.
-    """
-    w = np.array(start, dtype=np.float64)
-    if angle:
-        w = rotation(angle).T @ w
-    opt = make_optimizer(name, [w], lr)
-    path, etas = [w.copy()], []
-    for _ in range(steps):
-        opt.step([grad(w, angle)])
-        if name == "Adagrad":
-            etas.append(opt.effective_lr()[0])   # the rate this step used
-        path.append(w.copy())
-    path = np.array(path)
-    result = {"name": name, "lr": lr, "angle": angle, "path": path, "loss": loss(path, angle)}
-    if etas:
-        result["eta"] = np.array(etas)
-    return result
 
 
 def adagrad_report(gamma: float, steps: int = 50) -> str:
@@ -148,7 +69,7 @@ def plot_trajectories(runs: list[dict]):
                          f"with plot_losses instead")
     w1, w2 = np.meshgrid(np.linspace(-4.5, 4.5, 200), np.linspace(-2, 2, 200))
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.contour(w1, w2, loss(np.stack([w1, w2], axis=-1)), levels=np.geomspace(0.01, 60, 14),
+    ax.contour(w1, w2, bowl_loss(np.stack([w1, w2], axis=-1)), levels=np.geomspace(0.01, 60, 14),
                colors="0.75", linewidths=0.8)
     for run in runs:
         ax.plot(run["path"][:, 0], run["path"][:, 1], ".-", ms=3, lw=1,

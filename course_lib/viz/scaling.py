@@ -121,8 +121,8 @@ def plot_imagenet():
     y = np.arange(len(runs))
     ax_t.barh(y, [r.minutes for r in runs], color="C0")
     ax_t.set_xscale("log")
-    ax_t.set(yticks=y, yticklabels=labels, xlabel="training time (minutes, log scale)", ylabel="work (batch, processors)",
-             title="ImageNet-1K / ResNet-50 training time")
+    ax_t.set(yticks=y, yticklabels=labels, xlabel="training time (minutes, log scale)",
+             ylabel="work (batch, processors)", title="ImageNet-1K / ResNet-50 training time")
     ax_t.invert_yaxis()
     ax_e.barh(y, [r.efficiency or 0 for r in runs], color="C2")
     for i, r in enumerate(runs):

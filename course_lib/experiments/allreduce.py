@@ -1,8 +1,12 @@
-"""Time all-reduce implementations the way nccl-tests reports them: algbw and busbw.
+"""Lessons 06 and 07's experiments: all-reduces on real processes, counted and timed.
 
-nccl-tests (``all_reduce_perf``) prints, for a message of S bytes reduced in t seconds,
+``measured_bytes`` runs the ring and the parameter server on P processes and
+puts the bytes each rank sent beside the lecture's formulas (lesson 06).
+``sweep`` times every implementation the way nccl-tests reports them, algbw
+and busbw (lesson 07, ``make bench``). nccl-tests (``all_reduce_perf``) prints,
+for a message of ``nbytes`` bytes reduced in t seconds,
 
-    algbw = S / t                         what the application sees
+    algbw = nbytes / t                    what the application sees
     busbw = algbw * 2(P - 1)/P            the bytes each rank's link really carried per second
 
 The factor 2(P-1)/P is the ring's (lecture 5: each process sends 2N(P-1)/P),
@@ -17,13 +21,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runner import allreduce
+from course_lib.distributed.cost import ps_bytes_per_rank, ring_bytes_per_rank
+from course_lib.machinery.launch import allreduce
 
 METHODS = ("ring/shm", "ring/pipe", "ps/shm", "ps/pipe", "gloo")
 
 
+def measured_bytes(cases, transport: str = "shm", seed: int = 0) -> list[dict]:
+    """Run real all-reduces and put the bytes each process sent beside the formulas.
+
+    cases : iterable of (N, P); each runs algorithm "ring" and "ps" on P processes
+    Returns rows with N, P, algorithm, ``measured`` and ``formula`` (int64 arrays (P,)
+    of bytes sent per rank) and ``server`` (PS: bytes through rank 0, sent + received).
+    """
+    rng, rows = np.random.default_rng(seed), []
+    for N, P in cases:
+        arrays = [rng.standard_normal(N).astype(np.float32) for _ in range(P)]
+        for algorithm in ("ring", "ps"):
+            res = allreduce(arrays, algorithm=algorithm, transport=transport)
+            formula = (ring_bytes_per_rank(N, P, 4) if algorithm == "ring"
+                       else ps_bytes_per_rank(N, P, 1, 4)[0])
+            rows.append({"N": N, "P": P, "algorithm": algorithm, "measured": res.bytes_sent,
+                         "formula": formula, "server": int(res.bytes_sent[0] + res.bytes_received[0]),
+                         "outputs_ok": all(np.allclose(o, np.sum(arrays, axis=0), rtol=1e-5, atol=1e-5)
+                                           for o in res.outputs)})
+    return rows
+
+
+def format_measured_bytes(rows: list[dict]) -> str:
+    """``measured_bytes`` as a table: bytes sent per rank, measured and from the formula."""
+    lines = [f"{'N':>7} {'P':>2} {'algorithm':<9} {'bytes sent per rank (measured)':<34} "
+             f"{'formula':<34} {'equal':>5}"]
+    for r in rows:
+        lines.append(f"{r['N']:>7} {r['P']:>2} {r['algorithm']:<9} {str(r['measured'].tolist()):<34} "
+                     f"{str(r['formula'].tolist()):<34} {str(bool(np.array_equal(r['measured'], r['formula']))):>5}")
+    return "\n".join(lines)
+
+
 def bus_bandwidth(nbytes: int, seconds: float, world_size: int) -> tuple[float, float]:
-    """(algbw, busbw) in bytes per second: ``S / t`` and ``S / t * 2(P-1)/P``."""
+    """(algbw, busbw) in bytes per second: ``nbytes / t`` and ``nbytes / t * 2(P-1)/P``."""
     algbw = nbytes / seconds
     return algbw, algbw * 2 * (world_size - 1) / world_size
 
@@ -36,7 +72,7 @@ def default_repeats(nbytes: int) -> int:
 def run_method(method: str, arrays, repeats: int, timeout: float = 120.0):
     """One method ("ring/shm", ..., "gloo") on ``arrays``; returns the AllreduceResult."""
     if method == "gloo":
-        from .torch_dist import torch_allreduce
+        from course_lib.machinery.torch_launch import torch_allreduce
         return torch_allreduce(arrays, backend="gloo", repeats=repeats, timeout=timeout)
     algorithm, transport = method.split("/")
     return allreduce(arrays, algorithm=algorithm, transport=transport, repeats=repeats, timeout=timeout)

@@ -1,5 +1,9 @@
 """Transports: move bytes between ranks; they know nothing of rings or servers.
 
+Not the lecture: the lecture's collectives (``course_lib.distributed.collectives``)
+are written once against the ``step`` below; this module carries them out, with
+the fault injection the tests use and the progress tables that name a rank that hung.
+
 A collective is a sequence of *steps*. In each step every rank calls
 ``endpoint.step(sends, recvs)`` once (all ranks the same number of times):
 
@@ -55,7 +59,7 @@ SEGMENT = 1 << 20  # bytes per pipe message; larger single messages are slower a
 
 
 class DisseminationBarrier:
-    """A barrier for ``world_size`` processes made of semaphores; 5x faster than ``mp.Barrier``.
+    """A barrier for ``world_size`` processes made of semaphores, faster than ``mp.Barrier`` (docs/benchmarks.md).
 
     Round j (of ceil(log2 P)): rank r signals rank (r + 2^j) mod P and waits for
     rank (r - 2^j) mod P. After all rounds every rank has heard, directly or
@@ -165,7 +169,8 @@ class ShmTransport(_Transport):
         self.shm_name = self.shm.name
 
     def __getstate__(self):       # a worker re-attaches by name
-        state = self.__dict__.copy(); state["shm"] = None
+        state = self.__dict__.copy()
+        state["shm"] = None
         return state
 
     def endpoint(self, rank: int, fault=None) -> "ShmEndpoint":
@@ -260,7 +265,8 @@ class PipeTransport(_Transport):
         for row in self.pipes:
             for pair in row:
                 if pair is not None:
-                    pair[0].close(); pair[1].close()
+                    pair[0].close()
+                    pair[1].close()
 
 
 def _grow_pipe(conn) -> None:

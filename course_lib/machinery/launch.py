@@ -1,4 +1,4 @@
-"""Run collectives on real processes from a notebook: ``allreduce`` and ``launch``.
+"""Run the lecture's collectives on real processes from a notebook: ``allreduce`` and ``launch``.
 
 ``allreduce(arrays, algorithm="ring", transport="shm")`` takes P arrays (one
 per rank), starts P worker processes, each of which runs the all-reduce on its
@@ -7,9 +7,12 @@ and how long each rank took. ``launch(fn, world_size, args=...)`` runs any
 worker function ``fn(pg, *args)`` (defined in course_lib) on P processes with a
 ``ProcessGroup`` and returns what each returned.
 
-Inputs and outputs travel through one shared-memory segment the parent creates
-(and unlinks in ``finally``); the collective itself uses only the transport.
-Every input is checked before any process starts.
+The collectives themselves (``ring_allreduce_``, ``ps_allreduce_``,
+``ProcessGroup``) are the lecture's, in ``course_lib.distributed.collectives``;
+this module only starts them (``procs.run_processes``) on a transport
+(``transport.py``). Inputs and outputs travel through one shared-memory
+segment the parent creates (and unlinks in ``finally``); the collective itself
+uses only the transport. Every input is checked before any process starts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 
 from course_lib.checks import MAX_WORLD_SIZE, check_arrays
 
-from .collectives import ALGORITHMS, ProcessGroup
+from course_lib.distributed.collectives import ALGORITHMS, ProcessGroup
+
 from .procs import CollectiveError, run_processes  # noqa: F401  (CollectiveError re-exported)
 from .transport import PipeTransport, ShmTransport
 
@@ -80,7 +84,7 @@ def _progress_report(transport, late: list[int]) -> tuple[int | None, str]:
     if not busy:
         steps = {table[r][0] for r in late}
         behind = min(late, key=lambda r: table[r][0]) if len(steps) > 1 else None
-        return behind, (f"every unfinished rank was waiting on a peer: a deadlock (or a lost message)"
+        return behind, ("every unfinished rank was waiting on a peer: a deadlock (or a lost message)"
                         + (f"; rank {behind} is furthest behind" if behind is not None else "") + f" ({state}).")
     return None, f"({state})."
 

@@ -1,4 +1,4 @@
-"""Every core for the memory-bound passes around a matrix multiply.
+"""Every core for the memory-bound passes around a matrix multiply (``fast_conv``'s copies).
 
 A fast convolution is a copy (im2col), one GEMM, and a copy back. numpy's
 GEMM (BLAS) already uses every core; a numpy copy or ufunc uses one. On a

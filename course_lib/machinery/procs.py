@@ -11,6 +11,11 @@ P return values, or raises ``CollectiveError`` naming the rank that failed:
 * nothing finished within ``timeout`` seconds: the ranks that did not finish
   (and, when the caller gives ``diagnose``, which one stopped making progress).
 
+Every way this kit runs processes goes through it: ``launch`` (the kit's
+collectives), ``torch_launch`` (``torch.distributed``) and
+``downpour_processes`` (whose replicas ``may_die``, and whose parent has work
+of its own to do ``while_running``).
+
 In every case, in ``finally``, the parent terminates and joins every child
 with a timeout (SIGTERM, then SIGKILL), so no process is left behind. Each
 child dies with its parent (``die_with_parent``: ``prctl(PR_SET_PDEATHSIG)`` on
@@ -39,11 +44,11 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 class CollectiveError(RuntimeError):
     """A worker raised, died or hung. ``rank`` is the culprit (None when unknown); ``reason`` is
-    "raised", "died" or "timeout"."""
+    "raised", "died" or "timeout"; ``exitcode`` is the dead worker's (-9: SIGKILL), else None."""
 
-    def __init__(self, message: str, rank: int | None, reason: str):
+    def __init__(self, message: str, rank: int | None, reason: str, exitcode: int | None = None):
         super().__init__(message)
-        self.rank, self.reason = rank, reason
+        self.rank, self.reason, self.exitcode = rank, reason, exitcode
 
 
 def set_parent_death_signal(parent_pid: int) -> None:
@@ -114,7 +119,7 @@ def exit_now(code: int) -> None:
     Python has seen takes the GIL. If the interpreter has begun shutting down by then,
     the thread is stopped while it holds C++ objects and the process aborts with
     "terminate called without an active exception" (SIGABRT), after its work was done.
-    We measured 1 such abort in 10 to 40 runs of ``torchrun ... -m course_lib.ddp``.
+    Such an abort happens now and then under ``torchrun ... -m course_lib.ddp`` (docs/benchmarks.md).
     """
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -144,7 +149,8 @@ def _exit_reason(exitcode: int | None) -> str:
 
 
 def run_processes(target, args_per_rank: list, *, timeout: float, start_method: str | None = None,
-                  after_start=None, diagnose=None) -> list:
+                  after_start=None, diagnose=None, may_die=(), while_running=None,
+                  interval: float = 0.1) -> list:
     """Run ``target(rank, *args)`` for each rank's args in its own process; return the results.
 
     Parameters
@@ -156,6 +162,12 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
     after_start : called once all processes have started (e.g. to close the parent's pipe ends)
     diagnose : called on a timeout with the unfinished ranks; returns (culprit rank or None,
         a sentence saying who hung)
+    may_die : ranks whose death is no error (Downpour's replicas): their result is None
+    while_running : the parent's own work while the ranks run, called as
+        ``while_running(procs, finished)`` at least every ``interval`` seconds (never once a
+        failure is seen); ``procs`` are the P ``Process`` objects, ``finished[r]`` says that
+        rank r returned (or died, being in ``may_die``)
+    interval : seconds between two calls of ``while_running`` (the longest the parent waits at once)
     """
     ctx = mp.get_context(start_method)
     deadline = time.monotonic() + timeout
@@ -176,7 +188,7 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
             procs.append(proc)
         if after_start is not None:
             after_start()
-        results = _collect(procs, readers, deadline, timeout, diagnose)
+        results = _collect(procs, readers, deadline, timeout, diagnose, set(may_die), while_running, interval)
         finished = True
         return results
     finally:
@@ -185,13 +197,13 @@ def run_processes(target, args_per_rank: list, *, timeout: float, start_method: 
             reader.close()
 
 
-def _collect(procs, readers, deadline, timeout, diagnose) -> list:
+def _collect(procs, readers, deadline, timeout, diagnose, may_die, while_running, interval) -> list:
     """Wait for every rank's result, a failure, or the deadline.
 
     After the first failure keep listening a little (``SETTLE`` seconds, or
     ``GRACE`` if it only looks like a consequence) and blame the likeliest
     cause: a rank that died, else the earliest exception that is not a lost
-    connection, else the earliest one.
+    connection, else the earliest one. A rank of ``may_die`` that died is done, with result None.
     """
     P = len(procs)
     results, done, failures, first = [None] * P, [False] * P, [], None
@@ -199,8 +211,8 @@ def _collect(procs, readers, deadline, timeout, diagnose) -> list:
         if failures:
             waited = time.monotonic() - first
             if waited >= GRACE or (min(failures)[0] < 2 and waited >= SETTLE):
-                _, _, rank, reason, message = min(failures)
-                raise CollectiveError(message, rank, reason)
+                _, _, rank, reason, message, exitcode = min(failures)
+                raise CollectiveError(message, rank, reason, exitcode)
         elif all(done):
             return results
         remaining = (first + GRACE if failures else deadline) - time.monotonic()
@@ -212,22 +224,24 @@ def _collect(procs, readers, deadline, timeout, diagnose) -> list:
         failed = {f[2] for f in failures}
         live = [r for r in range(P) if not done[r] and r not in failed]
         ready = set(wait_for_ready([readers[r] for r in live] + [procs[r].sentinel for r in live],
-                                   timeout=max(0.0, min(remaining, SETTLE))))
+                                   timeout=max(0.0, min(remaining, SETTLE if failures else interval))))
         for rank in live:
             if readers[rank] in ready or procs[rank].sentinel in ready:
                 outcome = _outcome(rank, procs[rank], readers[rank])
-                if outcome is not None and outcome[0] == "ok":
-                    results[rank], done[rank] = outcome[1], True
+                if outcome is not None and (outcome[0] == "ok" or (outcome[1][3] == "died" and rank in may_die)):
+                    results[rank], done[rank] = (outcome[1] if outcome[0] == "ok" else None), True
                 elif outcome is not None:
                     failures.append(outcome[1])
                     first = first or time.monotonic()
+        if while_running is not None and not failures and not all(done):
+            while_running(procs, list(done))
 
 
 SETTLE, GRACE = 0.1, 1.0  # seconds to listen for a failure's cause after seeing one
 
 
 def _outcome(rank, proc, reader):
-    """("ok", value) or ("failed", (priority, when, rank, reason, message)), None if nothing yet.
+    """("ok", value) or ("failed", (priority, when, rank, reason, message, exitcode)), None if nothing yet.
 
     priority 0: the process died; 1: it raised; 2: it raised a lost-connection error.
     """
@@ -241,11 +255,12 @@ def _outcome(rank, proc, reader):
             return "ok", value
         if status == "raised":
             text, secondary, when = value
-            return "failed", (2 if secondary else 1, when, rank, "raised", f"rank {rank} raised an exception:\n{text}")
+            return "failed", (2 if secondary else 1, when, rank, "raised",
+                              f"rank {rank} raised an exception:\n{text}", None)
     if not proc.is_alive():
         proc.join(timeout=1)
         return "failed", (0, time.time(), rank, "died", f"rank {rank} died ({_exit_reason(proc.exitcode)}) "
-                                                        f"before finishing; the other ranks were stopped")
+                          f"before finishing; the other ranks were stopped", proc.exitcode)
     return None
 
 

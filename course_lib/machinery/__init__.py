@@ -1,0 +1,16 @@
+"""course_lib.machinery: not the lecture: how the kit is made fast and run on real processes; students need not read it.
+
+The lessons call into these modules (to run a collective on P processes, to
+convolve quickly), but the ideas they carry out live in the reading order
+(``course_lib/__init__.py``). Nothing here is needed to follow a slide.
+
+``fast_conv``           the tuned convolution paths (how ``conv`` is made fast)
+``fast_pool``           the tuned max-pooling paths
+``threads``             split a memory-bound numpy pass over the cores
+``procs``               start, watch and always clean up P processes (the one process supervisor)
+``transport``           pipes and shared memory that carry a collective's steps; their fault
+                        injection (tests) and progress tables (who hung)
+``launch``              ``allreduce(arrays)`` and ``launch(fn, P)``: collectives on real processes
+``torch_launch``        ``launch_torch`` and ``torch_allreduce``: the same through ``torch.distributed``
+``downpour_processes``  Downpour SGD's shards and replicas on real processes
+"""

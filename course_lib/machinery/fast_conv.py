@@ -1,0 +1,247 @@
+"""The tuned convolution: ``conv2d`` and ``conv2d_backward``, as LeNet-5 and the benchmarks use them.
+
+Not the lecture. ``course_lib.conv`` holds the algorithm (im2col, one matrix
+multiply, its transposes for the backward pass); this module computes the same
+thing, faster, in three ways a student need not read:
+
+* the whole batch in the columns of ONE matrix, so one large GEMM covers it
+  (``unfold_batched``), instead of ``conv2d_im2col``'s N small ones;
+* the copies before and after the GEMM split over the cores
+  (``course_lib.machinery.threads``): numpy would do them on one core while
+  the GEMM uses them all;
+* the big temporaries in a ``Workspace`` the caller may lend and reuse from
+  call to call, instead of fresh memory on every call (page faults).
+
+``conv2d(..., workspace=None)`` allocates fresh temporaries; the results are
+the same bit for bit with or without a workspace, and never live in one.
+Equal to ``F.conv2d`` and its autograd gradients (float32: to rounding).
+Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from course_lib.conv import check_conv, check_conv_backward, conv_geometry
+from course_lib.machinery.threads import for_each_slice
+
+
+class Workspace:
+    """Scratch memory for ``conv2d`` / ``conv2d_backward``, reused from call to call.
+
+    Fresh memory is not free: the operating system maps it in one page fault
+    (and one zeroed 4 KiB page) at a time; on a small layer the faults can take
+    as long as the arithmetic (measured in docs/benchmarks.md). A caller that convolves again and
+    again (``LeNet5`` owns one) may lend a Workspace: the big temporaries
+    (columns, their gradient, the GEMM's output) then live in one buffer per
+    role that grows to the largest size seen, like cuDNN's "workspace".
+    Nothing returned to the caller lives here. The price: the buffers stay
+    allocated while the Workspace lives (``nbytes``). One thread at a time:
+    give each thread its own.
+    """
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}    # role -> 1-D uint8 buffer
+
+    def array(self, role: str, shape: tuple, dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype`` in the buffer of ``role`` (grown if needed)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if role not in self.buffers or self.buffers[role].nbytes < nbytes:
+            self.buffers[role] = np.empty(nbytes, dtype=np.uint8)
+        return self.buffers[role][:nbytes].view(dtype).reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffers hold."""
+        return sum(buf.nbytes for buf in self.buffers.values())
+
+    def __repr__(self) -> str:
+        roles = ", ".join(f"{role}: {buf.nbytes:,} B" for role, buf in self.buffers.items())
+        return f"Workspace({roles})"
+
+
+def _temporary(workspace: Workspace | None, role: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised temporary: from ``workspace`` when one is lent, else fresh memory."""
+    if workspace is None:
+        return np.empty(shape, dtype=dtype)
+    return workspace.array(role, shape, dtype)
+
+
+def window_view(xp: np.ndarray, KH: int, KW: int, SH: int, SW: int, H_out: int, W_out: int) -> np.ndarray:
+    """A read-only *view* of every window of a padded input: no data is copied.
+
+    xp : (N, C, Hp, Wp), any strides
+    returns : (N, C, KH, KW, H_out, W_out); element [n, c, u, v, i, j] is
+              xp[n, c, i*SH + u, j*SW + v], pixel (u, v) of the window of output (i, j)
+    """
+    sN, sC, sH, sW = xp.strides
+    return as_strided(xp, shape=(*xp.shape[:2], KH, KW, H_out, W_out),
+                      strides=(sN, sC,
+                               sH, sW,              # inside the window: the next row, the next column
+                               sH * SH, sW * SW),   # the next window: SH rows down, SW columns right
+                      writeable=False)
+
+
+def unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, PW: int,
+                   H_out: int, W_out: int, workspace: Workspace | None = None) -> np.ndarray:
+    """im2col of the whole batch as ONE matrix: ``F.unfold``'s rows, with the batch in the columns.
+
+    x : (N, C, H, W)
+    returns : cols (C*KH*KW, N*L), L = H_out*W_out, in ``workspace`` when one is lent.
+              Row (c, u, v), column (n, i, j) holds xp[n, c, i*SH + u, j*SW + v],
+              where xp is x zero-padded. Rows are ordered like ``w.reshape(K, C*KH*KW)``.
+
+    Row (c, u, v) is the input plane c shifted by (u, v) and subsampled by
+    the stride, so (at stride 1) it is gathered in contiguous runs of W_out
+    numbers. The images are split between the cores (``for_each_slice``).
+    """
+    N, C, H, W = x.shape
+    xp = x
+    if PH or PW:
+        xp = _temporary(workspace, "padded", (N, C, H + 2 * PH, W + 2 * PW), x.dtype)
+
+        def pad(s: slice) -> None:               # zero the border, copy the inside
+            xp[s, :, :PH] = 0
+            xp[s, :, PH + H:] = 0
+            xp[s, :, PH:PH + H, :PW] = 0
+            xp[s, :, PH:PH + H, PW + W:] = 0
+            xp[s, :, PH:PH + H, PW:PW + W] = x[s]
+        for_each_slice(pad, N, 2 * xp.nbytes)
+    windows = window_view(xp, KH, KW, SH, SW, H_out, W_out).transpose(1, 2, 3, 0, 4, 5)  # a view [c, u, v, n, i, j]
+    cols = _temporary(workspace, "cols", windows.shape, x.dtype)
+
+    def copy(s: slice) -> None:
+        cols[:, :, :, s] = windows[:, :, :, s]
+    for_each_slice(copy, N, 2 * cols.nbytes)
+    return cols.reshape(C * KH * KW, N * H_out * W_out)
+
+
+def _fold_batched(dcols: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, PW: int,
+                  workspace: Workspace | None) -> np.ndarray:
+    """The adjoint of ``unfold_batched`` (``col2im``'s work): add every window element back to its pixel.
+
+    dcols : (C, KH, KW, N, H_out, W_out), any strides
+    returns : new (N, C, H, W), C-contiguous; a pixel covered by several windows gets their sum
+    """
+    C, KH, KW, N, H_out, W_out = dcols.shape
+    padded = (N, C, H + 2 * PH, W + 2 * PW)    # (the "padded" buffer may be the one unfold_batched
+    dxp = _temporary(workspace, "padded", padded, dcols.dtype) if PH or PW else np.empty(padded, dtype=dcols.dtype)
+    #                                            filled: cols was copied out of it long before)
+
+    def add(s: slice) -> None:   # KH*KW slice additions for this thread's images
+        dxp[s] = 0
+        for u in range(KH):
+            for v in range(KW):
+                dxp[s, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW] += \
+                    dcols[:, u, v, s].transpose(1, 0, 2, 3)
+    for_each_slice(add, N, 2 * dcols.nbytes)
+    if not (PH or PW):
+        return dxp
+    dx = np.empty((N, C, H, W), dtype=dxp.dtype)
+
+    def crop(s: slice) -> None:
+        dx[s] = dxp[s, :, PH:PH + H, PW:PW + W]
+    for_each_slice(crop, N, 2 * dx.nbytes)
+    return dx
+
+
+def _swap_batch_and_channels(a: np.ndarray, bias: np.ndarray | None = None,
+                             out: np.ndarray | None = None) -> np.ndarray:
+    """(A, B, L) -> C-contiguous (B, A, L), plus ``bias[a]`` if given; the B rows split between cores.
+
+    Moves between the GEMM's (K, N*L) output and NCHW's (N, K, L), in both
+    directions. ``out``: where to write, a new array when None.
+    """
+    A, B, L = a.shape
+    if out is None:
+        out = np.empty((B, A, L), dtype=a.dtype)   # a float64 bias does not promote a float32 output
+
+    def swap(s: slice) -> None:
+        if bias is None:
+            out[s] = a[:, s].transpose(1, 0, 2)
+        else:
+            np.add(a[:, s].transpose(1, 0, 2), bias[:, None], out=out[s])
+    for_each_slice(swap, B, 2 * out.nbytes)
+    return out
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+           stride=1, padding=0, workspace: Workspace | None = None) -> np.ndarray:
+    """Fast convolution: im2col of the whole batch, then ONE matrix multiply.
+
+        out[:, n] = W_row @ cols[:, n-th block] + b,    W_row = w.reshape(K, C*KH*KW)
+
+    ``conv2d_im2col`` multiplies N small matrices, one per image. Here the
+    batch moves into the columns of one matrix, so a single GEMM covers it:
+      1. cols = (C*KH*KW, N*L): ``F.unfold``'s rows, the N images side by side;
+      2. one GEMM, W_row (K, C*KH*KW) @ cols -> (K, N*L);
+      3. swap the K and N axes back to NCHW, adding the bias on the way.
+    Steps 1 and 3 are copies that numpy would do on one core while the GEMM
+    uses them all; they are split between the cores, the images shared out
+    among them (``course_lib.machinery.threads``).
+    Equal to ``F.conv2d`` (float32: to rounding).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    w : ndarray, shape (K, C, KH, KW)
+    b : ndarray, shape (K,), or None
+    stride, padding : int or (height, width) pair
+    workspace : a ``Workspace`` for the temporaries, reused from call to call; None: fresh memory
+
+    Returns
+    -------
+    out : new ndarray, shape (N, K, H_out, W_out), C-contiguous
+    """
+    x, w, b = check_conv(x, w, b)
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
+    cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L), the copy
+    w_row = w.reshape(K, -1)                                                     # (K, C*KH*KW)
+    out_mat = _temporary(workspace, "out", (K, cols.shape[1]), np.result_type(w, cols))
+    np.matmul(w_row, cols, out=out_mat)                                          # (K, N*L), the one GEMM
+    out = _swap_batch_and_channels(out_mat.reshape(K, N, H_out * W_out), b)      # new (N, K, L), + b
+    return out.reshape(N, K, H_out, W_out)
+
+
+def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, padding=0,
+                    workspace: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a convolution, given the upstream gradient ``dout``: ``conv2d_backward_im2col``, fast.
+
+    With ``cols`` and ``W_row`` as in ``conv2d`` (forward: out = W_row @ cols + b,
+    out as a (K, N*L) matrix), the matrix-multiply rule (for Y = A @ B:
+    dA = dY @ B.T and dB = A.T @ dY) gives
+
+        dW_row = dout_mat @ cols.T      db = dout summed over N, H_out, W_out
+        dcols  = W_row.T @ dout_mat     dx = col2im(dcols)   (overlaps summed)
+
+    with ``dout_mat`` = dout as a (K, N*L) matrix.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, K, H_out, W_out), dLoss/dout
+    x : ndarray, shape (N, C, H, W), the forward input
+    w : ndarray, shape (K, C, KH, KW)
+    stride, padding : as in the forward pass
+    workspace : as in ``conv2d``
+
+    Returns
+    -------
+    dx : (N, C, H, W), x's dtype;  dw : (K, C, KH, KW), w's dtype;  db : (K,), dout's dtype
+    """
+    dout, x, w, ((SH, SW), (PH, PW), (H_out, W_out)) = check_conv_backward(dout, x, w, stride, padding)
+    (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L)
+    L = H_out * W_out
+    dout_mat = _swap_batch_and_channels(dout.reshape(N, K, L),                  # (K, N*L)
+                                        out=_temporary(workspace, "dout", (K, N, L), dout.dtype)).reshape(K, N * L)
+    db = dout_mat.sum(axis=1)                                                   # (K,)
+    dw = np.asarray((cols @ dout_mat.T).T, dtype=w.dtype, order="C")            # dW_row, as (dW_row.T).T: OpenBLAS
+    dw = dw.reshape(K, C, KH, KW)                                               # is faster at cols @ dout_mat.T
+    w_row = w.reshape(K, -1)                                                    # (K, C*KH*KW)
+    dcols = _temporary(workspace, "dcols", cols.shape, x.dtype)                 # each gradient in its variable's dtype
+    np.matmul(w_row.T, dout_mat, out=dcols)                                     # (C*KH*KW, N*L)
+    dx = _fold_batched(dcols.reshape(C, KH, KW, N, H_out, W_out), H, W, SH, SW, PH, PW, workspace)
+    return dx, dw, db
