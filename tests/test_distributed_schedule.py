@@ -202,6 +202,14 @@ def test_ring_schedule_prints_the_documented_table():
     assert [row.split() for row in str(ring_schedule(2)).splitlines()] == [row.split() for row in expected.splitlines()]
 
 
+def test_ring_schedule_rows_are_plain_dicts_of_its_steps():
+    schedule = ring_schedule(2)
+    assert schedule.rows()[0] == {"phase": "scatter-reduce", "step": 0, "rank": 0, "send_chunk": 0, "dst": 1,
+                                  "recv_chunk": 1, "src": 1}
+    assert [tuple(row.values()) for row in schedule.rows()] == [tuple(step) for step in schedule]
+    assert ring_schedule(1).rows() == []
+
+
 def test_ring_schedule_rows_come_from_the_step_functions():
     rows = ring_schedule(4)
     assert [(r.phase, r.step, r.rank) for r in rows[:5]] == \

@@ -13,8 +13,9 @@ import pytest
 
 from course_lib.distributed.cost import ps_bytes_at_server
 from course_lib.experiments import allreduce as experiment
-from course_lib.experiments.allreduce import bus_bandwidth, default_repeats, format_table, sweep
+from course_lib.experiments.allreduce import bus_bandwidth, default_repeats, sweep
 from course_lib.machinery.launch import AllreduceResult
+from course_lib.viz.distributed import bandwidth_table, measured_bytes_table
 from procfs import leaves_nothing_behind  # noqa: F401  (autouse: no child, no shared memory left)
 
 
@@ -28,8 +29,8 @@ def test_measured_bytes_equal_the_formulas_on_real_processes():
         np.testing.assert_array_equal(r["measured"], r["formula"])
         if r["algorithm"] == "ps":
             assert r["server"] == ps_bytes_at_server(r["N"], r["P"], 4)
-    table = experiment.format_measured_bytes(rows)
-    assert "True" in table and "False" not in table
+    table = measured_bytes_table(rows)
+    assert table["equal"].all()
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_sweep_reports_bandwidths_and_checks_results():
     for r in rows:
         assert r["identical"] and r["max_error"] < 1e-5 and r["time"] > 0
         assert r["algbw"] == pytest.approx(r["nbytes"] / r["time"]) and r["busbw"] == pytest.approx(r["algbw"])
-    assert len(format_table(rows).splitlines()) == 1 + len(rows)
+    assert len(bandwidth_table(rows)) == len(rows)
 
 
 # sweep's bookkeeping, with a stand-in for the collectives (no process is started)
@@ -76,5 +77,5 @@ def test_sweep_excludes_the_warm_up_and_reports_errors(monkeypatch):
     assert good["algbw"] == 48 / 4.0 and good["busbw"] == pytest.approx(12.0 * 2 * 2 / 3)
     assert bus_bandwidth(1200, 2.0, 3) == (600.0, 800.0)
     assert default_repeats(1 << 30) == 5 and default_repeats(1) == 200
-    table = format_table([dict(good, time=1e-3)]).splitlines()
-    assert table[1].split()[:4] == ["48", "3", "good", "1000.0"]        # microseconds
+    table = bandwidth_table([dict(good, time=1e-3)])
+    assert table.iloc[0].tolist()[:4] == [48, 3, "good", 1000.0]        # microseconds

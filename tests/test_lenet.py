@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.data import Digits, load_digits
-from course_lib.experiments.lenet_training import History, epoch_timings, format_epoch_timings, minibatches, train
+from course_lib.experiments.lenet_training import History, epoch_timings, minibatches, train
 from course_lib.gradcheck import check_gradient
 from course_lib.layers import softmax_cross_entropy
 from course_lib.lenet import PARAM_NAMES, LeNet5, TorchLeNet5, architecture, copy_weights
@@ -152,9 +152,10 @@ def test_train_rejects_unknown_optimizer(digits):
 
 def test_viz_table_and_misclassified():
     from course_lib.viz import lenet as viz
-    table = viz.format_architecture()
-    assert "C1     conv 5x5, 6 filters, ReLU" in table and "6 x 28 x 28" in table
-    assert table.splitlines()[-1].endswith("61,706")
+    table = viz.architecture_table()
+    assert table.index.name == "layer" and list(table.columns) == ["operation", "output shape", "parameters"]
+    assert table.loc["C1"].tolist() == ["conv 5x5, 6 filters, ReLU", "6 x 28 x 28", 156]
+    assert table.index[-1] == "total" and table.loc["total", "parameters"] == 61_706
     np.testing.assert_array_equal(viz.misclassified(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0])), [1, 3])
 
 
@@ -171,7 +172,11 @@ def test_viz_figures_and_timings(digits):
     assert "3 of 450" in figs[2]._suptitle.get_text()
     timings = epoch_timings(digits, n_batches=2, repeats=1)
     assert set(timings) == {"numpy", "PyTorch CPU"} and all(t > 0 for t in timings.values())
-    assert "1x PyTorch CPU" in format_epoch_timings(timings)
+    df = viz.epoch_timings_table(timings)
+    assert list(df.columns) == ["time per epoch (s)", "relative to PyTorch CPU (x)"]
+    assert df.loc["PyTorch CPU", "relative to PyTorch CPU (x)"] == 1.0
+    fixed = viz.epoch_timings_table({"numpy": 0.3612, "PyTorch CPU": 0.24})
+    assert fixed.loc["numpy"].tolist() == [0.36, 1.5]                       # seconds, ratio to 0.01
     figs.append(viz.plot_epoch_timings(timings))
     for fig in (figs[0], figs[3]):
         for ax in fig.axes:

@@ -77,13 +77,37 @@ def test_cost_rows_follow_the_lecture(N, P, itemsize):
 
 
 def test_cost_table_and_report_show_the_numbers():
-    text = viz.format_cost_rows(viz.cost_rows(1024, [2, 4], itemsize=4))
-    assert "8.0 KiB" in text and "4.0 KiB" in text and "24.0 KiB" in text and "6.0 KiB" in text, text
+    df = viz.cost_table(viz.cost_rows(1024, [2, 4], itemsize=4))
+    assert df.index.name == "P" and list(df.columns) == [
+        "PS server, 2N(P-1) (KiB)", "ring per rank, 2N(P-1)/P (KiB)", "ratio PS / ring"], df.columns
+    assert df["PS server, 2N(P-1) (KiB)"].tolist() == [8.0, 24.0]          # 2 * 1024 * (P-1) * 4 bytes
+    assert df["ring per rank, 2N(P-1)/P (KiB)"].tolist() == [4.0, 6.0]     # 2 * 1024 * (P-1)/P * 4 bytes
+    assert df.loc[4, "ratio PS / ring"] == 4.0
+    resnet = viz.cost_table(viz.cost_rows(25_557_032, [2, 256]))            # one unit per table: MiB here
+    assert resnet.loc[2, "ring per rank, 2N(P-1)/P (MiB)"] == 97.5
+    assert resnet.loc[256, "PS server, 2N(P-1) (MiB)"] == round(2 * 25_557_032 * 255 * 4 / 2 ** 20, 1)
     report = viz.cost_report(1000, 4)
     assert "2 * 1,000 * 3 elements = 23.4 KiB" in report, report
     assert "ratio PS / ring = 4.00 (= P)" in report
     uneven = viz.cost_report(10, 4, itemsize=1)
     assert "exactly 14 to 16 bytes: uneven chunks" in uneven, uneven   # 2*10 - |c_r+1| - |c_r+2|, chunks 3,3,2,2
+
+
+def test_measured_bytes_table_writes_each_rank_and_compares():
+    rows = [{"N": 1001, "P": 4, "algorithm": "ring", "measured": np.array([6008, 6008, 6004, 6004]),
+             "formula": np.array([6008, 6008, 6004, 6004])},
+            {"N": 4096, "P": 8, "algorithm": "ps", "measured": np.array([114688] + [16384] * 7),
+             "formula": np.array([114688] + [16384] * 7)},
+            {"N": 10, "P": 3, "algorithm": "ps", "measured": np.array([80, 40, 40]), "formula": np.array([80, 40, 41])}]
+    df = viz.measured_bytes_table(rows)
+    assert list(df.columns) == ["N", "P", "algorithm", "bytes sent per rank (B)", "formula (B)", "equal"]
+    assert df["bytes sent per rank (B)"].tolist() == ["[6008] * 2 + [6004] * 2", "[114688] + [16384] * 7",
+                                                      "[80] + [40] * 2"]
+    assert df["formula (B)"][2] == "[80] + [40] + [41]"
+    assert df["equal"].tolist() == [True, True, False]
+    for text in df["bytes sent per rank (B)"]:                              # as Python builds the list
+        assert len(text) <= 50                                              # pandas' display.max_colwidth
+    assert eval(df["bytes sent per rank (B)"][1]) == rows[1]["measured"].tolist()
 
 
 def test_cost_explorer_sliders_drive_the_report(capsys):
@@ -188,6 +212,27 @@ def _rows():
     return rows
 
 
+def test_schedule_table_reads_like_the_schedule():
+    from course_lib.distributed.schedule import ring_schedule
+    df = viz.schedule_table(ring_schedule(3))
+    assert df.index.name == "phase" and list(df.columns) == [
+        "step", "rank", "sends chunk", "to rank", "receives chunk", "from rank"]
+    assert len(df) == 2 * 2 * 3                                            # 2(P-1) steps x P ranks
+    assert df.iloc[0].tolist() == [0, 0, 0, 1, 2, 2]        # scatter-reduce step 0: rank 0 sends chunk 0 to 1
+    assert df.index[-1] == "allgather" and df.iloc[-1].tolist() == [1, 2, 2, 0, 1, 1]
+    assert "receives chunk" in df.to_string().splitlines()[0]
+
+
+def test_bandwidth_table_in_microseconds_and_gb_per_s():
+    rows = [dict(method="ring/shm", P=3, nbytes=48, time=1e-3, algbw=48e3, busbw=64e3, max_error=0.0,
+                 identical=True)]
+    df = viz.bandwidth_table(rows)
+    assert list(df.columns) == ["size (B)", "P", "method", "time (us)", "algbw (GB/s)", "busbw (GB/s)"]
+    assert df.iloc[0].tolist()[:4] == [48, 3, "ring/shm", 1000.0]                        # microseconds
+    assert viz.bandwidth_table([dict(rows[0], algbw=2.34567e9)]).loc[0, "algbw (GB/s)"] == 2.346
+    assert len(viz.bandwidth_table(rows * 3)) == 3                                       # one row per run
+
+
 def test_bandwidth_series_sorts_by_size_and_keeps_one_P():
     series = viz.bandwidth_series(_rows(), 4)
     assert list(series) == ["ring/shm", "gloo"]
@@ -210,8 +255,12 @@ SIZES = {"out.bias": 10, "out.weight": 840, "c1.weight": 150, "c1.bias": 6}
 def test_buckets_and_overlap_from_a_log():
     rows = viz.bucket_rows(EVENTS, SIZES)
     assert [(r["bucket"], r["elements"]) for r in rows] == [(0, 850), (1, 156)]
-    text = viz.format_buckets(rows)
-    assert "850" in text and "3.3 KiB" in text and "out.bias, out.weight" in text
+    df = viz.bucket_table(rows)
+    assert df.index.name == "bucket" and list(df.columns) == [
+        "elements", "gradients (KiB)", "parameters (in the order DDP adds them)"]
+    assert df.loc[0, "elements"] == 850 and df.loc[0, "gradients (KiB)"] == 3.3          # 850 * 4 bytes
+    assert df.loc[0, "parameters (in the order DDP adds them)"] == "out.bias, out.weight"
+    assert viz.bucket_table(rows, itemsize=8).loc[0, "gradients (KiB)"] == 6.6           # float64
     summary = viz.overlap_summary(EVENTS)
     assert summary == {"grad_order": ["out.bias", "out.weight", "c1.weight", "c1.bias"],
                        "launched_before_last_grad": [0], "buckets": 2}

@@ -106,7 +106,15 @@ class RingStep(NamedTuple):
 
 
 class RingSchedule(list):
-    """A list of ``RingStep`` rows that prints as a table."""
+    """A list of ``RingStep`` rows that prints as a table.
+
+    ``rows()`` gives the same table as plain dicts, for a DataFrame
+    (``course_lib.viz.distributed.schedule_table``, lesson 07).
+    """
+
+    def rows(self) -> list[dict]:
+        """One dict per ``RingStep``, keyed by its field names (phase, step, rank, send_chunk, ...)."""
+        return [step._asdict() for step in self]
 
     def __str__(self) -> str:
         lines = [f"{'phase':<15}{'step':>5}{'rank':>6}   sends chunk -> to   receives chunk <- from"]

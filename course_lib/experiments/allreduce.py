@@ -3,8 +3,9 @@
 ``measured_bytes`` runs the ring and the parameter server on P processes and
 puts the bytes each rank sent beside the lecture's formulas (lesson 06).
 ``sweep`` times every implementation the way nccl-tests reports them, algbw
-and busbw (lesson 07, ``make bench``). nccl-tests (``all_reduce_perf``) prints,
-for a message of ``nbytes`` bytes reduced in t seconds,
+and busbw (lesson 07, ``make bench``). Both return rows (dicts), which
+``course_lib.viz.distributed`` shows as tables. nccl-tests (``all_reduce_perf``)
+prints, for a message of ``nbytes`` bytes reduced in t seconds,
 
     algbw = nbytes / t                    what the application sees
     busbw = algbw * 2(P - 1)/P            the bytes each rank's link really carried per second
@@ -46,16 +47,6 @@ def measured_bytes(cases, transport: str = "shm", seed: int = 0) -> list[dict]:
                          "outputs_ok": all(np.allclose(o, np.sum(arrays, axis=0), rtol=1e-5, atol=1e-5)
                                            for o in res.outputs)})
     return rows
-
-
-def format_measured_bytes(rows: list[dict]) -> str:
-    """``measured_bytes`` as a table: bytes sent per rank, measured and from the formula."""
-    lines = [f"{'N':>7} {'P':>2} {'algorithm':<9} {'bytes sent per rank (measured)':<34} "
-             f"{'formula':<34} {'equal':>5}"]
-    for r in rows:
-        lines.append(f"{r['N']:>7} {r['P']:>2} {r['algorithm']:<9} {str(r['measured'].tolist()):<34} "
-                     f"{str(r['formula'].tolist()):<34} {str(bool(np.array_equal(r['measured'], r['formula']))):>5}")
-    return "\n".join(lines)
 
 
 def bus_bandwidth(nbytes: int, seconds: float, world_size: int) -> tuple[float, float]:
@@ -115,11 +106,3 @@ def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, r
                                  busbw=busbw, max_error=errors[method], identical=identical[method]))
     return rows
 
-
-def format_table(rows) -> str:
-    """The sweep as an nccl-tests-like text table (sizes in bytes, time in microseconds, GB/s)."""
-    lines = [f"{'bytes':>10} {'P':>2} {'method':<10} {'time (us)':>11} {'algbw (GB/s)':>13} {'busbw (GB/s)':>13}"]
-    for r in rows:
-        lines.append(f"{r['nbytes']:>10} {r['P']:>2} {r['method']:<10} {r['time'] * 1e6:>11.1f} "
-                     f"{r['algbw'] / 1e9:>13.3f} {r['busbw'] / 1e9:>13.3f}")
-    return "\n".join(lines)

@@ -7,10 +7,9 @@ it and times it:
                    batches in the same order for both, a tqdm bar; returns a ``History``
 ``train_step``     one minibatch: forward, loss, backward, optimizer step
 ``minibatches``    the index arrays of one shuffled pass over the data
-``epoch_timings``  seconds per training epoch of each implementation (numpy, PyTorch CPU / GPU);
-                   ``format_epoch_timings`` prints them
+``epoch_timings``  seconds per training epoch of each implementation (numpy, PyTorch CPU / GPU)
 
-Figures of these results are drawn by ``course_lib.viz.lenet``.
+Figures and tables of these results are drawn by ``course_lib.viz.lenet``.
 """
 
 from __future__ import annotations
@@ -176,9 +175,3 @@ def epoch_timings(data: Digits, batch_size: int = 32, n_batches: int = 10, devic
         result[name] = float(np.median(samples)) * batches_per_epoch
     return result
 
-
-def format_epoch_timings(timings: dict[str, float]) -> str:
-    """``epoch_timings`` as text: seconds per epoch and the ratio to PyTorch on the CPU."""
-    base = timings["PyTorch CPU"]
-    return "\n".join(f"{name:12s} {seconds:7.2f} s per epoch   ({seconds / base:.2g}x PyTorch CPU)"
-                     for name, seconds in timings.items())

@@ -6,39 +6,53 @@ Every widget drives a plain function defined here and tested in
 with units. Symbols are those of ``course_lib``: N elements (the model's
 parameters), P = ``world_size`` ranks.
 
-lesson 06  ``plot_topologies``, ``cost_rows`` / ``format_cost_rows``, ``cost_report`` / ``cost_explorer``
+lesson 06  ``plot_topologies``, ``cost_rows`` / ``cost_table``, ``cost_report`` / ``cost_explorer``
            (sliders for N and P), ``plot_cost_vs_P``; real runs against the formulas are
-           an experiment, ``course_lib.experiments.allreduce.measured_bytes``
-lesson 07  ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
+           an experiment, ``course_lib.experiments.allreduce.measured_bytes``, shown
+           by ``measured_bytes_table``
+lesson 07  ``schedule_table``, ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
            ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
-           ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth``
-lesson 08  ``bucket_rows`` / ``format_buckets``, ``overlap_summary``,
+           ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth`` /
+           ``bandwidth_table``
+lesson 08  ``bucket_rows`` / ``bucket_table``, ``overlap_summary``,
            ``plot_backward_timeline``, ``plot_ddp_losses``
+
+Tables are DataFrames (``course_lib.viz.tables.table``): rich in JupyterLab, text
+in a terminal; units in the headers. Widgets' reports (``*_report``) stay text.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from course_lib.distributed.cost import ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
 from course_lib.viz import print_initial
+from course_lib.viz.tables import table
 
 # A 1 GB/s link with 50 us latency: about what two processes see on one machine
 # (gloo over loopback on the course machine: docs/benchmarks.md).
 ALPHA_S, BETA_S_PER_BYTE = 50e-6, 1 / 1e9
 
 
-def _bytes(n: float) -> str:
-    """A byte count for people: 240 B, 96.5 KiB, 1.5 MiB, 2.0 GiB."""
+def _byte_unit(n: float) -> tuple[str, int]:
+    """The largest unit in which ``n`` bytes is at least 1: ("KiB", 1024) for 241 KiB."""
     for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+            return unit, size
+    return "B", 1
+
+
+def _bytes(n: float) -> str:
+    """A byte count for people: 240 B, 96.5 KiB, 1.5 MiB, 2.0 GiB."""
+    unit, size = _byte_unit(n)
+    return f"{n:.0f} B" if size == 1 else f"{n / size:.1f} {unit}"
 
 
 # --------------------------------------------------------------------------
@@ -61,13 +75,35 @@ def cost_rows(N: int, world_sizes, itemsize: int = 4) -> list[dict]:
     return rows
 
 
-def format_cost_rows(rows: list[dict]) -> str:
-    """``cost_rows`` as a text table."""
-    lines = [f"{'P':>4} {'PS server 2N(P-1)':>20} {'ring per rank 2N(P-1)/P':>25} {'ratio':>7}"]
-    for r in rows:
-        lines.append(f"{r['P']:>4} {_bytes(r['ps_server']):>20} {_bytes(r['ring_per_rank']):>25} "
-                     f"{r['ratio']:>7.2f}")
-    return "\n".join(lines)
+def cost_table(rows: list[dict]) -> pd.DataFrame:
+    """``cost_rows`` as a table, one row per P, bytes to 0.1 of one unit for the whole table.
+
+    The unit is the largest in which the smallest count is at least 1 (KiB for
+    LeNet-5's gradients, MiB for ResNet-50's), so that the columns compare at a glance.
+    """
+    unit, size = _byte_unit(min((r["ring_per_rank"] for r in rows if r["ring_per_rank"] > 0), default=0))
+    scaled = [dict(r, ps_server=r["ps_server"] / size, ring_per_rank=r["ring_per_rank"] / size) for r in rows]
+    ps, ring, ratio = f"PS server, 2N(P-1) ({unit})", f"ring per rank, 2N(P-1)/P ({unit})", "ratio PS / ring"
+    return table(scaled, {"P": "P", "ps_server": ps, "ring_per_rank": ring, "ratio": ratio},
+                 digits={ps: 1, ring: 1, ratio: 2}, index="P")
+
+
+def _per_rank(counts) -> str:
+    """Counts per rank written as Python builds the list: [12012] + [4004] * 3."""
+    runs = [(value, len(list(run))) for value, run in itertools.groupby(np.asarray(counts).tolist())]
+    return " + ".join(f"[{value}]" + (f" * {n}" if n > 1 else "") for value, n in runs)
+
+
+def measured_bytes_table(rows: list[dict]) -> pd.DataFrame:
+    """``experiments.allreduce.measured_bytes`` as a table: bytes sent per rank, measured and from the formula.
+
+    Each list of P counts is written as Python builds it (``[12012] + [4004] * 3``: rank 0
+    sent 12012 bytes, the three others 4004 each), so that P = 8 still fits a column.
+    """
+    shown = [dict(r, measured=_per_rank(r["measured"]), formula=_per_rank(r["formula"]),
+                  equal=bool(np.array_equal(r["measured"], r["formula"]))) for r in rows]
+    return table(shown, {"N": "N", "P": "P", "algorithm": "algorithm", "measured": "bytes sent per rank (B)",
+                         "formula": "formula (B)", "equal": "equal"})
 
 
 def cost_report(N: int, P: int, itemsize: int = 4, alpha: float = ALPHA_S, beta: float = BETA_S_PER_BYTE) -> str:
@@ -192,6 +228,17 @@ def plot_topologies(world_size: int = 4):
 # --------------------------------------------------------------------------
 # Lesson 07: the ring, step by step
 # --------------------------------------------------------------------------
+
+def schedule_table(schedule) -> pd.DataFrame:
+    """A ``course_lib.distributed.schedule.ring_schedule`` as a table, one row per rank and step.
+
+    Rank ``rank`` sends chunk ``sends chunk`` to its right neighbour ``to rank`` and
+    receives chunk ``receives chunk`` from its left neighbour ``from rank``.
+    """
+    return table(schedule.rows(), {"phase": "phase", "step": "step", "rank": "rank", "send_chunk": "sends chunk",
+                                   "dst": "to rank", "recv_chunk": "receives chunk", "src": "from rank"},
+                 index="phase")
+
 
 def chunk_colours(world_size: int):
     """A colour map with one colour per contribution count 1..P, and its norm."""
@@ -371,6 +418,17 @@ def bandwidth_series(rows: list[dict], world_size: int) -> dict[str, dict[str, n
     return series
 
 
+def bandwidth_table(rows: list[dict]) -> pd.DataFrame:
+    """``experiments.allreduce.sweep`` as an nccl-tests-like table: size, P, method, time, algbw, busbw.
+
+    Time in microseconds to 0.1 us, bandwidths in GB/s (1e9 bytes per second) to 1 MB/s.
+    """
+    shown = [dict(r, time=r["time"] * 1e6, algbw=r["algbw"] / 1e9, busbw=r["busbw"] / 1e9) for r in rows]
+    return table(shown, {"nbytes": "size (B)", "P": "P", "method": "method", "time": "time (us)",
+                         "algbw": "algbw (GB/s)", "busbw": "busbw (GB/s)"},
+                 digits={"time (us)": 1, "algbw (GB/s)": 3, "busbw (GB/s)": 3})
+
+
 def plot_bandwidth(rows: list[dict], world_size: int = 2):
     """algbw (left) and busbw = algbw * 2(P-1)/P (right) against message size, one line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -404,13 +462,12 @@ def bucket_rows(events: list, sizes: dict[str, int]) -> list[dict]:
     return sorted(rows, key=lambda r: r["bucket"])
 
 
-def format_buckets(rows: list[dict], itemsize: int = 4) -> str:
-    """``bucket_rows`` as text, with the gradients' bytes (``itemsize`` bytes per element)."""
-    lines = [f"{'bucket':>6} {'elements':>9} {'bytes':>10}  parameters (in the order DDP fills the bucket)"]
-    for r in rows:
-        lines.append(f"{r['bucket']:>6} {r['elements']:>9,} {_bytes(itemsize * r['elements']):>10}  "
-                     f"{', '.join(r['params'])}")
-    return "\n".join(lines)
+def bucket_table(rows: list[dict], itemsize: int = 4) -> pd.DataFrame:
+    """``bucket_rows`` as a table, with the gradients' size in KiB (``itemsize`` bytes per element)."""
+    shown = [dict(r, kib=itemsize * r["elements"] / 2 ** 10, params=", ".join(r["params"])) for r in rows]
+    return table(shown, {"bucket": "bucket", "elements": "elements", "kib": "gradients (KiB)",
+                         "params": "parameters (in the order DDP adds them)"},
+                 digits={"gradients (KiB)": 1}, index="bucket")
 
 
 def overlap_summary(events: list) -> dict:

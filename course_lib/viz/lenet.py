@@ -1,29 +1,36 @@
 """Figures and tables for lesson 05 (LeNet-5 trained from scratch).
 
-Reading order: ``format_architecture`` (the lecture's table as text),
+Reading order: ``architecture_table`` (the lecture's table),
 ``plot_digits`` (samples of the data), ``plot_history`` (loss and accuracy
 curves side by side), ``misclassified`` / ``plot_misclassified``,
-``plot_epoch_timings``. The training runs and timings they draw are
-``course_lib.experiments.lenet_training``'s. Tested in ``tests/test_lenet.py``.
+``epoch_timings_table`` / ``plot_epoch_timings``. The training runs and timings
+they show are ``course_lib.experiments.lenet_training``'s. Tables are DataFrames
+(``course_lib.viz.tables``). Tested in ``tests/test_lenet.py``.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from course_lib.lenet import architecture
+from course_lib.viz.tables import table
 
 
-def format_architecture(size: int = 32) -> str:
-    """LeNet-5's layers as a text table: layer, what it is, output volume, parameters."""
-    lines = [f"{'layer':6s} {'operation':34s} {'output':>14s} {'parameters':>11s}",
-             f"{'input':6s} {'image':34s} {f'1 x {size} x {size}':>14s} {0:>11,}"]
-    for layer in architecture(size):
-        shape = " x ".join(str(d) for d in layer.output)
-        lines.append(f"{layer.name:6s} {layer.kind:34s} {shape:>14s} {layer.params:>11,}")
-    lines.append(f"{'total':6s} {'':34s} {'':>14s} {sum(row.params for row in architecture(size)):>11,}")
-    return "\n".join(lines)
+def architecture_table(size: int = 32) -> pd.DataFrame:
+    """LeNet-5's layers as a table: what each layer is, its output shape, its parameters.
+
+    One row per layer of ``course_lib.lenet.architecture(size)``, labelled by the
+    layer's name, between the input image and the total.
+    """
+    layers = architecture(size)
+    rows = [{"layer": "input", "operation": "image", "output": f"1 x {size} x {size}", "params": 0}]
+    rows += [{"layer": layer.name, "operation": layer.kind, "output": " x ".join(str(d) for d in layer.output),
+              "params": layer.params} for layer in layers]
+    rows.append({"layer": "total", "operation": "", "output": "", "params": sum(layer.params for layer in layers)})
+    return table(rows, {"layer": "layer", "operation": "operation", "output": "output shape",
+                        "params": "parameters"}, index="layer")
 
 
 def plot_digits(x: np.ndarray, y: np.ndarray, n: int = 10, title: str = "Training digits"):
@@ -95,6 +102,18 @@ def plot_misclassified(x: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, ma
                  f"of {len(y_true)}")
     fig.tight_layout()
     return fig
+
+
+def epoch_timings_table(timings: dict[str, float]) -> pd.DataFrame:
+    """``epoch_timings`` as a table: seconds per epoch and the ratio to PyTorch on the CPU.
+
+    timings : {implementation: seconds per epoch}, with a 'PyTorch CPU' entry
+    """
+    base = timings["PyTorch CPU"]
+    rows = [{"implementation": name, "seconds": seconds, "ratio": seconds / base}
+            for name, seconds in timings.items()]
+    return table(rows, {"implementation": "implementation", "seconds": "time per epoch (s)",
+                        "ratio": "relative to PyTorch CPU (x)"}, digits=2, index="implementation")
 
 
 def plot_epoch_timings(timings: dict[str, float]):
