@@ -61,6 +61,8 @@ rank           index of a process in a collective, 0 .. world_size - 1
 world_size     number of processes; the lecture's P in the cost formulas
                2N(P-1) and 2N(P-1)/P (there, N is the number of parameters)
 n_shards       parameter-server shards (Downpour SGD); never S, which is stride
+n_replicas     Downpour SGD's model replicas, asynchronous learners; R in lesson 9
+k, tau         elements top-k sends; Strom's threshold (compression, lesson 12)
 =============  ==============================================================
 
 Arrays are NCHW (PyTorch's layout) and weights (K, C, KH, KW), so every

@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from course_lib.data import load_digits
 from course_lib.distributed.compression import (bytes_per_step, decompress, sign_compress,
                                                 threshold_compress, topk_compress, train_compressed)
+from course_lib.experiments.compression import compression_over_seeds, compression_summary
 from course_lib.models import TinyNet
 
 grads = arrays(np.float32, st.integers(1, 300), elements=st.floats(-10, 10, width=32))
@@ -102,15 +103,34 @@ def data():
     return flat(d.x_train), d.y_train, flat(d.x_test), d.y_test
 
 
-def test_error_feedback_matters_for_topk(data):
-    model = TinyNet()
-    dense = train_compressed(model, data, "dense", steps=100, lr=0.3, eval_every=100)
-    ef = train_compressed(model, data, "topk", steps=100, lr=0.3, k_fraction=0.01, eval_every=100)
-    no_ef = train_compressed(model, data, "topk", steps=100, lr=0.3, k_fraction=0.01,
-                             error_feedback=False, eval_every=100)
-    assert ef.bytes_per_worker_step == 8 * 25 and dense.bytes_per_worker_step == 4 * model.n_params
-    assert ef.curve[-1, 1] < no_ef.curve[-1, 1] - 0.1, (ef.curve[-1], no_ef.curve[-1])
-    assert ef.curve[-1, 1] < 1.5 * dense.curve[-1, 1]
+SCHEMES = {"dense": dict(scheme="dense"), "sign": dict(scheme="sign"),
+           "threshold": dict(scheme="threshold", tau=0.02), "topk": dict(scheme="topk", k_fraction=0.01)}
+
+
+@pytest.mark.training
+def test_error_feedback_trains_like_dense_and_without_it_worse(data):
+    """notebooks/12's claims on the median of 5 seeds (100 steps here, 300 there). Measured over 10
+    seeds, the medians of every 5 of them: final loss dense 0.252-0.268, with feedback 0.237-0.283,
+    without 0.61-1.23 (threshold lowest); one seed can put a compressed run on either side of dense."""
+    schemes = dict(SCHEMES)
+    for name in ("sign", "threshold", "topk"):
+        schemes[f"{name}, no feedback"] = dict(SCHEMES[name], error_feedback=False)
+    runs = compression_over_seeds(TinyNet(), data, schemes, seeds=range(5), steps=100, lr=0.3, eval_every=100)
+    summary = compression_summary(runs)
+    loss = {label: s["loss"]["median"] for label, s in summary.items()}
+    assert summary["topk"]["bytes"] == 8 * 25 and summary["dense"]["bytes"] == 4 * TinyNet().n_params
+    for name in ("sign", "threshold", "topk"):
+        assert loss[name] < 1.2 * loss["dense"], (name, loss[name], loss["dense"])
+        assert loss[f"{name}, no feedback"] > 1.8 * loss[name], (name, loss[f"{name}, no feedback"], loss[name])
+
+
+def test_compression_over_seeds_repeats_train_compressed(data):
+    runs = compression_over_seeds(TinyNet(), data, {"top": SCHEMES["topk"]}, seeds=[3, 4], steps=5, eval_every=5)
+    direct = train_compressed(TinyNet(), data, "topk", k_fraction=0.01, steps=5, eval_every=5, seed=4)
+    assert len(runs["top"]) == 2 and runs["top"][1].test_error == direct.test_error
+    np.testing.assert_array_equal(runs["top"][1].curve, direct.curve)
+    s = compression_summary(runs)["top"]
+    assert s["loss"]["all"].tolist() == [r.curve[-1, 1] for r in runs["top"]] and s["bytes"] == 200
 
 
 def test_figures_have_titles_and_labels(data):
@@ -134,6 +154,12 @@ def test_figures_have_titles_and_labels(data):
     fig = viz.plot_training({"2 x 8": two})
     assert fig.axes[0].get_xlabel() == "step (each: 2 workers x 8 images)", "the label follows the run"
     plt.close(fig)
+    seeds = compression_over_seeds(TinyNet(), data, {"dense": SCHEMES["dense"], "sign": SCHEMES["sign"]},
+                                   seeds=[0, 1, 2], steps=10, eval_every=5)
+    for fig in (viz.plot_training(seeds), viz.plot_bytes_vs_error(seeds)):
+        ax = fig.axes[0]
+        assert "median of 3 seeds" in ax.get_title() and ax.collections, "the seeds' range is drawn"
+        plt.close(fig)
     silent = train_compressed(TinyNet(), data, "threshold", tau=1e9, error_feedback=False, steps=10,
                               eval_every=5)                # sends nothing: 0 bytes
     assert silent.bytes_per_worker_step == 0

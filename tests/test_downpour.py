@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from course_lib.data import load_digits
 from course_lib.distributed.downpour import (Replica, Shard, ShardFailure, make_shards, simulate, split_data,
                                              stale_lr, train_synchronous)
+from course_lib.experiments.downpour import final_losses, robustness_over_seeds, robustness_sweep, runs_over_seeds
 from course_lib.gradcheck import check_gradient
 from course_lib.models import TinyNet
 
@@ -167,32 +168,50 @@ def test_a_dead_shard_is_a_clear_error(digits):
         simulate(TinyNet(), *digits, n_replicas=4, shard_failures={1: 20.0}, **KW)
 
 
+@pytest.mark.training
 def test_adagrad_makes_downpour_robust_to_many_replicas(digits):
-    """The lecture's claim at small scale: with 32 replicas (staleness ~31) plain SGD
-    diverges at a rate where Adagrad still trains (notebooks/09 sweeps R)."""
-    kw = dict(n_replicas=32, n_shards=4, total_steps=1000, eval_every=1000)
-    sgd = simulate(TinyNet(), *digits, optimizer="sgd", lr=0.1, **kw)
-    ada = simulate(TinyNet(), *digits, optimizer="adagrad", lr=0.03, **kw)
-    assert ada.final_loss < 0.5 < 1.0 < sgd.final_loss, (ada.final_loss, sgd.final_loss)
+    """notebooks/09's claims, on the median of 5 seeds (1,000 steps). Measured over 10 seeds, the
+    medians of every 5 of them lie in: at R = 32, SGD lr 0.1 2.23-2.31 (chance 2.30), Adagrad lr 0.03
+    0.32-0.48, SGD lr 0.03 0.44-0.60; at R = 1, SGD lr 0.1 0.095-0.101, Adagrad 0.114-0.120, SGD lr
+    0.03 0.233-0.246. The two lr 0.03 arms overlap at R = 32 (seeds go either way): not asserted."""
+    arms = {"sgd": dict(optimizer="sgd", lr=0.1), "ada": dict(optimizer="adagrad", lr=0.03),
+            "slow": dict(optimizer="sgd", lr=0.03)}
+    summary = robustness_over_seeds(TinyNet(), *digits, [1, 32], arms, total_steps=1000, seeds=range(5),
+                                    eval_every=1000)
+    (sgd1, sgd32), (ada1, ada32), (slow1, slow32) = (summary[a]["median"] for a in arms)
+    assert ada32 < 0.8 and slow32 < 1.0 < 2.0 < sgd32, ("R = 32", ada32, slow32, sgd32)
+    assert ada1 < sgd1 + 0.05 and ada1 < 0.7 * slow1, ("R = 1", sgd1, ada1, slow1)
 
 
-def test_robustness_sweep_and_figures(digits):
+def test_robustness_over_seeds_and_figures(digits):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from course_lib.experiments.downpour import robustness_sweep
     from course_lib.viz import downpour as viz
     arms = {"async": dict(optimizer="sgd", lr=0.1), "sync": dict(synchronous=True, lr=0.1)}
-    sweep = robustness_sweep(TinyNet(), *digits, [1, 4], arms, total_steps=200, eval_every=100)
+    sweep = robustness_sweep(TinyNet(), *digits, [1, 4], arms, total_steps=200, eval_every=100, seed=1)
     direct = simulate(TinyNet(), *digits, n_replicas=4, n_shards=4, total_steps=200, optimizer="sgd",
-                      lr=0.1, eval_every=100)
+                      lr=0.1, eval_every=100, seed=1)
     np.testing.assert_array_equal(sweep["async"][1].params, direct.params)
     assert [sum(r.steps_per_replica) for r in sweep["sync"]] == [200, 200]
+    summary = robustness_over_seeds(TinyNet(), *digits, [1, 4], arms, total_steps=200, seeds=[0, 1],
+                                    eval_every=100)
+    assert summary["async"]["all"].shape == (2, 2) and summary["async"]["all"][1, 1] == direct.final_loss
+    np.testing.assert_array_equal(summary["sync"]["median"], np.median(summary["sync"]["all"], axis=0))
+    runs = runs_over_seeds(TinyNet(), *digits, seeds=[0, 1], n_replicas=4, n_shards=4, total_steps=200,
+                           optimizer="sgd", lr=0.1, eval_every=100)
+    assert runs[1].final_loss == direct.final_loss and final_losses(runs).shape == (2,)
     figs = [viz.plot_architecture(3, 2, 2410), viz.plot_staleness({"R = 4": direct}),
-            viz.plot_curves({"R = 4": direct}, x="time"), viz.plot_robustness([1, 4], sweep)]
+            viz.plot_curves({"R = 4": direct}, x="time"), viz.plot_robustness([1, 4], summary, total_steps=200)]
     for fig in figs:
         assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes)
         plt.close(fig)
+    assert "2 seeds" in figs[3].axes[0].get_title() and figs[3].axes[0].collections, "the seeds' range is a band"
+    fig = viz.plot_curves({"healthy": runs, "one": direct}, x="steps")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3, "one faint line per seed, one for the single run"
+    assert ax.get_legend_handles_labels()[1] == ["healthy (2 seeds, one line each)", "one"]
+    plt.close(fig)
 
 
 def test_curve_and_staleness_figures_say_what_they_count(digits):
@@ -305,10 +324,10 @@ def test_robustness_figure_draws_every_arm():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from types import SimpleNamespace
+    from course_lib.experiments.seeds import summarize
     from course_lib.viz import downpour as viz
-    sweep = {f"arm {i}": [SimpleNamespace(final_loss=0.1 * (i + 1)) for _ in (1, 4)] for i in range(7)}
-    fig = viz.plot_robustness([1, 4], sweep)
+    summary = {f"arm {i}": summarize([[0.1 * (i + 1), 0.2], [0.1 * (i + 2), 0.3]]) for i in range(7)}
+    fig = viz.plot_robustness([1, 4], summary)
     labels = fig.axes[0].get_legend_handles_labels()[1]
-    assert labels[:7] == list(sweep), "no arm dropped (markers repeat)"
+    assert labels[:7] == list(summary), "no arm dropped (markers repeat)"
     plt.close(fig)

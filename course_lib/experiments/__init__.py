@@ -8,5 +8,7 @@ implementations against each other. Figures of these results are drawn by
 
 Results that come from training depend on float rounding, which depends on
 the CPU (PyTorch and OpenBLAS pick kernels by instruction set): every claim a
-lesson makes about them is made over several seeds, on the median.
+lesson makes about them is made over several seeds, on the median
+(``seeds.summarize``: median, min and max over seeds; ``seeds.paired``: two
+arms that share their seeds, compared seed by seed).
 """

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from course_lib.experiments.seeds import summarize
 from course_lib.lr_schedules import linear_scaling_lr, torch_warmup_scheduler
 
 ARMS = ("no scaling", "linear scaling", "linear scaling + warm-up")
@@ -119,12 +120,8 @@ def seed_summary(sweeps: list[dict[str, list[RunResult]]]) -> dict[str, dict[str
     """
     if not sweeps:
         raise ValueError("give at least one sweep (one batch_size_sweep result per seed)")
-    summary = {}
-    for arm in sweeps[0]:
-        errors = np.array([[r.test_error for r in sweep[arm]] for sweep in sweeps])   # (seeds, B)
-        summary[arm] = {"median": np.median(errors, axis=0), "min": errors.min(axis=0),
-                        "max": errors.max(axis=0), "all": errors}
-    return summary
+    return {arm: summarize([[r.test_error for r in sweep[arm]] for sweep in sweeps])   # (seeds, B)
+            for arm in sweeps[0]}
 
 
 def warmup_over_seeds(batch: int, lr: float, epochs: int, warmup_epochs: float, start_lr: float,

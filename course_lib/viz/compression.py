@@ -3,7 +3,10 @@
 Reading order: ``plot_message`` (one gradient, what each scheme sends and
 keeps), ``plot_bytes_vs_workers`` (ring/PS bytes per step, dense and
 compressed), ``plot_training`` (loss curves), ``plot_bytes_vs_error``
-(the trade-off). Tested in ``tests/test_compression.py``.
+(the trade-off). The last two take one run per label, or a list of runs over
+seeds (``course_lib.experiments.compression.compression_over_seeds``), drawn as
+the median and the range from the best seed to the worst. Tested in
+``tests/test_compression.py``.
 """
 
 from __future__ import annotations
@@ -70,41 +73,69 @@ def plot_bytes_vs_workers(n_params: int, message_bytes: dict, workers=(2, 4, 8, 
     return fig
 
 
+def _seeds(runs) -> list:
+    """One run or a list of runs over seeds -> a list."""
+    return list(runs) if isinstance(runs, (list, tuple)) else [runs]
+
+
 def plot_training(runs: dict):
-    """Training loss against step, one line per run (``CompressedRun``)."""
+    """Training loss against step, one line per label: the median over seeds
+    and a band from the lowest to the highest seed (a single run: its line).
+
+    runs : {label: a CompressedRun, or a list of them, one per seed, evaluated at the same steps}
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, run in runs.items():
-        ax.plot(run.curve[:, 0], run.curve[:, 1], "--" if "no feedback" in label else "-", label=label)
+    n_seeds = set()
+    for label, rs in runs.items():
+        rs = _seeds(rs)
+        n_seeds.add(len(rs))
+        losses = np.array([r.curve[:, 1] for r in rs])                    # (n_seeds, n_evals)
+        steps = rs[0].curve[:, 0]
+        line, = ax.plot(steps, np.median(losses, axis=0), "--" if "no feedback" in label else "-", label=label)
+        if len(rs) > 1:
+            ax.fill_between(steps, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.12, lw=0)
     ax.set_yscale("log")
-    shapes = {(run.world_size, run.batch) for run in runs.values()}
+    shapes = {(r.world_size, r.batch) for rs in runs.values() for r in _seeds(rs)}
     xlabel = "step"
     if len(shapes) == 1:                                 # the same for every run: say what a step is
         (workers, batch), = shapes
         xlabel = f"step (each: {workers} workers x {batch} images)"
-    ax.set(xlabel=xlabel, ylabel="training loss (cross-entropy, log scale)",
-           title="Data-parallel SGD with compressed gradients")
+    title = "Data-parallel SGD with compressed gradients"
+    if n_seeds != {1}:
+        title += f": median of {max(n_seeds)} seeds, band min to max"
+    ax.set(xlabel=xlabel, ylabel="training loss (cross-entropy, log scale)", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def plot_bytes_vs_error(runs: dict):
-    """Bytes per worker per step (log) against test error: the trade-off."""
+    """Bytes per worker per step (log) against test error: the trade-off.
+
+    runs : {label: a CompressedRun, or a list of them over seeds: the median
+        test error, with a bar from the best seed to the worst}
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, run in runs.items():
-        ax.scatter(run.bytes_per_worker_step, 100 * run.test_error,
-                   marker="x" if "no feedback" in label else "o", s=50)
-        ax.annotate(label, (run.bytes_per_worker_step, 100 * run.test_error), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    if any(run.bytes_per_worker_step == 0 for run in runs.values()):   # a run that sent nothing would
-        sent = [run.bytes_per_worker_step for run in runs.values() if run.bytes_per_worker_step > 0]
+    sizes, n_seeds = {}, set()
+    for label, rs in runs.items():
+        rs = _seeds(rs)
+        n_seeds.add(len(rs))
+        err = 100 * np.array([r.test_error for r in rs])
+        nbytes = sizes[label] = float(np.median([r.bytes_per_worker_step for r in rs]))
+        med = np.median(err)
+        ax.errorbar(nbytes, med, yerr=[[med - err.min()], [err.max() - med]], capsize=3,
+                    fmt="x" if "no feedback" in label else "o", ms=7)
+        ax.annotate(label, (nbytes, med), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if any(b == 0 for b in sizes.values()):                           # a run that sent nothing would
+        sent = [b for b in sizes.values() if b > 0]
         ax.set_xscale("symlog", linthresh=min([1.0] + sent) / 2)      # vanish from a log axis; every run
         #                                                               that sent something stays on its log part
         unit = "bytes sent per worker per step (log scale; 0: nothing sent)"
     else:
         ax.set_xscale("log")
         unit = "bytes sent per worker per step (log scale)"
+    seeds = f"; median of {max(n_seeds)} seeds, bar min to max" if n_seeds != {1} else ""
     ax.set(xlabel=unit, ylabel="test error (%)",
-           title="Bytes saved vs accuracy (o: error feedback, x: without)")
+           title=f"Bytes saved vs accuracy (o: error feedback, x: without{seeds})")
     fig.tight_layout()
     return fig

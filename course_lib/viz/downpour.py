@@ -2,8 +2,9 @@
 
 Reading order: ``plot_architecture`` (shards, replicas, data shards, fetch
 and push), ``plot_staleness`` (histograms), ``plot_curves`` (loss against
-steps or time, events marked), ``plot_robustness`` (final loss against
-replicas: the experiment of ``course_lib.experiments.downpour.robustness_sweep``).
+steps or time, events marked; a list of runs over seeds is drawn one faint
+line per seed), ``plot_robustness`` (final loss against replicas, median over
+seeds and its range: ``course_lib.experiments.downpour.robustness_over_seeds``).
 Tested in ``tests/test_downpour.py``.
 """
 
@@ -83,6 +84,8 @@ def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
                 title: str = "Downpour SGD training"):
     """Training loss of the server's parameters against steps done or time.
 
+    results : {label: a DownpourResult, or a list of them, one per seed (each
+        seed a faint line of the label's colour)}
     x : "steps" (gradient steps done), "time" (the simulation's virtual
         seconds) or "wall" (wall-clock seconds of a real run,
         ``machinery.downpour_processes.train_on_processes``)
@@ -93,8 +96,12 @@ def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
                    "time": (1, "virtual time (s, simulated)"),
                    "wall": (1, "wall-clock time (s)")}[x]
     fig, ax = plt.subplots(figsize=(8, 4))
-    for label, res in results.items():
-        ax.plot(res.curve[:, col], res.curve[:, 2], label=label)
+    for i, (label, runs) in enumerate(results.items()):
+        runs = runs if isinstance(runs, (list, tuple)) else [runs]
+        faint = dict(alpha=0.35, lw=1) if len(runs) > 1 else {}
+        seeds = f" ({len(runs)} seeds, one line each)" if len(runs) > 1 else ""
+        for k, res in enumerate(runs):
+            ax.plot(res.curve[:, col], res.curve[:, 2], color=f"C{i}", label=None if k else label + seeds, **faint)
     for i, (text, pos) in enumerate((marks or {}).items()):
         ax.axvline(pos, color="0.3", ls=":", lw=1.2)
         ax.annotate(text, (pos, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -12 - 11 * i),
@@ -106,17 +113,26 @@ def plot_curves(results: dict, x: str = "steps", marks: dict | None = None,
     return fig
 
 
-def plot_robustness(replicas, sweep: dict):
-    """Final training loss against the number of replicas, one line per arm."""
+def plot_robustness(replicas, summary: dict, total_steps: int | None = None):
+    """Final training loss against the number of replicas: per arm, the median over
+    seeds (line) and the range from the best to the worst seed (band).
+
+    summary : {label: {"median": (n_R,), "min": (n_R,), "max": (n_R,), "all": (n_seeds, n_R)}},
+        ``course_lib.experiments.downpour.robustness_over_seeds``
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (label, runs), marker in zip(sweep.items(), itertools.cycle("osd^v")):
-        ax.plot(replicas, [r.final_loss for r in runs], marker + "-", label=label)
+    n_seeds = len(next(iter(summary.values()))["all"])
+    for (label, s), marker in zip(summary.items(), itertools.cycle("osd^v")):
+        line, = ax.plot(replicas, s["median"], marker + "-", label=label)
+        ax.fill_between(replicas, s["min"], s["max"], color=line.get_color(), alpha=0.12, lw=0)
     ax.axhline(np.log(10), color="0.5", ls=":", label="chance: log 10 = 2.30")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(replicas, [str(R) for R in replicas])
     ax.set_yscale("log")
+    budget = f"{total_steps:,} gradient steps" if total_steps else "the same budget of gradient steps"
     ax.set(xlabel="model replicas R (mean staleness about R - 1)",
            ylabel="final training loss (log scale)",
-           title="Downpour SGD, same budget of gradient steps: final loss against replicas")
+           title=f"Downpour SGD, {budget} for every R: median of {n_seeds} seeds, band min to max")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
