@@ -72,6 +72,7 @@ def test_sweep_excludes_the_warm_up_and_reports_errors(monkeypatch):
     assert _fake_method.calls == [("good", 4), ("broken", 4)] * 2        # 6 / 2 rounds + 1 warm-up
     good, broken = rows
     assert good["time"] == 4.0                                          # median of 3, 4, 5, 3, 4, 5
+    assert (good["time_q25"], good["time_q75"], good["samples"]) == (3.25, 4.75, 6)   # the quartiles
     assert good["max_error"] == 0.0 and good["identical"]               # against the float64 sum
     assert broken["max_error"] == 0.5 and not broken["identical"]
     assert good["algbw"] == 48 / 4.0 and good["busbw"] == pytest.approx(12.0 * 2 * 2 / 3)

@@ -238,9 +238,23 @@ def test_bandwidth_series_sorts_by_size_and_keeps_one_P():
     assert list(series) == ["ring/shm", "gloo"]
     np.testing.assert_array_equal(series["gloo"]["nbytes"], [4096, 1 << 16, 1 << 20])
     np.testing.assert_allclose(series["ring/shm"]["busbw"], 3e9)
+    np.testing.assert_array_equal(series["gloo"]["time_q25"], series["gloo"]["time"])   # no quartiles: the median
     fig = viz.plot_bandwidth(_rows(), 2)
-    assert fig.axes[0].get_ylabel() == "bandwidth (GB/s)" and "busbw" in fig.axes[1].get_title()
-    np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), 1.0)   # gloo at 1 GB/s
+    assert "time per all-reduce" in fig.axes[0].get_ylabel() and fig.axes[1].get_ylabel() == "bandwidth (GB/s)"
+    assert fig.axes[1].get_title() == "busbw = algbw * 2(P-1)/P = algbw at P = 2"
+    gloo = fig.axes[1].containers[1]                                     # (data line, caps, bars) per method
+    np.testing.assert_allclose(gloo.lines[0].get_ydata(), 1.0)           # gloo at 1 GB/s
+    assert viz.plot_bandwidth(_rows(), 4).axes[1].get_title() == "busbw = algbw * 2(P-1)/P"
+
+
+def test_plot_bandwidth_bars_span_the_quartiles():
+    rows = [dict(method="ring/shm", P=4, nbytes=1 << 20, time=2e-3, time_q25=1e-3, time_q75=4e-3,
+                 algbw=(1 << 20) / 2e-3, busbw=(1 << 20) / 2e-3 * 1.5)]
+    fig = viz.plot_bandwidth(rows, 4)
+    time_bars, busbw_bars = (ax.containers[0].lines[2][0].get_segments()[0] for ax in fig.axes)
+    np.testing.assert_allclose(time_bars[:, 1], [1e3, 4e3])                       # q25 .. q75, in us
+    busbw = (1 << 20) * 1.5 / np.array([4e-3, 1e-3]) / 1e9                        # slow end .. fast end
+    np.testing.assert_allclose(busbw_bars[:, 1], busbw)
 
 
 # ---------------------------------------------------------------- lesson 08

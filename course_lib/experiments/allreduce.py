@@ -78,8 +78,10 @@ def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, r
     method's time is the median over all of them of the slowest rank's time. Interleaving keeps a
     burst of load on a shared machine from falling on one method only.
 
-    Returns a list of dicts with keys method, P, nbytes, time (s), algbw, busbw (bytes/s),
-    max_error (vs the float64 sum) and identical (all ranks bit-identical).
+    Returns a list of dicts with keys method, P, nbytes, time (s, the median), time_q25 and
+    time_q75 (s, the interquartile range of the samples: where two methods' ranges overlap,
+    their order is noise), samples, algbw, busbw (bytes/s), max_error (vs the float64 sum)
+    and identical (all ranks bit-identical).
     """
     rng, itemsize = np.random.default_rng(seed), np.dtype(dtype).itemsize
     rows = []
@@ -100,9 +102,10 @@ def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, r
                                                            for o in res.outputs))
                     identical[method] &= all(np.array_equal(o, res.outputs[0]) for o in res.outputs)
             for method in methods:
-                seconds = float(np.median(samples[method]))
+                q25, seconds, q75 = (float(q) for q in np.percentile(samples[method], [25, 50, 75]))
                 algbw, busbw = bus_bandwidth(N * itemsize, seconds, P)
-                rows.append(dict(method=method, P=P, nbytes=N * itemsize, time=seconds, algbw=algbw,
-                                 busbw=busbw, max_error=errors[method], identical=identical[method]))
+                rows.append(dict(method=method, P=P, nbytes=N * itemsize, time=seconds, time_q25=q25,
+                                 time_q75=q75, samples=len(samples[method]), algbw=algbw, busbw=busbw,
+                                 max_error=errors[method], identical=identical[method]))
     return rows
 

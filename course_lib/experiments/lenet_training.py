@@ -7,6 +7,8 @@ it and times it:
                    batches in the same order for both, a tqdm bar; returns a ``History``
 ``train_step``     one minibatch: forward, loss, backward, optimizer step
 ``minibatches``    the index arrays of one shuffled pass over the data
+``train_over_seeds`` both implementations once per seed: a training outcome is a distribution
+``accuracy_summary`` median, min and max over seeds of each one's final test accuracy
 ``epoch_timings``  seconds per training epoch of each implementation (numpy, PyTorch CPU / GPU)
 
 Figures and tables of these results are drawn by ``course_lib.viz.lenet``.
@@ -139,6 +141,54 @@ def train(model, data: Digits, epochs: int = 10, lr: float = 0.05, momentum: flo
         bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", test_acc=f"{history.test_acc[-1]:.3f}")
     bar.close()
     return history
+
+
+@dataclass
+class SeedRun:
+    """One seed's pair of runs: the numpy LeNet-5 and its PyTorch twin, same weights, same batches."""
+    seed: int
+    histories: dict[str, History]    # {"numpy": History, "PyTorch": History}
+    models: dict                      # the trained networks, same keys
+
+
+def train_over_seeds(data: Digits, seeds=range(5), device=None, progress: bool = True,
+                     **settings) -> list[SeedRun]:
+    """``train`` the numpy LeNet-5 and its PyTorch twin once per seed, side by side.
+
+    For each seed both start from ``LeNet5(seed=seed)``'s weights (copied into the
+    twin) and see the same minibatches, shuffled by the same seed. One run's
+    accuracy is one draw: float rounding, which differs between CPUs, and the
+    seed move it by a point or more, so report the median and the range over
+    seeds (``accuracy_summary``).
+
+    settings : passed to ``train`` (epochs, lr, momentum, lr_decay, batch_size, optimizer)
+    progress : one tqdm bar over the seeds
+    Returns one ``SeedRun`` per seed, in order.
+    """
+    runs = []
+    for seed in tqdm(list(seeds), desc="seeds", disable=not progress):
+        numpy_net, torch_net = LeNet5(seed=seed), TorchLeNet5()
+        copy_weights(numpy_net, torch_net)
+        histories = {"numpy": train(numpy_net, data, seed=seed, progress=False, **settings),
+                     "PyTorch": train(torch_net, data, seed=seed, device=device, progress=False, **settings)}
+        runs.append(SeedRun(seed, histories, {"numpy": numpy_net, "PyTorch": torch_net}))
+    return runs
+
+
+def accuracy_summary(runs: list[SeedRun]) -> dict[str, dict]:
+    """Median, min and max over seeds of each implementation's final test accuracy.
+
+    Returns ``{name: {"median": float, "min": float, "max": float, "all": ndarray (seeds,)}}``
+    with name "numpy" and "PyTorch".
+    """
+    if not runs:
+        raise ValueError("accuracy_summary: give at least one SeedRun (the result of train_over_seeds)")
+    summary = {}
+    for name in runs[0].histories:
+        final = np.array([run.histories[name].test_acc[-1] for run in runs])     # (seeds,)
+        summary[name] = {"median": float(np.median(final)), "min": float(final.min()),
+                         "max": float(final.max()), "all": final}
+    return summary
 
 
 def epoch_timings(data: Digits, batch_size: int = 32, n_batches: int = 10, device=None,

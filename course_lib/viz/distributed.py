@@ -408,13 +408,14 @@ def plot_duplex(world_size: int = 4):
 
 
 def bandwidth_series(rows: list[dict], world_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Rows of ``experiments.allreduce.sweep`` for one P, as {method: {"nbytes", "algbw", "busbw"}} sorted by size."""
+    """Rows of ``experiments.allreduce.sweep`` for one P, as {method: {"nbytes", "algbw", "busbw", "time",
+    "time_q25", "time_q75"}} sorted by size (a row without quartiles uses its median for both)."""
     series = {}
     for method in dict.fromkeys(r["method"] for r in rows if r["P"] == world_size):
         mine = sorted((r for r in rows if r["P"] == world_size and r["method"] == method),
                       key=lambda r: r["nbytes"])
-        series[method] = {k: np.array([r[k] for r in mine], dtype=np.float64)
-                          for k in ("nbytes", "algbw", "busbw", "time")}
+        series[method] = {k: np.array([r.get(k, r["time"]) for r in mine], dtype=np.float64)
+                          for k in ("nbytes", "algbw", "busbw", "time", "time_q25", "time_q75")}
     return series
 
 
@@ -430,18 +431,29 @@ def bandwidth_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def plot_bandwidth(rows: list[dict], world_size: int = 2):
-    """algbw (left) and busbw = algbw * 2(P-1)/P (right) against message size, one line per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    """Time per all-reduce (left) and busbw (right) against message size, one line per method.
+
+    Points are medians, bars the interquartile range of ``sweep``'s samples: where two
+    methods' bars overlap, which one is faster is noise. busbw = algbw * 2(P-1)/P, which
+    is algbw itself at P = 2 (so one bandwidth panel, not two).
+    """
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
     for method, s in bandwidth_series(rows, world_size).items():
-        for ax, key in zip(axes, ("algbw", "busbw")):
-            ax.plot(s["nbytes"], s[key] / 1e9, "o-", label=method)
-    for ax, key in zip(axes, ("algbw = bytes / time", "busbw = algbw * 2(P-1)/P")):
+        t, lo, hi = s["time"], s["time_q25"], s["time_q75"]
+        ax_t.errorbar(s["nbytes"], 1e6 * t, yerr=[1e6 * (t - lo), 1e6 * (hi - t)], fmt="o-", capsize=3,
+                      label=method)
+        busbw = s["busbw"] / 1e9                                   # GB/s at the median time t
+        ax_b.errorbar(s["nbytes"], busbw, yerr=[busbw * (1 - t / hi), busbw * (t / lo - 1)], fmt="o-",
+                      capsize=3, label=method)                     # at the slow (q75) and fast (q25) ends
+    same = " = algbw at P = 2" if world_size == 2 else ""
+    ax_t.set(yscale="log", ylabel="time per all-reduce (us, log scale)",
+             title="Time: median and interquartile range")
+    ax_b.set(ylabel="bandwidth (GB/s)", title=f"busbw = algbw * 2(P-1)/P{same}")
+    for ax in (ax_t, ax_b):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("message size (bytes, log scale)")
-        ax.set_title(key)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("bandwidth (GB/s)")
-    fig.suptitle(f"All-reduce bandwidth on P = {world_size} processes (higher is better)")
+    fig.suptitle(f"All-reduce on P = {world_size} processes (bars: where half the samples fall)")
     fig.tight_layout()
     return fig
 

@@ -2,7 +2,8 @@
 
 Reading order: ``architecture_table`` (the lecture's table),
 ``plot_digits`` (samples of the data), ``plot_history`` (loss and accuracy
-curves side by side), ``misclassified`` / ``plot_misclassified``,
+curves side by side), ``plot_seed_accuracy`` (the spread over seeds),
+``misclassified`` / ``plot_misclassified``,
 ``epoch_timings_table`` / ``plot_epoch_timings``. The training runs and timings
 they show are ``course_lib.experiments.lenet_training``'s. Tables are DataFrames
 (``course_lib.viz.tables``). Tested in ``tests/test_lenet.py``.
@@ -71,6 +72,39 @@ def plot_history(histories: dict):
     for ax in (left, right):
         ax.legend(fontsize=8)
     fig.suptitle("LeNet-5 on the digits: numpy and PyTorch side by side")
+    fig.tight_layout()
+    return fig
+
+
+def plot_seed_accuracy(runs: list):
+    """Test accuracy over seeds: per epoch (median line, min-max band) and final (one dot per seed).
+
+    runs : ``course_lib.experiments.lenet_training.train_over_seeds``' result; on
+    the right, grey lines join the numpy and PyTorch runs of the same seed
+    (same initial weights, same minibatches), a bar marks each median.
+    """
+    names = list(runs[0].histories)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    final = np.array([[run.histories[name].test_acc[-1] for name in names] for run in runs]) * 100  # (seeds, 2)
+    for k, name in enumerate(names):
+        acc = np.array([run.histories[name].test_acc for run in runs]) * 100          # (seeds, epochs)
+        epochs = np.arange(1, acc.shape[1] + 1)
+        left.fill_between(epochs, acc.min(axis=0), acc.max(axis=0), color=f"C{k}", alpha=0.2,
+                          label=f"{name}: min to max")
+        left.plot(epochs, np.median(acc, axis=0), "o-", color=f"C{k}", label=f"{name}: median")
+        right.hlines(np.median(final[:, k]), k - 0.25, k + 0.25, color=f"C{k}", lw=2)
+        right.text(k + 0.27, np.median(final[:, k]), f"median {np.median(final[:, k]):.1f}%", va="center",
+                   fontsize=8)
+        right.plot(np.full(len(runs), k), final[:, k], "o", color=f"C{k}", alpha=0.8)
+    for pair in final:
+        right.plot([0, 1], pair, "-", color="0.6", lw=0.8, zorder=0)
+    left.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch", ylim=(None, 100))
+    left.legend(fontsize=8, loc="lower right")
+    right.set_xticks(range(len(names)), names)
+    right.set_xlim(-0.5, len(names) - 0.1)
+    right.set(xlabel="implementation (grey: the same seed)", ylabel="final test accuracy (%)",
+              title="After the last epoch, one dot per seed")
+    fig.suptitle(f"LeNet-5 on the digits, trained from {len(runs)} seeds: the spread of the test accuracy")
     fig.tight_layout()
     return fig
 
