@@ -3,10 +3,10 @@
 Lecture 5, data parallelism: every learner holds a full copy of the model,
 takes its share of each global minibatch, and the gradients are summed (here
 averaged) across learners before every update, so all copies stay identical.
-With P = ``world_size`` ranks and a global batch of B images, rank r takes the
-contiguous slice ``chunk_bounds(B, P)[r]`` of each batch (B / P images). Its
+With P = ``world_size`` ranks and a global batch of N images, rank r takes the
+contiguous slice ``chunk_bounds(N, P)[r]`` of each batch (N / P images). Its
 loss is the mean over its slice; DDP *averages* the gradients over ranks, so
-the averaged gradient is the mean over all B images, exactly the gradient of
+the averaged gradient is the mean over all N images, exactly the gradient of
 single-process training on the whole batch (up to the order of additions).
 
 DDP does not wait for the whole backward pass: it groups parameters into
@@ -134,7 +134,7 @@ def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr:
     ----------
     model : TorchLeNet5, or ``DistributedDataParallel(TorchLeNet5())`` on each of P ranks
     x : (n, 1, 32, 32) float32 images; y : (n,) int64 labels
-    batches : (steps, B) int indices from ``global_batches``; rank r uses its slice of each
+    batches : (steps, N) int indices from ``global_batches``; rank r uses its slice of each
     log, record_step : a ``BackwardLog`` attached to the DDP model logs this step's backward pass
 
     Returns
@@ -146,9 +146,9 @@ def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr:
     device, dtype, losses = first.device, first.dtype, []
     for step, idx in enumerate(batches):
         a, b = chunk_bounds(len(idx), world_size)[rank]
-        xb = torch.from_numpy(x[idx[a:b]]).to(device, dtype)          # (B/P, 1, 32, 32)
-        yb = torch.from_numpy(y[idx[a:b]]).to(device)                  # (B/P,)
-        loss = F.cross_entropy(model(xb), yb)         # mean over my B/P images
+        xb = torch.from_numpy(x[idx[a:b]]).to(device, dtype)          # (N/P, 1, 32, 32)
+        yb = torch.from_numpy(y[idx[a:b]]).to(device)                  # (N/P,)
+        loss = F.cross_entropy(model(xb), yb)         # mean over my N/P images
         opt.zero_grad()
         if log is not None and step == record_step:
             log.start()
@@ -188,7 +188,7 @@ def ddp_worker(rank: int, world_size: int, x: np.ndarray, y: np.ndarray, steps: 
     Parameters
     ----------
     x, y : all training images (n, 1, 32, 32) and labels (n,); the rank takes its slices
-    steps, batch_size : number of SGD steps and the *global* batch B (divisible by P)
+    steps, batch_size : number of SGD steps and the *global* batch N (divisible by P)
     bucket_cap_mb : DDP's bucket size in MiB (None: DDP's default, 25)
     record_step : log this step's backward pass (a ``BackwardLog``)
     dtype : "float32" or "float64", the model's (images are converted to it)

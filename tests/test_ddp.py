@@ -189,3 +189,149 @@ def test_torchrun_is_recognised_by_rank_and_world_size(monkeypatch):
     assert not ddp._under_torchrun(), "torchrun sets both RANK and WORLD_SIZE; RANK alone is not it"
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert ddp._under_torchrun()
+
+
+# --------------------------------------------------------------------------
+# ---- lesson 08's overlap experiment (course_lib.experiments.ddp_overlap)
+# --------------------------------------------------------------------------
+# The logs below are written by hand; the real run is checked for its structure only (never a time).
+
+from course_lib.experiments import ddp_overlap as ov                      # noqa: E402
+from course_lib.scaling import CommModel, Timeline, ring_allreduce_time    # noqa: E402
+
+LAYER_ORDER = ["out", "f6", "c5", "c3", "c1"]
+BUCKETS = [["out.bias", "out.weight", "f6.bias", "f6.weight"], ["c5.weight"], ["c5.bias", "c3.weight"],
+           ["c3.bias", "c1.weight", "c1.bias"]]
+
+
+def _pass_log(dt=0.0, grad_ms=(1, 2, 10, 30, 40), done_ms=(5, 12, 35, 42), returned_ms=43):
+    """A backward pass as BackwardLog writes it (ms given, s logged), every time moved by dt seconds:
+    the layers' last gradients at ``grad_ms``, bucket b launched at its last gradient, done at done_ms[b]."""
+    ready = {}
+    for layer, t in zip(LAYER_ORDER, grad_ms):                    # as autograd logs them: a linear layer's
+        first, last = ("bias", "weight") if layer in ("out", "f6") else ("weight", "bias")   # bias first
+        ready[f"{layer}.{first}"], ready[f"{layer}.{last}"] = t / 1e3 - 1e-5, t / 1e3
+    ready["c5.weight"] = grad_ms[2] / 1e3 - 2e-3                            # DDP's bucket 1 is c5.weight alone
+    events = [("backward", dt)]
+    for name, t in sorted(ready.items(), key=lambda item: item[1]):
+        events.append(("grad", name, t + dt))
+        for b, names in enumerate(BUCKETS):
+            if names[-1] == name:
+                events.append(("allreduce", b, names, t + dt))
+    events += [("done", b, t / 1e3 + dt) for b, t in enumerate(done_ms)]
+    return sorted(events, key=lambda e: e[-1]) + [("returned", returned_ms / 1e3 + dt)]
+
+
+def test_lenet5_layers_match_torch_lenet5_and_the_flop_formula():
+    layers = ov.lenet5_layers()
+    per_layer = {}
+    for name, p in TorchLeNet5().named_parameters():
+        per_layer[name.split(".")[0]] = per_layer.get(name.split(".")[0], 0) + p.numel()
+    assert {layer.name: layer.params for layer in layers} == per_layer
+    assert sum(layer.params for layer in layers) == 61_706
+    assert [layer.name for layer in layers] == LAYER_ORDER[::-1]                       # forward order
+    assert layers[0].flops == 2 * 1 * 6 * 5 * 5 * 28 * 28                               # C1 by hand: 235,200
+    assert layers[3].flops == 2 * 120 * 84                                               # F6: a 1x1 "convolution"
+
+
+def test_measured_timeline_reads_layers_buckets_and_the_return():
+    tl = ov.measured_timeline(_pass_log())
+    assert [name for name, _, _ in tl.backward] == LAYER_ORDER
+    np.testing.assert_allclose([(s, e) for _, s, e in tl.backward],
+                               [(0, 0.001), (0.001, 0.002), (0.002, 0.010), (0.010, 0.030), (0.030, 0.040)])
+    assert [label for label, _, _ in tl.allreduce] == ["bucket 0", "bucket 1", "bucket 2", "bucket 3"]
+    np.testing.assert_allclose([(s, e) for _, s, e in tl.allreduce],
+                               [(0.002, 0.005), (0.008, 0.012), (0.030 - 1e-5, 0.035), (0.040, 0.042)])
+    assert tl.total == pytest.approx(0.043) and tl.forward == 0.0
+    late = ov.measured_timeline(_pass_log(dt=0.5))                             # rank 1, half a second later
+    assert late.backward[0][1] == pytest.approx(0.5) and late.total == pytest.approx(0.543)
+    no_return = ov.measured_timeline(_pass_log()[:-1])                         # an older log: no "returned"
+    assert no_return.total == pytest.approx(0.042)
+
+
+def test_overlap_held_needs_every_bucket_but_the_last_to_end_under_backprop():
+    assert ov.overlap_held([ov.measured_timeline(_pass_log())])
+    late_bucket_2 = ov.measured_timeline(_pass_log(done_ms=(5, 12, 41, 42)))   # after the last gradient (40 ms)
+    assert not ov.overlap_held([late_bucket_2])
+    slow_rank = ov.measured_timeline(_pass_log(grad_ms=(1, 2, 10, 30, 45), returned_ms=47))
+    assert ov.overlap_held([late_bucket_2, slow_rank]), "rank 1 still computed until 45 ms: 41 ms was hidden"
+    assert ov.overlap_held([Timeline(0.0, [("c1", 0.0, 1.0)], [("bucket 0", 1.0, 9.0)], 9.0)])  # one bucket
+
+
+@pytest.mark.parametrize("P", [2, 4])
+def test_fit_comm_model_recovers_alpha_and_bandwidth(P):
+    truth = CommModel(alpha=50e-6, bandwidth=1e9)
+    sizes = [688, 10_080, 44_056, 192_000]
+    lone = {b: (n, ring_allreduce_time(n, P, truth)) for b, n in enumerate(sizes)}
+    fit = ov.fit_comm_model(lone, P, bucket_bytes=5242.88)
+    assert fit.alpha == pytest.approx(50e-6) and fit.bandwidth == pytest.approx(1e9)
+    assert fit.bucket_bytes == 5242.88 and fit.bytes_per_param == 4
+    for n in sizes:                                                            # the fit predicts the points
+        assert ring_allreduce_time(n, P, fit) == pytest.approx(ring_allreduce_time(n, P, truth))
+
+
+def test_fit_comm_model_keeps_alpha_and_bandwidth_physical():
+    through_origin = ov.fit_comm_model({0: (1000, 0.0), 1: (2000, 3e-6), 2: (4000, 9e-6)}, 2)
+    assert through_origin.alpha == 0.0 and through_origin.bandwidth > 0        # a negative intercept refitted
+    flat = ov.fit_comm_model({0: (1000, 2e-4), 1: (2000, 1e-4)}, 2)           # bigger was faster: noise
+    assert flat.bandwidth == np.inf and flat.alpha == pytest.approx(1.5e-4 / 2)
+    one = ov.fit_comm_model({0: (1000, 2e-4)}, 2)
+    assert one.bandwidth == np.inf and one.alpha == pytest.approx(1e-4)
+
+
+def _run(passes=3):
+    """A measure_overlap result built by hand: rank 1 5 ms behind; backprop alone 30, 40, 50 ms."""
+    return {"ddp": [[_pass_log(), _pass_log(dt=0.005)] for _ in range(passes)],
+            "compute": [[_pass_log(grad_ms=(1, 2, 10, 20, ms - 1), done_ms=(), returned_ms=ms)] * 2
+                        for ms in (30, 40, 50)[:passes]],
+            "lone": {0: (44_056, 1e-4), 1: (192_000, 3e-4), 2: (10_080, 6e-5), 3: (688, 5e-5)},
+            "batch_size": 512, "bucket_cap_mb": 0.005, "world_size": 2}
+
+
+def test_modelled_timeline_is_the_lecture_model_of_the_measured_setting():
+    tl, comm = ov.modelled_timeline(_run())
+    assert comm.bucket_bytes == 0.005 * 2 ** 20 and comm.alpha > 0
+    assert tl.backward[0][1] == pytest.approx(0.0)                             # from backward()'s start
+    assert tl.backward[-1][2] == pytest.approx(0.040)                          # the median backprop alone
+    assert [name for name, _, _ in tl.backward] == LAYER_ORDER
+    assert len(tl.allreduce) == 4, "0.005 MiB buckets: out+f6, c5, c3, c1, as DDP's"
+    for (_, start, _), (_, _, layer_end) in zip(tl.allreduce, [tl.backward[1], *tl.backward[2:]]):
+        assert start == pytest.approx(layer_end)                               # launched as its layer ends
+    assert ov.overlap_held([tl])
+    no_overlap = ov.iteration_timeline(ov.lenet5_layers(), 0.060, 2, comm, overlap=False)   # 1.5 x 40 ms
+    assert tl.total < no_overlap.total - no_overlap.forward                    # only bucket 3 after backprop
+
+
+def test_pass_rows_and_median_pass():
+    run = _run()
+    run["ddp"][1][1] = _pass_log(dt=0.005, returned_ms=60)                     # pass 1 returned last (65 ms),
+    run["ddp"][2][0] = _pass_log(returned_ms=50)                               # pass 2 in the middle (50 ms)
+    rows = ov.pass_rows(run)
+    assert [r["pass"] for r in rows] == [0, 1, 2] and all(r["held"] for r in rows)
+    assert rows[0]["backprop"] == pytest.approx(0.045) and rows[0]["skew"] == pytest.approx(0.005)
+    assert rows[0]["returned"] == pytest.approx(0.048) and rows[0]["exposed"] == pytest.approx(0.003)
+    assert [r["compute"] for r in rows] == pytest.approx([0.030, 0.040, 0.050])
+    assert ov.median_pass(run) == 2 and ov.median_pass(_run(passes=2)) == 0    # 48, 48: the lower middle
+
+
+def test_measure_overlap_refuses_a_batch_the_ranks_cannot_share():
+    with pytest.raises(ValueError, match="batch_size = 9 is not divisible by world_size = 2"):
+        ov.measure_overlap(np.zeros((16, 1, 32, 32), np.float32), np.zeros(16, np.int64), batch_size=9)
+
+
+@pytest.mark.slow
+def test_measured_overlap_has_ddp_buckets_and_both_ranks_on_one_clock(digits):
+    run = ov.measure_overlap(digits.x_train, digits.y_train, batch_size=32, passes=2, warmup=1)
+    assert len(run["ddp"]) == len(run["compute"]) == 2 and all(len(p) == 2 for p in run["ddp"])
+    assert sorted(run["lone"]) == [0, 1, 2, 3] and run["lone"][1][0] == 48_000 * 4     # bytes of c5.weight
+    for ranks in run["ddp"]:
+        assert ranks[0][0][0] == "backward" and ranks[0][0][1] >= 0.0            # rank 0's clock starts here
+        for events in ranks:
+            assert [e[2] for e in events if e[0] == "allreduce"] == BUCKETS
+            assert [e[1] for e in events if e[0] == "done"] and events[-1][0] == "returned"
+            tl = ov.measured_timeline(events)
+            assert [name for name, _, _ in tl.backward] == LAYER_ORDER
+            assert all(end >= start for _, start, end in tl.allreduce + tl.backward)
+    for ranks in run["compute"]:                                                 # no_sync: no all-reduce
+        assert all(not [e for e in events if e[0] == "allreduce"] for events in ranks)
+    assert len(ov.pass_rows(run)) == 2

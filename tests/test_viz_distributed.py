@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.distributed.simulate import simulate_ring_allreduce
+from course_lib.scaling import Timeline
 from course_lib.viz import distributed as viz
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -282,12 +283,48 @@ def test_buckets_and_overlap_from_a_log():
     assert viz.overlap_summary(one_bucket)["launched_before_last_grad"] == []
 
 
-def test_backward_timeline_and_losses_are_labelled():
-    fig = viz.plot_backward_timeline(EVENTS)
+def _timeline(shift=0.0):
+    """Two layers and two buckets; ``shift`` s later (a second rank)."""
+    return Timeline(0.0, [("out", shift, 0.001 + shift), ("c1", 0.001 + shift, 0.004 + shift)],
+                    [("bucket 0", 0.001, 0.003), ("bucket 1", 0.004 + shift, 0.005 + shift)], 0.006 + shift)
+
+
+def _bar_x(collection):
+    """(start, width) in ms of a broken_barh bar."""
+    x = collection.get_paths()[0].vertices[:, 0]
+    return x.min(), x.max() - x.min()
+
+
+def test_overlap_figure_draws_every_rank_above_the_model():
+    fig = viz.plot_overlap([_timeline(), _timeline(0.001)], _timeline(), "measured", "model")
     _labelled(fig)
-    np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), [1, 2, 4, 5])       # ms
-    bars = fig.axes[0].patches
-    assert len(bars) == 2 and bars[0].get_x() == pytest.approx(2.1) and bars[0].get_width() == pytest.approx(3.9)
+    top, bottom = fig.axes
+    assert len(top.collections) == 2 * 2 + 2 and len(bottom.collections) == 2 + 2   # ranks x layers + buckets
+    assert _bar_x(top.collections[0]) == pytest.approx((0, 1))                        # rank 0's out, in ms
+    assert _bar_x(top.collections[3]) == pytest.approx((2, 3))                        # rank 1's c1
+    assert _bar_x(top.collections[4]) == pytest.approx((1, 2))                        # bucket 0 (rank 0's)
+    assert [line.get_xdata()[0] for line in top.lines] == pytest.approx([5, 7])      # slower rank's end; return
+    assert [line.get_xdata()[0] for line in bottom.lines] == pytest.approx([4, 6])
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert legend[:3] == ["rank 0 backprop", "rank 1 backprop", "all-reduce (rank 0)"], legend
+    assert "last gradient, slower rank: 5.0 ms" in legend and "backward() returned, both ranks: 7.0 ms" in legend
+    assert [t.get_text() for t in top.texts] == ["0 ", "1 "]                          # bucket numbers
+    assert [t.get_text() for t in top.get_yticklabels()] == ["out backprop", "c1 backprop", "all-reduce\n(bucket no.)"]
+
+
+def test_overlap_table_shows_each_pass_in_ms():
+    rows = [{"pass": 0, "backprop": 0.0381, "returned": 0.04412, "exposed": 0.00602, "skew": 0.0042, "held": True,
+             "compute": 0.0366}, {"pass": 1, "backprop": 0.05, "returned": 0.07, "exposed": 0.02, "skew": 0.0,
+                                  "held": False, "compute": 0.04}]
+    df = viz.overlap_table(rows)
+    assert df.index.name == "pass" and list(df.columns) == [
+        "last gradient (ms)", "backward() returned (ms)", "exposed (ms)", "rank skew (ms)", "overlap held",
+        "no_sync alone (ms)"]
+    assert df.loc[0, "backward() returned (ms)"] == 44.1 and df.loc[0, "exposed (ms)"] == 6.0
+    assert df["overlap held"].tolist() == [True, False]
+
+
+def test_ddp_losses_are_labelled():
     fig = viz.plot_ddp_losses([2.3, 2.2, 2.0], {"rank 0": [2.3, 2.2, 2.0]})
     _labelled(fig)
     assert len(fig.axes[0].lines) == 2

@@ -14,8 +14,9 @@ lesson 07  ``schedule_table``, ``ring_state_text``, ``chunk_colours``, ``plot_ri
            ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
            ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth`` /
            ``bandwidth_table``
-lesson 08  ``bucket_rows`` / ``bucket_table``, ``overlap_summary``,
-           ``plot_backward_timeline``, ``plot_ddp_losses``
+lesson 08  ``bucket_rows`` / ``bucket_table``, ``overlap_summary``, ``plot_ddp_losses``,
+           ``overlap_table``, ``plot_overlap`` (a measured backward pass above the model's:
+           the measurement is ``course_lib.experiments.ddp_overlap``)
 
 Tables are DataFrames (``course_lib.viz.tables.table``): rich in JupyterLab, text
 in a terminal; units in the headers. Widgets' reports (``*_report``) stay text.
@@ -497,27 +498,67 @@ def overlap_summary(events: list) -> dict:
             "buckets": len(launches)}
 
 
-def plot_backward_timeline(events: list, title: str = "One backward pass under DDP"):
-    """Gradient-ready times per parameter (dots) and each bucket's all-reduce (bars), in ms."""
-    grads = [e for e in events if e[0] == "grad"]
-    names = [e[1] for e in grads]
-    starts = {e[1]: (e[3], e[2]) for e in events if e[0] == "allreduce"}
-    ends = {e[1]: e[2] for e in events if e[0] == "done"}
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.8))
-    ax.plot([e[2] * 1e3 for e in grads], range(len(names)), "o", color="tab:blue", label="gradient ready")
-    colours = plt.get_cmap("tab10")
-    for b, (t0, params) in sorted(starts.items()):
-        rows = [names.index(p) for p in params if p in names]
-        t1 = ends.get(b, t0)
-        ax.barh(np.mean(rows), (t1 - t0) * 1e3, left=t0 * 1e3, height=len(rows) * 0.8, alpha=0.35,
-                color=colours(b % 10), label=f"bucket {b} all-reduce")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names)
-    ax.invert_yaxis()
-    ax.set_xlabel("time since backward() started (ms)")
-    ax.set_ylabel("parameter (backprop order)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+def overlap_table(rows: list[dict]) -> pd.DataFrame:
+    """``experiments.ddp_overlap.pass_rows`` as a table, one row per logged pass, times in ms to 0.1:
+    the slowest rank's last gradient, the last rank's return, exposed = the difference, the ranks'
+    skew, whether the overlap held, and the slowest rank's backprop alone (no_sync)."""
+    ms = ("backprop", "returned", "exposed", "skew", "compute")
+    shown = [dict(r, **{k: 1e3 * r[k] for k in ms}) for r in rows]
+    columns = {"pass": "pass", "backprop": "last gradient (ms)", "returned": "backward() returned (ms)",
+               "exposed": "exposed (ms)", "skew": "rank skew (ms)", "held": "overlap held",
+               "compute": "no_sync alone (ms)"}
+    return table(shown, columns, digits={columns[k]: 1 for k in ms}, index="pass")
+
+
+def _draw_timeline(ax, timelines: list, labels: list[str], lines: tuple[str, str, str]) -> None:
+    """``scaling.Timeline``s of one pass (one per rank) on one axis, in ms: a row per layer (its
+    backprop, one thin bar per rank, backprop order top to bottom), then a row with the first
+    timeline's all-reduces, numbered by bucket and staggered so that overlapping bars stay apart.
+    ``lines``: legend labels of the all-reduce bars, the last gradient and the end."""
+    layers, R = [name for name, _, _ in timelines[0].backward], len(timelines)
+    blues = plt.get_cmap("Blues")
+    for r, (tl, label) in enumerate(zip(timelines, labels)):
+        for row, (_, start, end) in enumerate(tl.backward):
+            ax.broken_barh([(1e3 * start, 1e3 * (end - start))], (row - 0.4 + 0.8 * r / R, 0.8 / R),
+                           color=blues(0.75 - 0.35 * r), label=label if row == 0 else None)
+    colours, row = plt.get_cmap("tab10"), len(layers)
+    for b, (_, start, end) in enumerate(timelines[0].allreduce):
+        y = row - 0.4 + 0.4 * (b % 2)                                 # even buckets above, odd below
+        ax.broken_barh([(1e3 * start, 1e3 * (end - start))], (y, 0.4), color=colours((b + 1) % 10),
+                       edgecolor="black", linewidth=0.5, label=lines[0] if b == 0 else None)
+        ax.text(1e3 * start, y + 0.2, f"{b} ", ha="right", va="center", fontsize=8)
+    backprop_end = max(tl.backward[-1][2] for tl in timelines)
+    total = max(tl.total for tl in timelines)
+    ax.axvline(1e3 * backprop_end, color="0.3", ls="--", lw=1, label=f"{lines[1]}: {1e3 * backprop_end:.1f} ms")
+    ax.axvline(1e3 * total, color="tab:red", ls=":", lw=1.5, label=f"{lines[2]}: {1e3 * total:.1f} ms")
+    ax.set_yticks(range(row + 1), [f"{name} backprop" for name in layers] + ["all-reduce\n(bucket no.)"])
+    ax.set_ylim(row + 0.6, -0.6)                                     # first layer of backprop on top
+    ax.set_ylabel("layer (backprop order)")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def plot_overlap(measured: list, modelled, measured_title: str = "Measured", modelled_title: str = "Model",
+                 suptitle: str = "DDP: the all-reduce of each bucket while backprop continues"):
+    """A measured backward pass above the lecture's model of it, on one time axis (ms).
+
+    measured : one pass's ``scaling.Timeline`` on each rank, on one clock (rank 0's backward()
+    starts at 0), e.g. ``experiments.ddp_overlap.measured_timeline`` of each rank's log;
+    modelled : the model's ``Timeline`` of the same pass (``modelled_timeline``), from t = 0.
+    Each panel: every layer's backprop, each bucket's all-reduce (rank 0's, measured), when the
+    last gradient was ready (dashed) and when backward() returned (dotted), the latest rank's.
+    """
+    rows = 2 * len(modelled.backward) + 4
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 0.45 * rows + 2.2), sharex=True)
+    _draw_timeline(top, measured, [f"rank {r} backprop" for r in range(len(measured))],
+                   ("all-reduce (rank 0)", "last gradient, slower rank", "backward() returned, both ranks"))
+    _draw_timeline(bottom, [modelled], ["backprop (every rank)"],
+                   ("all-reduce", "last gradient", "backward() returns"))
+    top.set_title(measured_title, fontsize=10)
+    bottom.set_title(modelled_title, fontsize=10)
+    for ax in (top, bottom):
+        ax.set_xlabel("time since backward() started (ms)")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
