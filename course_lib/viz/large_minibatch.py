@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 
 from course_lib.lr_schedules import goyal_lr, linear_scaling_lr
@@ -83,7 +84,7 @@ def plot_error_vs_batch(summary: dict, batches, base_batch: int, base_lr: float)
 
 
 def plot_warmup_seeds(errors: dict, batch: int, lr: float):
-    """Every seed's test error with and without warm-up (one dot each), and the medians.
+    """Every seed's test error with and without warm-up (one dot each), the medians and upper quartiles.
 
     errors : ``course_lib.experiments.large_minibatch.warmup_over_seeds(...)``
     """
@@ -92,9 +93,14 @@ def plot_warmup_seeds(errors: dict, batch: int, lr: float):
         jitter = np.linspace(-0.15, 0.15, len(e))                 # spread the dots sideways
         ax.plot(i + jitter, 100 * e, "o", alpha=0.6, label=f"{label}: each seed")
         ax.plot([i - 0.3, i + 0.3], [100 * np.median(e)] * 2, "k-", lw=2)
+        ax.plot([i - 0.3, i + 0.3], [100 * np.quantile(e, 0.75)] * 2, "k--", lw=1)
     ax.plot([], [], "k-", lw=2, label="median")
+    ax.plot([], [], "k--", lw=1, label="upper quartile")
     ax.set_xticks(range(len(errors)), list(errors))
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))   # 2, 5, 10: not 2x10^0
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
     ax.set(ylabel="test error (%, log scale)", xlabel="schedule",
            title=f"kn = {batch}, lr = {lr:g}: {len(e)} seeds each")
     ax.legend(fontsize=8)
