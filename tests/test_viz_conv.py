@@ -3,7 +3,8 @@
 Each function a widget or a figure relies on is checked against an
 independent reference: course_lib.conv's formulas, torch.nn.functional, or
 torch autograd (for the receptive field). The measurements are
-course_lib.experiments.conv_costs (im2col's memory, the timings).
+course_lib.experiments.conv_costs (im2col's memory, the timings) and the
+tables and figures lesson 02 draws from their rows.
 """
 
 from __future__ import annotations
@@ -217,8 +218,10 @@ def test_memory_blow_up_is_kernel_area_over_stride_squared_with_same_padding():
     rows = {r["layer"]: r for r in conv_costs.im2col_memory()}
     assert rows["ResNet 3x3, 64 ch, 56x56"]["ratio"] == pytest.approx(9.0)
     assert rows["ResNet 3x3, 128 ch, S=2"]["ratio"] == pytest.approx(9 / 4)
-    text = conv_costs.format_memory(conv_costs.im2col_memory())
-    assert "VGG conv1_2" in text and "7056.0" in text  # 64*64*9*224*224*4 bytes in MiB
+    df = viz.memory_table(conv_costs.im2col_memory())
+    assert df.loc["VGG conv1_2 (3x3, 224x224)", "cols (MiB)"] == 7056.0  # 64*64*9*224*224*4 bytes in MiB
+    assert df.loc["ResNet 3x3, 128 ch, S=2", "cols / input"] == 2.25 == df.loc["ResNet 3x3, 128 ch, S=2", "KH*KW / S^2"]
+    assert "VGG conv1_2" in df.to_string() and "7056.0" in df.to_string()
     fig = viz.plot_im2col_memory(conv_costs.im2col_memory())
     _assert_labelled(fig)
     assert "float32" in fig.axes[0].get_xlabel()
@@ -251,8 +254,12 @@ def test_conv_timings_checks_results_and_skips_a_long_naive_loop():
     assert got[("wide", "conv2d_naive")] > 0                             # 1*3*4*4 = 48: timed
     assert math.isnan(got[("wide", "PyTorch GPU")])                      # no device given
     assert all(got[(c, i)] > 0 for c in ("tiny", "wide") for i in ("conv2d", "PyTorch CPU"))
-    table = conv_costs.format_timings(rows)
-    assert "skipped" in table and "PyTorch GPU" not in table
+    table = viz.timings_table(rows)
+    assert math.isnan(table.loc["tiny", "conv2d_naive (ms)"])           # skipped: shown as not timed
+    assert table.loc["wide", "conv2d_naive (ms)"] > 0
+    assert not any("PyTorch GPU" in column for column in table.columns)  # never timed: no column
+    ratio = got[("wide", "conv2d")] / got[("wide", "PyTorch CPU")]
+    assert table.loc["wide", "conv2d / PyTorch CPU"] == pytest.approx(ratio, abs=0.006)  # rounded to 2 digits
     _assert_labelled(viz.plot_timings(rows))
 
 
@@ -263,15 +270,41 @@ def test_conv_timings_refuses_to_time_a_wrong_implementation(monkeypatch):
         conv_costs.conv_timings([("tiny", (1, 2, 6, 6), (3, 2, 3, 3), 1, 1)], repeats=1, warmup=0)
 
 
-def test_time_layouts_reports_every_copy_and_every_product():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
-    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
-    steps = conv_costs.time_layouts(x, w, stride=1, padding=1, repeats=1)
-    assert set(steps) == {"F.unfold layout: im2col copy", "F.unfold layout: N matmuls",
-                          "batched: im2col copy", "batched: one GEMM",
-                          "channels-last: window copy", "channels-last: one GEMM"}
-    assert all(s > 0 for s in steps.values())
+def test_im2col_gemm_timings_count_the_copy_and_the_flops_and_time_each_step():
+    layers = [conv_costs.ConvLayer("same", 2, 3, 8, 8, 4, 3, 3, P=1),          # "same" padding: cols = 9 x input
+              conv_costs.ConvLayer("strided", 2, 2, 9, 7, 3, 3, 2, S=2)]
+    rows = conv_costs.im2col_gemm_timings(layers, repeats=1, warmup=0)
+    for layer, row in zip(layers, rows):
+        x = np.zeros((layer.N, layer.C, layer.H, layer.W), dtype=np.float32)
+        cols = im2col(x, (layer.KH, layer.KW), layer.S, layer.P)              # (N, C*KH*KW, L)
+        assert row["cols_bytes"] == cols.nbytes and row["input_bytes"] == x.nbytes
+        assert row["flops"] == 2 * layer.K * cols.size, row                   # 2*K*C*KH*KW*N*L
+        assert all(row[key] > 0 for key in ("copy_s", "gemm_s", "torch_s")), row
+    assert rows[0]["ratio"] == 9.0 and rows[0]["cols_bytes"] == 9 * rows[0]["input_bytes"]
+
+
+def test_im2col_gemm_timings_refuse_to_time_a_wrong_product(monkeypatch):
+    real = conv_costs.unfold_batched
+    monkeypatch.setattr(conv_costs, "unfold_batched", lambda *args: real(*args) * 0)   # columns of zeros
+    with pytest.raises(AssertionError, match=r"im2col \+ GEMM differs from F.conv2d on tiny"):
+        conv_costs.im2col_gemm_timings([conv_costs.ConvLayer("tiny", 1, 2, 6, 6, 3, 3, 3)], repeats=1, warmup=0)
+
+
+def test_im2col_gemm_table_and_figure_show_the_rows():
+    row = {**conv_costs.im2col_memory([conv_costs.ConvLayer("lenet", 64, 1, 32, 32, 6, 5, 5)])[0],
+           "flops": 2 * 6 * 25 * 64 * 28 * 28, "copy_s": 0.5e-3, "gemm_s": 0.4e-3, "torch_s": 0.45e-3}
+    df = viz.im2col_gemm_table([row])
+    assert df.loc["lenet", "copy (ms)"] == 0.5 and df.loc["lenet", "GEMM (ms)"] == 0.4
+    assert df.loc["lenet", "F.conv2d (ms)"] == 0.45
+    assert df.loc["lenet", "GEMM (GFLOP/s)"] == pytest.approx(row["flops"] / 0.4e-3 / 1e9, abs=0.06)
+    fig = viz.plot_im2col_gemm([row, dict(row, layer="other", torch_s=2e-3)])
+    assert len(fig.axes) == 2
+    bars = sorted((p.get_x() + p.get_width() / 2, p.get_y(), p.get_height()) for p in fig.axes[0].patches)
+    assert bars == [(0, 0, pytest.approx(0.4)), (0, pytest.approx(0.4), pytest.approx(0.5)),  # GEMM, copy on top
+                    (1, 0, pytest.approx(0.45))], bars                                        # PyTorch
+    assert "2x F.conv2d" in fig.axes[0].get_title()                   # (0.5 + 0.4) / 0.45
+    assert all("(ms)" in ax.get_ylabel() for ax in fig.axes)
+    _assert_labelled(fig)
 
 
 # ---------------------------------------------------------------- helpers

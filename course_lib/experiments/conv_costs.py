@@ -4,13 +4,15 @@ The algorithms are ``course_lib.conv`` (the lecture) and
 ``course_lib.machinery.fast_conv`` (the tuned ``conv2d``); this module
 measures them:
 
-``im2col_memory`` / ``format_memory``   bytes of the input and of its im2col matrix for
-                                        real layers (``REAL_LAYERS``), the KH*KW blow-up
-``median_seconds``                      wall time: warm-up, repeats, median (GPU-aware)
-``time_layouts``                        three im2col layouts, each copy and each product apart
-``conv_timings`` / ``format_timings``   every implementation against ``F.conv2d``, checked, then timed
+``im2col_memory``       bytes of the input and of its im2col matrix for real
+                        layers (``REAL_LAYERS``), the KH*KW blow-up
+``median_seconds``      wall time: warm-up, repeats, median (GPU-aware)
+``im2col_gemm_timings`` an im2col convolution's two steps apart (the copy, numpy's
+                        GEMM) beside PyTorch's whole ``F.conv2d``, with bytes and flops
+``conv_timings``        every implementation against ``F.conv2d``, checked, then timed
 
-Figures of these results are drawn by ``course_lib.viz.conv``.
+The measurements return plain rows (dicts); ``course_lib.viz.conv`` turns them into
+tables (pandas DataFrames) and figures.
 Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
 """
 
@@ -24,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from course_lib.conv import conv2d_im2col, conv2d_naive, conv_geometry, conv_output_size, im2col
-from course_lib.machinery.fast_conv import Workspace, conv2d, unfold_batched, window_view
+from course_lib.conv import conv2d_im2col, conv2d_naive, conv_geometry, conv_output_size
+from course_lib.machinery.fast_conv import Workspace, conv2d, unfold_batched
 
 
 # --------------------------------------------------------------------------
@@ -76,15 +78,6 @@ def im2col_memory(layers=REAL_LAYERS, itemsize: int = 4) -> list[dict]:
     return rows
 
 
-def format_memory(rows: list[dict]) -> str:
-    """``im2col_memory``'s rows as a fixed-width text table (MiB)."""
-    lines = [f"{'layer':30s} {'input MiB':>10s} {'cols MiB':>10s} {'cols/input':>10s} {'KH*KW/S^2':>10s}"]
-    for r in rows:
-        lines.append(f"{r['layer']:30s} {r['input_bytes'] / 2**20:10.1f} {r['cols_bytes'] / 2**20:10.1f} "
-                     f"{r['ratio']:10.2f} {r['kernel_area'] / r['stride'] ** 2:10.2f}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------
 # Timings (warm-up, repeats, median)
 # --------------------------------------------------------------------------
@@ -108,49 +101,69 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     return statistics.median(samples)
 
 
-def _padded_nhwc(x: np.ndarray, PH: int, PW: int) -> np.ndarray:
-    """(N, C, H, W) -> zero-padded, contiguous channels-last (N, H + 2PH, W + 2PW, C)."""
-    N, C, H, W = x.shape
-    xp = np.zeros((N, H + 2 * PH, W + 2 * PW, C), dtype=x.dtype)
-    xp[:, PH:PH + H, PW:PW + W, :] = x.transpose(0, 2, 3, 1)  # one pass: NCHW -> NHWC
-    return xp
+def _check_close(out: np.ndarray, reference: np.ndarray, impl: str, case: str, tolerance: float = 1e-4) -> None:
+    """Raise AssertionError unless ``out`` equals F.conv2d's ``reference`` to ``tolerance`` x its largest value."""
+    scale = float(np.max(np.abs(reference)))
+    error = float(np.max(np.abs(out - reference)))
+    if error > tolerance * scale:
+        raise AssertionError(f"{impl} differs from F.conv2d on {case}: max abs diff "
+                             f"{error:.3g}, largest output {scale:.3g}")
 
 
-def time_layouts(x: np.ndarray, w: np.ndarray, stride=1, padding=0, repeats: int = 5) -> dict:
-    """Split three im2col convolutions into their copy and their matrix multiply.
+# --------------------------------------------------------------------------
+# An im2col convolution's two steps, apart, against PyTorch's whole convolution
+# --------------------------------------------------------------------------
 
-    - ``F.unfold`` layout (``conv2d_im2col``): cols (N, C*KH*KW, L), then N
-      matmuls (K, C*KH*KW) @ (C*KH*KW, L);
-    - batched (the tuned ``conv2d``): cols (C*KH*KW, N*L), F.unfold's rows with
-      the images side by side, written into a reused ``Workspace``, then ONE
-      GEMM (K, C*KH*KW) @ (C*KH*KW, N*L);
-    - channels-last: cols (N*L, KH*KW*C), each row one window read from
-      KH runs of KW*C numbers of an (N, H, W, C) copy of x, then ONE GEMM
-      with the weights as a (KH*KW*C, K) matrix.
+def _copy_gemm_conv(layer: ConvLayer, x: np.ndarray, w: np.ndarray) -> tuple:
+    """The three calls ``im2col_gemm_timings`` times on one layer, after checking the GEMM's result."""
+    import torch
+    import torch.nn.functional as F
 
-    The batched and channels-last outputs still have to be put back into NCHW
-    order (not timed); the F.unfold layout's output already is NCHW.
-    Returns seconds per step.
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, layer.KH, layer.KW, layer.S, layer.P)
+    geometry = (layer.KH, layer.KW, SH, SW, PH, PW, H_out, W_out)
+    workspace = Workspace()                                      # reused, as conv2d's is in LeNet5
+    copy = lambda: unfold_batched(x, *geometry, workspace)       # cols (C*KH*KW, N*L), the KH*KW-fold copy
+    cols = unfold_batched(x, *geometry)                          # built once, for the GEMM alone
+    w_row = w.reshape(layer.K, -1)                               # (K, C*KH*KW)
+    out = np.empty((layer.K, cols.shape[1]), dtype=np.float32)   # (K, N*L)
+    gemm = lambda: np.matmul(w_row, cols, out=out)               # the one GEMM
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    conv = lambda: F.conv2d(xt, wt, None, layer.S, layer.P)      # PyTorch's whole convolution
+    gemm()
+    nchw = out.reshape(layer.K, layer.N, H_out, W_out).transpose(1, 0, 2, 3)   # (N, K, H_out, W_out)
+    _check_close(nchw, conv().numpy(), "im2col + GEMM", layer.name)
+    return copy, gemm, conv
+
+
+def im2col_gemm_timings(layers, repeats: int = 5, warmup: int = 1, seed: int = 0) -> list[dict]:
+    """An im2col convolution's two steps timed apart, beside PyTorch's whole ``F.conv2d`` (CPU, float32).
+
+    For each ``ConvLayer`` (random input and filters, no bias), with L = H_out*W_out:
+
+    - copy: the im2col matrix cols (C*KH*KW, N*L), written by the tuned
+      ``conv2d``'s own copy (``unfold_batched``, into a reused ``Workspace``,
+      split over the cores): N*C*KH*KW*L numbers, about KH*KW/S^2 times the input;
+    - gemm: numpy's GEMM alone, W_row (K, C*KH*KW) @ cols -> (K, N*L), its
+      columns already built: 2*K*C*KH*KW*N*L flops (one multiply, one add each);
+    - torch: PyTorch's whole ``F.conv2d`` on the CPU (oneDNN): the same flops.
+
+    The GEMM's result is checked against ``F.conv2d`` before anything is timed.
+    Returns one row per layer: ``im2col_memory``'s fields (layer, N, input_bytes,
+    cols_bytes, ratio, ...) plus ``flops`` and the median seconds ``copy_s``,
+    ``gemm_s``, ``torch_s`` (``median_seconds``: ``warmup`` calls, then ``repeats``).
     """
-    (K, C, KH, KW), N = w.shape, x.shape[0]
-    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    unfold_copy = lambda: im2col(x, (KH, KW), stride, padding)                        # (N, C*KH*KW, L)
-    workspace = Workspace()                                                           # reused, as in LeNet5
-    batched_copy = lambda: unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)  # (C*KH*KW, N*L)
-    cl_copy = lambda: window_view(                                                    # NHWC memory, NCHW view
-        _padded_nhwc(x, PH, PW).transpose(0, 3, 1, 2), KH, KW, SH, SW, H_out, W_out   # [n, c, u, v, i, j]
-    ).transpose(0, 4, 5, 2, 3, 1).reshape(N * H_out * W_out, KH * KW * C)             # (N*L, KH*KW*C)
-    cols_unfold, cols_batched, cols_cl = unfold_copy(), batched_copy(), cl_copy()
-    w_row = w.reshape(K, -1)                                                          # (K, C*KH*KW)
-    w_mat = w.transpose(2, 3, 1, 0).reshape(-1, K)                                    # (KH*KW*C, K)
-    return {
-        "F.unfold layout: im2col copy": median_seconds(unfold_copy, repeats),
-        "F.unfold layout: N matmuls": median_seconds(lambda: w_row @ cols_unfold, repeats),
-        "batched: im2col copy": median_seconds(batched_copy, repeats),
-        "batched: one GEMM": median_seconds(lambda: w_row @ cols_batched, repeats),
-        "channels-last: window copy": median_seconds(cl_copy, repeats),
-        "channels-last: one GEMM": median_seconds(lambda: cols_cl @ w_mat, repeats),
-    }
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer, row in zip(layers, im2col_memory(layers)):
+        x = rng.standard_normal((layer.N, layer.C, layer.H, layer.W), dtype=np.float32)   # (N, C, H, W)
+        w = rng.standard_normal((layer.K, layer.C, layer.KH, layer.KW), dtype=np.float32)  # (K, C, KH, KW)
+        copy, gemm, conv = _copy_gemm_conv(layer, x, w)
+        cols_numbers = row["cols_bytes"] // row["itemsize"]      # N*C*KH*KW*L
+        rows.append({**row, "flops": 2 * layer.K * cols_numbers,  # each met by K filter rows: 2*K*C*KH*KW*N*L
+                     "copy_s": median_seconds(copy, repeats, warmup),
+                     "gemm_s": median_seconds(gemm, repeats, warmup),
+                     "torch_s": median_seconds(conv, repeats, warmup)})
+    return rows
 
 
 IMPLEMENTATIONS = ("conv2d_naive", "conv2d_im2col", "conv2d", "PyTorch CPU", "PyTorch GPU")
@@ -197,33 +210,15 @@ def conv_timings(cases: list[tuple], device=None, repeats: int = 5, warmup: int 
         reference = calls["PyTorch CPU"]().numpy()                      # (N, K, H_out, W_out)
         if reference.size > naive_max_windows:
             calls.pop("conv2d_naive")
-        scale = float(np.max(np.abs(reference)))
         for impl in IMPLEMENTATIONS:
             if impl not in calls:
                 rows.append({"case": name, "implementation": impl, "seconds": math.nan})
                 continue
             out = calls[impl]()
             out = out.cpu().numpy() if hasattr(out, "cpu") else out         # a torch tensor, maybe on a GPU
-            error = float(np.max(np.abs(out - reference)))
-            if error > (1e-2 if impl == "PyTorch GPU" else 1e-4) * scale:  # GPUs may use TF32 (10-bit mantissa)
-                raise AssertionError(f"{impl} differs from F.conv2d on {name}: max abs diff "
-                                     f"{error:.3g}, largest output {scale:.3g}")
+            _check_close(out, reference, impl, name,                        # GPUs may use TF32 (10-bit mantissa)
+                         tolerance=1e-2 if impl == "PyTorch GPU" else 1e-4)
             seconds = median_seconds(calls[impl], repeats, warmup, syncs.get(impl, lambda: None))
             rows.append({"case": name, "implementation": impl, "seconds": seconds})
     return rows
 
-
-def format_timings(rows: list[dict]) -> str:
-    """A text table: milliseconds per call and the ratio to PyTorch on the CPU."""
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    impls = [i for i in IMPLEMENTATIONS
-             if any(r["implementation"] == i and not math.isnan(r["seconds"]) for r in rows)]
-    width = max([28] + [len(c) + 2 for c in cases])
-    lines = [f"{'case':{width}s}" + "".join(f"{i:>20s}" for i in impls)]
-    for case in cases:
-        got = {r["implementation"]: r["seconds"] for r in rows if r["case"] == case}
-        base = got["PyTorch CPU"]
-        cells = ["skipped" if math.isnan(got[i]) else f"{got[i] * 1e3:.2f} ms ({got[i] / base:.2g}x)"
-                 for i in impls]
-        lines.append(f"{case:{width}s}" + "".join(f"{c:>20s}" for c in cells))
-    return "\n".join(lines) + "\n(ratio = time / PyTorch CPU time; lower is faster)"

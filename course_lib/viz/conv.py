@@ -7,9 +7,11 @@ units. Reading order follows the lessons:
 lesson 01  ``output_size_report`` / ``output_size_explorer`` (the sliders),
            ``plot_padding``, ``receptive_field_sizes`` / ``receptive_field_1d``
            / ``plot_receptive_field``
-lesson 02  ``im2col_index_map`` / ``im2col_copies`` / ``pixel_colours`` / ``plot_im2col``,
-           ``plot_im2col_memory``, ``plot_timings``: the figures of
-           ``course_lib.experiments.conv_costs``'s measurements
+lesson 02  ``im2col_index_map`` / ``im2col_copies`` / ``pixel_colours`` / ``plot_im2col``;
+           the tables and figures of ``course_lib.experiments.conv_costs``'s rows:
+           ``memory_table`` / ``plot_im2col_memory`` (the KH*KW blow-up),
+           ``im2col_gemm_table`` / ``plot_im2col_gemm`` (the copy and the GEMM
+           against PyTorch's whole convolution), ``timings_table`` / ``plot_timings``
 
 Symbols are those of ``course_lib`` (N, C, H, W, K, KH, KW, S, P, H_out, W_out, L).
 """
@@ -24,6 +26,7 @@ import numpy as np
 from course_lib.conv import conv_geometry, conv_output_size, conv_param_count, im2col
 from course_lib.experiments.conv_costs import IMPLEMENTATIONS
 from course_lib.viz import print_initial
+from course_lib.viz.tables import table
 
 
 # --------------------------------------------------------------------------
@@ -276,6 +279,19 @@ def plot_im2col(H: int = 4, W: int = 4, KH: int = 2, KW: int = 2, stride=1, padd
 # Lesson 02: the KH*KW memory blow-up and the timings (measured by experiments.conv_costs)
 # --------------------------------------------------------------------------
 
+def memory_table(rows: list[dict]):
+    """``conv_costs.im2col_memory``'s rows as a table: one row per layer, sizes in MiB.
+
+    Columns: input (MiB), cols (MiB), cols / input, and the bound KH*KW / S^2
+    that the ratio reaches with "same" padding.
+    """
+    return table([{"layer": r["layer"], "input": r["input_bytes"] / 2**20, "cols": r["cols_bytes"] / 2**20,
+                   "ratio": r["ratio"], "bound": r["kernel_area"] / r["stride"] ** 2} for r in rows],
+                 {"layer": "layer", "input": "input (MiB)", "cols": "cols (MiB)", "ratio": "cols / input",
+                  "bound": "KH*KW / S^2"}, digits={"input (MiB)": 1, "cols (MiB)": 1, "cols / input": 2,
+                                                 "KH*KW / S^2": 2}, index="layer")
+
+
 def plot_im2col_memory(rows: list[dict]):
     """Input bytes vs im2col bytes per layer (``conv_costs.im2col_memory``'s rows), a log-scale bar chart (MiB)."""
     names = [r["layer"] for r in rows]
@@ -298,6 +314,79 @@ def plot_im2col_memory(rows: list[dict]):
     ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def im2col_gemm_table(rows: list[dict]):
+    """``conv_costs.im2col_gemm_timings``' rows as a table: one row per layer.
+
+    The cost model beside the times: the bytes the copy writes (cols, MiB) and
+    the GEMM's flops (GFLOP, 2*K*C*KH*KW*N*L), then each step's median time and
+    the rate it reached (the copy in GB written per second, the GEMM and
+    ``F.conv2d``, which do the same flops, in GFLOP per second).
+    """
+    return table([{"layer": r["layer"], "cols": r["cols_bytes"] / 2**20, "gflop": r["flops"] / 1e9,
+                   "copy": r["copy_s"] * 1e3, "copy_rate": r["cols_bytes"] / r["copy_s"] / 1e9,
+                   "gemm": r["gemm_s"] * 1e3, "gemm_rate": r["flops"] / r["gemm_s"] / 1e9,
+                   "torch": r["torch_s"] * 1e3, "torch_rate": r["flops"] / r["torch_s"] / 1e9} for r in rows],
+                 {"layer": "layer", "cols": "cols (MiB)", "gflop": "GEMM (GFLOP)", "copy": "copy (ms)",
+                  "copy_rate": "copy (GB/s)", "gemm": "GEMM (ms)", "gemm_rate": "GEMM (GFLOP/s)",
+                  "torch": "F.conv2d (ms)", "torch_rate": "F.conv2d (GFLOP/s)"},
+                 digits={"cols (MiB)": 1, "GEMM (GFLOP)": 3, "copy (ms)": 2, "copy (GB/s)": 1, "GEMM (ms)": 2,
+                         "GEMM (GFLOP/s)": 1, "F.conv2d (ms)": 2, "F.conv2d (GFLOP/s)": 1}, index="layer")
+
+
+def plot_im2col_gemm(rows: list[dict]):
+    """One panel per layer: numpy's im2col convolution, its GEMM with the copy stacked on
+    top, beside PyTorch's whole ``F.conv2d`` (ms per call, linear scale; the dashed line
+    carries PyTorch's time across to the GEMM).
+
+    rows : ``course_lib.experiments.conv_costs.im2col_gemm_timings``'
+    """
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.3 * len(rows), 4.4), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        copy_ms, gemm_ms, torch_ms = (r[key] * 1e3 for key in ("copy_s", "gemm_s", "torch_s"))
+        parts = [(0, gemm_ms, 0, "numpy GEMM", "tab:blue"), (0, copy_ms, gemm_ms, "im2col copy", "tab:orange"),
+                 (1, torch_ms, 0, "PyTorch F.conv2d", "tab:green")]
+        top = 1.1 * max(copy_ms + gemm_ms, torch_ms)
+        for x, height, bottom, label, colour in parts:
+            ax.bar(x, height, 0.6, bottom=bottom, color=colour, label=label)
+            inside = height > 0.08 * top       # a thin segment is labelled beside its bar
+            ax.text(x if inside else x + 0.32, bottom + height / 2, f"{height:.2f} ms",
+                    ha="center" if inside else "left", va="center", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+        ax.axhline(torch_ms, color="tab:green", ls="--", lw=1)
+        ax.set_xticks([0, 1], ["numpy:\nim2col + GEMM", "PyTorch:\nF.conv2d"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(0, top)
+        ax.set_title(f"{r['layer']}\n(copy + GEMM = {(copy_ms + gemm_ms) / torch_ms:.2g}x F.conv2d)", fontsize=9)
+        ax.set_xlabel(f"batch N = {r['N']}, float32, CPU")
+        ax.set_ylabel("time per call (ms)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle("An im2col convolution in numpy, step by step, against PyTorch's whole convolution\n"
+                 "(median time per call after warm-up)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def timings_table(rows: list[dict], baseline: str = "PyTorch CPU"):
+    """``conv_costs.conv_timings``' rows as a table: one row per case.
+
+    For each implementation timed: ms per call, and its time / ``baseline``'s
+    (lower is faster). NaN where it was skipped on that case (``conv2d_naive``
+    on a large layer); an implementation timed on no case (PyTorch GPU without
+    a GPU) gets no column.
+    """
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    seconds = {(r["case"], r["implementation"]): r["seconds"] for r in rows}
+    impls = [i for i in IMPLEMENTATIONS if any(not math.isnan(seconds.get((c, i), math.nan)) for c in cases)]
+    others = [i for i in impls if i != baseline]
+    columns = {"case": "case", **{i: f"{i} (ms)" for i in impls},
+               **{i + " ratio": f"{i} / {baseline}" for i in others}}
+    table_rows = [{"case": c, **{i: 1e3 * seconds.get((c, i), math.nan) for i in impls},
+                   **{i + " ratio": seconds.get((c, i), math.nan) / seconds[(c, baseline)] for i in others}}
+                  for c in cases]
+    return table(table_rows, columns, digits=2, index="case")
 
 
 def plot_timings(rows: list[dict]):
