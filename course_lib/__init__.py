@@ -42,12 +42,13 @@ Reading order
 
 Lower layers never import higher ones: the reading order imports nothing from
 ``machinery``, ``experiments`` or ``viz`` except where a module says why
-(LeNet-5 convolves with the tuned ``machinery.fast_conv``; ``ddp.train_ddp``
-starts its ranks with ``machinery.torch_launch``).
+(LeNet-5 convolves with the tuned ``machinery.fast_conv`` and ``fast_pool``;
+``ddp`` starts its ranks with ``machinery.torch_launch``, logs a backward pass
+with ``machinery.backward_log`` and leaves its command line to ``machinery.ddp_cli``).
 
 The symbol table (one vocabulary for the whole kit)
 ---------------------------------------------------
-=============  ==============================================================
+=============  ====================================================================
 N              batch size (number of images)
 C              input channels; the lecture's depth D1
 H, W           input height and width; the lecture's H1, W1
@@ -61,9 +62,16 @@ rank           index of a process in a collective, 0 .. world_size - 1
 world_size     number of processes; the lecture's P in the cost formulas
                2N(P-1) and 2N(P-1)/P (there, N is the number of parameters)
 n_shards       parameter-server shards (Downpour SGD); never S, which is stride
-n_replicas     Downpour SGD's model replicas, asynchronous learners; R in lesson 9
+n_replicas, R  Downpour SGD's model replicas, the asynchronous learners (lesson 9)
+k, n, kn       lesson 10: k workers (GPUs) of n images each; kn, the global batch,
+               is the kit's N (``lr_schedules``' ``batch``)
+S, E, P0       lesson 11: S the speed-up (there never a stride), E = S / (P / P0)
+               the scaling efficiency, P the GPUs used, P0 the baseline's GPUs
 k, tau         elements top-k sends; Strom's threshold (compression, lesson 12)
-=============  ==============================================================
+=============  ====================================================================
+
+A row naming a lesson gives that lesson's own meaning of a letter, as the
+symbols box at the top of its notebook says; everywhere else the kit's holds.
 
 Arrays are NCHW (PyTorch's layout) and weights (K, C, KH, KW), so every
 function can be checked against its ``torch.nn.functional`` twin.

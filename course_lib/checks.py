@@ -4,10 +4,12 @@ Every message teaches (style rule 4): it names the argument, shows what was
 received and says how to fix it. Nothing here is part of the lecture; the
 modules that read like the slides call these first and then do the math.
 
-``pair``          ``3 -> (3, 3)``, ``(1, 2) -> (1, 2)`` for kernel size, stride, padding
-``check_int``     a plain int >= a lower bound (``N``, ``world_size``, ``rank``)
-``check_array``   a floating-point ndarray of a given number of dimensions
-``check_arrays``  one numeric array per rank, all of one shape and dtype
+``pair``             ``3 -> (3, 3)``, ``(1, 2) -> (1, 2)`` for kernel size, stride, padding
+``check_int``        a plain int >= a lower bound, <= an upper one if given (``N``, ``world_size``, ``rank``)
+``check_positive``   a count >= 1 (``integer=True``: filters, a batch) or a real number > 0 (seconds, a rate)
+``check_array``      a floating-point ndarray of a given number of dimensions
+``check_conv``       a convolution's x, w, b: shapes, dtypes, channels that match
+``check_arrays``     one numeric array per rank, all of one shape and dtype
 """
 
 from __future__ import annotations
@@ -36,13 +38,36 @@ def pair(value, name: str, low: int) -> tuple[int, int]:
     return int(both[0]), int(both[1])
 
 
-def check_int(value, name: str, low: int) -> int:
-    """``value`` as an int, or a TypeError / ValueError saying what was wrong."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+def _number(value, name: str, integer: bool):
+    """The type check ``check_int`` and ``check_positive`` share: an int (never a bool), or any real number."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r} "
+                        f"({type(value).__name__})")
+    return int(value) if integer else float(value)
+
+
+def check_int(value, name: str, low: int, high: int | None = None, why: str = "") -> int:
+    """``value`` as an int with ``low <= value <= high``, or a TypeError / ValueError saying what was wrong.
+
+    ``why``, when given, ends the ValueError's message: the reason for the bound.
+    """
+    value = _number(value, name, integer=True)
+    because = f" ({why})" if why else ""
     if value < low:
-        raise ValueError(f"{name} = {value} must be >= {low}")
-    return int(value)
+        raise ValueError(f"{name} = {value} must be >= {low}{because}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} = {value} must be <= {high}{because}")
+    return value
+
+
+def check_positive(value, name: str, integer: bool = False):
+    """``value`` > 0: an int (a count: ``integer=True``) or a float (seconds, a rate); else a teaching error."""
+    value = _number(value, name, integer)
+    if not value > 0:                                  # NaN is not > 0 either
+        raise ValueError(f"{name} must be a positive int, got {value!r}" if integer
+                         else f"{name} must be positive ({name} > 0), got {value!r}")
+    return value
 
 
 def check_array(x, name: str, ndim: int, layout: str, op: str = "convolution") -> np.ndarray:
@@ -57,6 +82,23 @@ def check_array(x, name: str, ndim: int, layout: str, op: str = "convolution") -
         raise TypeError(f"{name} has dtype {x.dtype}; {op} needs floating point "
                         f"(use {name}.astype(np.float32)) so that gradients are not truncated")
     return x
+
+
+def check_conv(x, w, b=None):
+    """Shapes, dtypes and the channel match of a convolution's operands; returns ``x, w, b``.
+
+    x : (N, C, H, W);  w : (K, C, KH, KW), as many channels as x;  b : (K,) or None
+    """
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    w = check_array(w, "w", 4, "(K, C, KH, KW)")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"channel mismatch: x has C = {x.shape[1]} channels (shape {x.shape}) "
+                         f"but w expects {w.shape[1]} (shape {w.shape} is (K, C, KH, KW))")
+    if b is not None:
+        b = check_array(b, "b", 1, "(K,)")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"b has {b.shape[0]} entries but there are K = {w.shape[0]} filters")
+    return x, w, b
 
 
 def check_arrays(arrays) -> list[np.ndarray]:

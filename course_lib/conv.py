@@ -1,17 +1,14 @@
 """The convolution layer, from the lecture's formulas to im2col and its backward pass.
 
-Reading order: 1. ``conv_output_size``, ``conv_param_count`` ("Convolution
-Summary": ``W2 = (W1 - F + 2P)/S + 1``, ``(F*F*D1)*K`` weights); 2. ``pad2d``
-("Padding example"); 3. ``conv2d_naive``, the definition in four loops;
-4. ``im2col`` / ``col2im`` ("Convolution as a Matrix Operation"), exactly
-``F.unfold`` / ``F.fold``'s layout (N, C*KH*KW, L); 5. ``conv2d_im2col``;
-6. ``conv2d_backward_naive`` (the loops, differentiated) beside
-``conv2d_backward_im2col`` (the same gradients as matrix multiplies).
+Reading order: 1. ``conv_output_size``, ``conv_param_count`` ("Convolution Summary": ``W2 = (W1 - F + 2P)/S + 1``,
+``(F*F*D1)*K`` weights), ``receptive_field_sizes`` (r_q = r_{q-1} + (F_q - 1)*S_1*...*S_{q-1}), ``receptive_field_1d``;
+2. ``pad2d`` ("Padding example"); 3. ``conv2d_naive``, the definition in four loops; 4. ``im2col`` / ``col2im``
+("Convolution as a Matrix Operation"), exactly ``F.unfold`` / ``F.fold``'s layout (N, C*KH*KW, L); 5. ``conv2d_im2col``;
+6. ``conv2d_backward_naive`` (the loops, differentiated) beside ``conv2d_backward_im2col`` (matrix multiplies).
 
-The tuned ``conv2d`` / ``conv2d_backward`` of LeNet-5 and the benchmarks compute
-the same faster, in ``course_lib.machinery.fast_conv`` (not in the reading order).
-Conventions are PyTorch's (the convolutions floor the output size as it does;
-``conv_output_size`` is strict, as the lecture is), symbols ``course_lib``'s.
+The tuned ``conv2d`` / ``conv2d_backward`` of LeNet-5 and the benchmarks compute the same faster, in
+``course_lib.machinery.fast_conv`` (not in the reading order). Conventions are PyTorch's (the convolutions
+floor the output size as it does; ``conv_output_size`` is strict, as the lecture is), symbols ``course_lib``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from course_lib.checks import check_array, check_int, pair
+from course_lib.checks import check_array, check_conv, check_int, check_positive, pair
 
 LECTURE_PADDING_EXAMPLE = np.array([      # the 7x7 input of the "Padding example" slide (P = 2: 11x11)
     [6, 3, 4, 4, 5, 0, 3],
@@ -33,7 +30,7 @@ LECTURE_PADDING_EXAMPLE = np.array([      # the 7x7 input of the "Padding exampl
 LECTURE_PADDING_EXAMPLE.flags.writeable = False
 
 
-# ---------------------------------------- 1. Sizes and parameter counts ("Convolution Summary"); input checks
+# ---------------------------------------- 1. Sizes, parameter counts ("Convolution Summary"), receptive field
 
 def conv_output_size(W: int, F: int, P: int = 0, S: int = 1, *, floor: bool = False,
                      window: str = "filter", axis: str = "width") -> int:
@@ -86,10 +83,34 @@ def conv_param_count(F: int, D1: int, K: int) -> ParamCount:
     >>> conv_param_count(5, 1, 6)      # LeNet-5's C1
     ParamCount(weights=150, biases=6)
     """
-    for name, value in (("F", F), ("D1", D1), ("K", K)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"conv_param_count: {name} must be a positive int, got {value!r}")
-    return ParamCount(weights=int(F * F * D1 * K), biases=int(K))
+    F, D1, K = (check_positive(value, name, integer=True) for name, value in (("F", F), ("D1", D1), ("K", K)))
+    return ParamCount(weights=F * F * D1 * K, biases=K)
+
+
+def receptive_field_sizes(kernel_sizes: list[int], strides: list[int]) -> list[int]:
+    """Receptive field r_q, in input pixels along one axis, after each layer q = 1, 2, ... (lecture 5):
+    layer q's filter widens it by F_q - 1 steps of the layer below, a step being the product of the
+    strides under it:      r_0 = 1,   r_q = r_{q-1} + (F_q - 1) * S_1 * ... * S_{q-1}"""
+    if len(kernel_sizes) != len(strides):
+        raise ValueError(f"{len(kernel_sizes)} kernel sizes but {len(strides)} strides")
+    r, jump, sizes = 1, 1, []                  # jump = S_1 * ... * S_{q-1}: input pixels per step of layer q-1
+    for F, S in zip(kernel_sizes, strides):
+        r += (check_int(F, "filter size F", 1) - 1) * jump
+        jump *= check_int(S, "stride S", 1)
+        sizes.append(r)
+    return sizes
+
+
+def receptive_field_1d(n_inputs: int, F: int, S: int, n_layers: int) -> list[list[int]]:
+    """Which neurons of each layer feed the middle neuron of the top one (1-D, no padding): ``cone[q]``,
+    sorted indices in layer q; ``cone[0]`` is the receptive field in the input, ``cone[-1]`` the neuron."""
+    widths = [n_inputs]                                        # neurons per layer, the input first
+    for _ in range(n_layers):
+        widths.append(conv_output_size(widths[-1], F, 0, S, floor=True))
+    cone = [[widths[-1] // 2]]
+    for _ in range(n_layers):  # neuron j of a layer reads j*S .. j*S + F - 1 of the layer below
+        cone.insert(0, sorted({j * S + u for j in cone[0] for u in range(F)}))
+    return cone
 
 
 def conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
@@ -98,20 +119,6 @@ def conv_geometry(x: np.ndarray, KH: int, KW: int, stride, padding):
     W_out = conv_output_size(x.shape[3], KW, PW, SW, floor=True)    # the width first: the lecture's W
     H_out = conv_output_size(x.shape[2], KH, PH, SH, floor=True, axis="height")
     return (SH, SW), (PH, PW), (H_out, W_out)
-
-
-def check_conv(x, w, b=None):
-    """Shapes, dtypes and the channel match of a convolution's operands; returns ``x, w, b``."""
-    x = check_array(x, "x", 4, "(N, C, H, W)")
-    w = check_array(w, "w", 4, "(K, C, KH, KW)")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"channel mismatch: x has C = {x.shape[1]} channels (shape {x.shape}) "
-                         f"but w expects {w.shape[1]} (shape {w.shape} is (K, C, KH, KW))")
-    if b is not None:
-        b = check_array(b, "b", 1, "(K,)")
-        if b.shape[0] != w.shape[0]:
-            raise ValueError(f"b has {b.shape[0]} entries but there are K = {w.shape[0]} filters")
-    return x, w, b
 
 
 def check_conv_backward(dout, x, w, stride, padding):
@@ -133,9 +140,7 @@ def pad2d(x: np.ndarray, P) -> np.ndarray:
 
     "A padding of size P increases both the length and width of input by 2P."
     """
-    if not isinstance(x, np.ndarray) or x.ndim != 4:
-        raise ValueError(f"pad2d expects an ndarray of shape (N, C, H, W), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+    x = check_array(x, "x", 4, "(N, C, H, W)", "zero padding")
     PH, PW = pair(P, "padding", 0)
     return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
 
@@ -197,10 +202,8 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
 
 
 def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> np.ndarray:
-    """Fold columns back into an image, summing overlaps: ``torch.nn.functional.fold``.
-
-    The adjoint of ``im2col``: every number goes back to the pixel it was
-    copied from, and a pixel copied into several windows gets their sum.
+    """Fold columns back into an image, summing overlaps: ``torch.nn.functional.fold``, the adjoint of
+    ``im2col``: every number goes back to the pixel it was copied from (a pixel in several windows: their sum).
 
     cols : ndarray, shape (N, C*KH*KW, L), im2col's layout
     output_size : (H, W) of the unpadded image;  kernel_size, stride, padding : as given to im2col
@@ -210,8 +213,7 @@ def col2im(cols: np.ndarray, output_size, kernel_size, stride=1, padding=0) -> n
     cols = check_array(cols, "cols", 3, "(N, C*KH*KW, L)")
     H, W = pair(output_size, "output_size", 1)
     KH, KW = pair(kernel_size, "kernel_size", 1)
-    probe = np.empty((1, 1, H, W), dtype=cols.dtype)  # only its shape is read
-    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(probe, KH, KW, stride, padding)
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(np.empty((1, 1, H, W)), KH, KW, stride, padding)  # shape only
     N, CKK, L = cols.shape
     if CKK % (KH * KW) or L != H_out * W_out:
         raise ValueError(f"cols has shape {cols.shape}, but a {KH}x{KW} kernel over {H}x{W} with stride "
@@ -250,13 +252,11 @@ def conv2d_backward_naive(dout: np.ndarray, x: np.ndarray, w: np.ndarray,
                           stride=1, padding=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a convolution by its definition: ``conv2d_naive``'s loops, differentiated.
 
-    Output (n, k, i, j) is ``b[k] + sum(window * w[k])``, so its upstream gradient
-    g = dout[n, k, i, j] adds g * window to dw[k], g * w[k] to the window's
-    pixels in dxp (dx, padded) and g to db[k].
+    Output (n, k, i, j) is ``b[k] + sum(window * w[k])``, so its upstream gradient g = dout[n, k, i, j]
+    adds g * window to dw[k], g * w[k] to the window's pixels in dxp (dx, padded) and g to db[k].
 
-    dout : ndarray, shape (N, K, H_out, W_out), dLoss/dout
+    dout : ndarray, shape (N, K, H_out, W_out), dLoss/dout;  stride, padding : as in the forward pass
     x : ndarray, shape (N, C, H, W), the forward input;  w : ndarray, shape (K, C, KH, KW)
-    stride, padding : as in the forward pass
     returns : dx (N, C, H, W), x's dtype;  dw (K, C, KH, KW), w's dtype;  db (K,), dout's dtype
     """
     dout, x, w, ((SH, SW), (PH, PW), (H_out, W_out)) = check_conv_backward(dout, x, w, stride, padding)

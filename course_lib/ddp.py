@@ -15,7 +15,8 @@ DDP does not wait for the whole backward pass: it groups parameters into
 gradients) and starts a bucket's all-reduce as soon as its last gradient is
 ready, while backprop carries on with earlier layers: "no data dependency
 between gradients across layers", the overlap Goyal et al. (2017) rely on.
-A ``BackwardLog`` (``record_step=``) logs every gradient and every bucket's all-reduce.
+A ``BackwardLog`` (``record_step=``) logs every gradient and every bucket's all-reduce: timing
+machinery, not the lecture (``course_lib.machinery.backward_log``).
 
 Reading order
 -------------
@@ -25,22 +26,21 @@ Reading order
 3. ``ddp_worker``      what each rank runs (inside ``launch_torch`` or ``torchrun``); it
                        lives here, never in a notebook: a spawned rank imports it by name.
 4. ``train_single`` / ``train_ddp``  the single-process twin and the P-rank run.
-5. ``main``            ``python -m course_lib.ddp``: the same script under ``torchrun``.
+``python -m course_lib.ddp`` runs the same training as a script, alone or under ``torchrun``; its
+command line is machinery (``course_lib.machinery.ddp_cli``), not the lecture.
 """
 
 from __future__ import annotations
-
-import argparse
-import os
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from course_lib.checks import check_int
 from course_lib.distributed.schedule import chunk_bounds
-from course_lib.distributed.torch_dist import ddp_on_rank_device, default_backend, seeded_torch
+from course_lib.distributed.torch_dist import ddp_on_rank_device, seeded_torch
 from course_lib.lenet import TorchLeNet5
+from course_lib.machinery.backward_log import BackwardLog   # timing hooks, not the lecture
 
 TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
                     "--master_addr=10.0.0.1 --master_port=29500 -m course_lib.ddp --steps 50")
@@ -48,8 +48,7 @@ TORCHRUN_COMMAND = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
 
 def _check_batch(batch_size: int, world_size: int) -> None:
     """Each rank must get the same number of images, or DDP's average is not the global mean."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 1)
     if batch_size % world_size:
         raise ValueError(f"global batch_size = {batch_size} is not divisible by world_size = {world_size}: "
                          f"ranks would get {batch_size // world_size} or {batch_size // world_size + 1} images, "
@@ -78,51 +77,6 @@ def global_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.nda
 def flat_parameters(model: torch.nn.Module) -> np.ndarray:
     """Every parameter, in ``model.parameters()`` order, as one float64 vector (61,706 for LeNet-5)."""
     return torch.cat([p.detach().reshape(-1).cpu().double() for p in model.parameters()]).numpy()
-
-
-class BackwardLog:
-    """A log of one backward pass: when each gradient is ready, when each DDP bucket's
-    all-reduce starts and ends (seconds since the backward pass began).
-
-    ``events`` holds tuples ``("grad", name, t)``, ``("allreduce", bucket, names, t)``
-    and ``("done", bucket, t)``, in the order they happened. Only steps between
-    ``start()`` and ``stop()`` are logged.
-
-    The times are the host's clock when each hook runs: with gloo on the CPU (as the
-    lesson records it), when the work happened; under NCCL, when GPU work was *queued*
-    (launch times, not the overlap).
-    """
-
-    def __init__(self):
-        self.events, self.on, self.t0 = [], False, 0.0
-
-    def start(self) -> None:
-        self.events, self.on, self.t0 = [], True, time.perf_counter()
-
-    def stop(self) -> None:
-        self.on = False
-
-    def add(self, *event) -> None:
-        if self.on:
-            self.events.append((*event, time.perf_counter() - self.t0))
-
-    def attach(self, ddp) -> None:
-        """Hook every parameter of ``ddp.module`` and wrap DDP's all-reduce (the default
-        ``allreduce_hook``: divide by P, then sum with all_reduce) in a hook that logs it."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-        names = {id(p): name for name, p in ddp.module.named_parameters()}
-        for name, p in ddp.module.named_parameters():
-            p.register_post_accumulate_grad_hook(lambda p, name=name: self.add("grad", name))
-
-        def logged_allreduce(state, bucket):
-            index = bucket.index()
-            self.add("allreduce", index, [names[id(p)] for p in bucket.parameters()])
-
-            def finished(fut):
-                self.add("done", index)
-                return fut.value()
-            return allreduce_hook(state, bucket).then(finished)
-        ddp.register_comm_hook(None, logged_allreduce)
 
 
 def train_lenet(model, x: np.ndarray, y: np.ndarray, batches: np.ndarray, *, lr: float, momentum: float,
@@ -241,60 +195,6 @@ def train_ddp(x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, world_s
                         backend=backend, timeout=timeout, start_method=start_method)
 
 
-# ---- python -m course_lib.ddp   (alone, or under torchrun on several machines) ----
-
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m course_lib.ddp", description=(
-        "Train LeNet-5 on the digits with DistributedDataParallel. Under torchrun (RANK and "
-        "WORLD_SIZE set) this process is one rank; alone, it starts --world-size local ranks "
-        "and checks them against single-process training."))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks together)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--world-size", type=int, default=2, help="local ranks when not under torchrun")
-    parser.add_argument("--backend", default=None, help=(
-        "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU and COURSE_DEVICE "
-        "is not cpu, else gloo; alone, gloo, to compare with single-process training on the CPU)"))
-    return parser.parse_args(argv)
-
-
-def _under_torchrun() -> bool:
-    """True in a process that torchrun started as one rank (it sets RANK and WORLD_SIZE)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def main(argv=None) -> int:
-    from course_lib.data import load_digits
-    args = _parse(argv)
-    data = load_digits()
-    if _under_torchrun():
-        import torch.distributed as dist
-        world_size = int(os.environ["WORLD_SIZE"])
-        backend = args.backend or default_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))        # one GPU per local rank
-        dist.init_process_group(backend)              # reads MASTER_ADDR / MASTER_PORT from torchrun
-        try:
-            out = ddp_worker(dist.get_rank(), world_size, data.x_train, data.y_train, args.steps,
-                             args.batch_size, args.lr)
-        finally:
-            dist.destroy_process_group()
-        if int(os.environ["RANK"]) == 0:
-            print(f"rank 0 of {world_size}: final loss {out['losses'][-1]:.4f}, "
-                  f"parameter checksum {out['params'].sum():.6f}")
-        return 0
-    ranks = train_ddp(data.x_train, data.y_train, args.steps, args.batch_size, args.world_size,
-                      lr=args.lr, backend=args.backend or "gloo")
-    single = train_single(data.x_train, data.y_train, args.steps, args.batch_size, args.lr)
-    gap = max(float(np.abs(r["params"] - single["params"]).max()) for r in ranks)
-    print(f"{args.world_size} ranks, {args.steps} steps: final loss {ranks[0]['losses'][-1]:.4f} "
-          f"(single process {single['losses'][-1]:.4f}); largest parameter difference {gap:.2e}")
-    return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    if _under_torchrun():                                      # a rank: skip the interpreter's
-        from course_lib.machinery.procs import exit_now         # shutdown, see exit_now
-        exit_now(code)
-    raise SystemExit(code)
+if __name__ == "__main__":        # python -m course_lib.ddp, alone or under torchrun: machinery.ddp_cli
+    from course_lib.machinery.ddp_cli import run
+    run()

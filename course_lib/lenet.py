@@ -23,10 +23,10 @@ Reading order
 -------------
 1. ``architecture``: the table above computed from the lecture's formulas
    (``W2 = (W1 - F + 2P)/S + 1``, ``(F*F*D1)*K`` weights + K biases).
-2. ``LeNet5``: forward and backward in numpy, from ``course_lib.conv``,
-   ``course_lib.pooling`` and ``course_lib.layers`` only (their tuned forms,
-   ``course_lib.machinery``'s ``conv2d`` and ``max_pool2d_backward_fast``:
-   the same results, faster).
+2. ``LeNet5``: forward and backward in numpy, the operations of ``course_lib.conv``,
+   ``course_lib.pooling`` and ``course_lib.layers``; it calls their tuned forms
+   (``machinery.fast_conv``'s ``conv2d`` with its own ``Workspace``, and
+   ``machinery.fast_pool``'s ``max_pool2d_backward_fast``): the same results, faster.
 3. ``TorchLeNet5``: the same network as a ``torch.nn.Module``;
    ``copy_weights`` moves weights either way, so the two can be compared.
 
@@ -123,6 +123,8 @@ class LeNet5:
         self._cache = None
 
     def named_params(self) -> dict[str, np.ndarray]:
+        """``{name: array}`` in ``PARAM_NAMES`` order, the arrays themselves (no copy): ``c1.weight``
+        (6, 1, 5, 5), ``c1.bias`` (6,), ..., ``out.weight`` (classes, 84), ``out.bias`` (classes,)."""
         return dict(zip(PARAM_NAMES, self.params))
 
     def forward(self, x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from course_lib.checks import check_positive
+
 
 # --------------------------------------------------------------------------
 # 1-3. The schedules, as plain functions of the step
@@ -34,12 +36,9 @@ def linear_scaling_lr(batch: int, base_lr: float = 0.1, base_batch: int = 256) -
     >>> linear_scaling_lr(8192)          # 256 GPUs x 32 images
     3.2
     """
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch (kn, workers x images per worker) must be a positive int, "
-                         f"got {batch!r}")
-    if base_lr <= 0 or base_batch < 1:
-        raise ValueError(f"need base_lr > 0 and base_batch >= 1, got {base_lr}, {base_batch}")
-    return base_lr * batch / base_batch
+    kn = check_positive(batch, "batch (kn, workers x images per worker)", integer=True)
+    base_lr, base_batch = check_positive(base_lr, "base_lr"), check_positive(base_batch, "base_batch", integer=True)
+    return base_lr * kn / base_batch
 
 
 def warmup_lr(step: int, target_lr: float, warmup_steps: int, start_lr: float) -> float:

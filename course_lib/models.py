@@ -54,31 +54,33 @@ class TinyNet:
         return np.concatenate([p.ravel() for p in parts])
 
     def logits(self, w: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """x (B, n_in) -> logits (B, n_out)."""
+        """x (N, n_in) -> logits (N, n_out), for the flat parameters w (n_params,)."""
         p = self.unflatten(w)
         if self.n_hidden == 0:
             return x @ p[0] + p[1]
         return np.maximum(x @ p[0] + p[1], 0) @ p[2] + p[3]
 
     def loss_and_grad(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Mean cross-entropy over the batch and its gradient (n_params,)."""
-        p, B = self.unflatten(w), len(x)
-        h = np.maximum(x @ p[0] + p[1], 0) if self.n_hidden else x          # (B, n_hidden)
-        z = h @ p[-2] + p[-1]                                                # (B, n_out)
+        """Mean cross-entropy over the batch and its gradient (n_params,); x (N, n_in), y (N,) class indices."""
+        p, N = self.unflatten(w), len(x)
+        h = np.maximum(x @ p[0] + p[1], 0) if self.n_hidden else x          # (N, n_hidden)
+        z = h @ p[-2] + p[-1]                                                # (N, n_out)
         z = z - z.max(axis=1, keepdims=True)
         prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        loss = -np.mean(np.log(prob[np.arange(B), y] + 1e-300))
+        loss = -np.mean(np.log(prob[np.arange(N), y] + 1e-300))
         dz = prob.copy()
-        dz[np.arange(B), y] -= 1
-        dz /= B                                                               # (B, n_out)
+        dz[np.arange(N), y] -= 1
+        dz /= N                                                               # (N, n_out)
         grads = [h.T @ dz, dz.sum(0)]
         if self.n_hidden:
-            dh = (dz @ p[2].T) * (h > 0)                                      # (B, n_hidden)
+            dh = (dz @ p[2].T) * (h > 0)                                      # (N, n_hidden)
             grads = [x.T @ dh, dh.sum(0)] + grads
         return float(loss), np.concatenate([g.ravel() for g in grads])
 
-    def loss(self, w, x, y) -> float:
+    def loss(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Mean cross-entropy of the flat parameters w (n_params,) on x (N, n_in), y (N,)."""
         return self.loss_and_grad(w, x, y)[0]
 
-    def error(self, w, x, y) -> float:
+    def error(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Fraction of the N examples x (N, n_in) whose predicted class is not y (N,)."""
         return float(np.mean(self.logits(w, x).argmax(1) != y))

@@ -20,6 +20,8 @@ Reading order
    winner), one window at a time.
 5. ``max_pool2d_backward``: the same with no loop over the output: the mirror
    image of ``max_pool2d``, KH*KW masked additions into strided views.
+6. ``next_layer_params``: why subsample: the weights of the fully connected
+   layer after the pooling, for each pool size.
 
 The tuned backward that LeNet-5 and the benchmark use is
 ``course_lib.machinery.fast_pool.max_pool2d_backward_fast`` (the same
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from course_lib.checks import check_array, pair
+from course_lib.checks import check_array, check_positive, pair
 from course_lib.conv import conv_output_size, offset_view
 
 
@@ -233,3 +235,17 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size, stride=Non
             won = argmax == u * KW + v                                 # (N, C, H_out, W_out)
             offset_view(dxp, u, v, SH, SW, H_out, W_out)[...] += np.where(won, dout, 0)
     return dxp[:, :, PH:PH + H, PW:PW + W].copy()
+
+
+def next_layer_params(H: int, C: int, pool_sizes, next_units: int = 84) -> list[dict]:
+    """Weights of a fully connected layer of ``next_units`` units after F x F max pooling (stride F)
+    of an H x H x C volume, for each F in ``pool_sizes`` (F = 1: no pooling): ``C * H_out * W_out * next_units``.
+
+    Returns one dict per F: ``{"pool": F, "output": (C, H_out, W_out), "weights": int}``.
+    """
+    C, next_units = check_positive(C, "C", integer=True), check_positive(next_units, "next_units", integer=True)
+    rows = []
+    for F in pool_sizes:
+        _, _, _, (H_out, W_out) = pool_output_shape((H, H), F, F)
+        rows.append({"pool": F, "output": (C, H_out, W_out), "weights": C * H_out * W_out * next_units})
+    return rows

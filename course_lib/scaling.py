@@ -2,26 +2,21 @@
 
 Reading order
 -------------
-1. ``speedup`` and ``scaling_efficiency``: the definitions. Speed-up is "the
-   ratio of the time taken using only a single machine to the time taken using
-   N" (Dean et al. 2012); efficiency is speed-up divided by the growth in
-   hardware, ``E = S / (P / P0)`` where P0 is the baseline's GPU count.
-2. ``POWERAI_CAFFE`` / ``POWERAI_TORCH``: the PowerAI DDL tables (Cho et al. 2017,
-   lecture 5 "PowerAI DDL -- IBM", Figures 2 and 3) and ``IMAGENET_AT_SCALE``
-   ("Imagenet1K/ResNet50 Training at Scale"). ``check_table`` recomputes each printed
-   efficiency from the printed speed-up: do they agree up to the table's rounding?
-3. ``resnet50_layers``: parameter and FLOP counts of ResNet-50's layers,
-   computed from its architecture (He et al. 2016).
-4. ``iteration_timeline``: one data-parallel iteration as a per-layer
-   timeline. Backprop runs from the last layer to the first; a layer's
-   gradient can be all-reduced as soon as it exists ("no data dependency
-   between gradients across layers", Goyal et al. 2017); without overlap the
-   all-reduce waits for the whole backward pass. A ring all-reduce of b bytes
-   over P = ``world_size`` ranks costs ``cost.ring_time``'s alpha-beta time.
-5. ``modelled_efficiency``: E(P) = t_iter(1) / t_iter(P) for a fixed batch per GPU
-   (weak scaling, as in all the lecture's tables). With ``POWERAI_MODEL`` it gives
-   about 0.84 without overlap (Torch) and 0.95 with it (Caffe): the 11 points the
-   lecture attributes to overlapping the reduction with compute.
+1. ``speedup`` and ``scaling_efficiency``: the definitions. Speed-up is "the ratio of the time taken
+   using only a single machine to the time taken using N" (Dean et al. 2012); efficiency is speed-up
+   divided by the growth in hardware, ``E = S / (P / P0)`` where P0 is the baseline's GPU count.
+2. ``POWERAI_CAFFE`` / ``POWERAI_TORCH``: the PowerAI DDL tables (Cho et al. 2017, lecture 5 "PowerAI DDL
+   -- IBM", Figures 2 and 3) and ``IMAGENET_AT_SCALE`` ("Imagenet1K/ResNet50 Training at Scale"). ``check_table``
+   recomputes each printed efficiency from the printed speed-up: do they agree up to the table's rounding?
+3. ``resnet50_layers``: ResNet-50's per-layer parameters and FLOPs, from its architecture (He et al. 2016).
+4. ``iteration_timeline``: one data-parallel iteration as a per-layer timeline. Backprop runs from the last
+   layer to the first; a layer's gradient can be all-reduced as soon as it exists ("no data dependency
+   between gradients across layers", Goyal et al. 2017); without overlap the all-reduce waits for the whole
+   backward pass. A ring all-reduce of b bytes over P = ``world_size`` ranks costs ``cost.ring_time``.
+5. ``modelled_efficiency``: E(P) = t_iter(1) / t_iter(P) for a fixed batch per GPU (weak scaling, as
+   in all the lecture's tables). With ``POWERAI_MODEL`` at 256 GPUs it gives 0.82 without overlap and
+   0.96 with it, within 2 points of the slide's 84% (Torch) and 95% (Caffe): overlap is the difference.
+6. ``what_if`` / ``efficiency_curves``: the same model for any comm/compute ratio (the lesson's widget, figure).
 
 Times are seconds, sizes bytes, bandwidths bytes per second.
 """
@@ -32,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from course_lib.checks import check_positive
 from course_lib.distributed.cost import ring_time
 
 
@@ -39,9 +35,7 @@ from course_lib.distributed.cost import ring_time
 
 def speedup(t_base: float, t_parallel: float) -> float:
     """``S = t_base / t_parallel``: how many times faster the parallel run is."""
-    if t_base <= 0 or t_parallel <= 0:
-        raise ValueError(f"times must be positive, got t_base={t_base}, t_parallel={t_parallel}")
-    return t_base / t_parallel
+    return check_positive(t_base, "t_base") / check_positive(t_parallel, "t_parallel")
 
 
 def scaling_efficiency(speedup_value, P, P0: int = 1):
@@ -268,10 +262,9 @@ def modelled_efficiency(layers: list[LayerCost], compute_s: float, nodes, comm: 
                      for n in np.atleast_1d(nodes)])
 
 
-# One P100 runs ResNet-50 forward + backward on 32 images in about 0.1 s
-# (about 300 images/s); 10.5 GB/s is 84% of InfiniBand EDR's 12.5 GB/s; 5 us
-# per message; 25 MiB buckets are PyTorch DDP's default. Chosen so that the
-# model meets both printed tables within 0.02 (tests/test_scaling.py).
+# One P100 runs ResNet-50 forward + backward on 32 images in about 0.1 s (about 300 images/s); 10.5 GB/s
+# is 84% of InfiniBand EDR's 12.5 GB/s; 5 us per message; 25 MiB buckets are PyTorch DDP's default.
+# Chosen so that the model meets both printed tables within 0.02 (tests/test_scaling.py).
 POWERAI_MODEL = dict(compute_s=0.1, comm=CommModel(alpha=5e-6, bandwidth=10.5e9,
                                                    bucket_bytes=25 * 2**20))
 
@@ -280,16 +273,15 @@ def what_if(comm_over_compute: float, nodes: int, compute_s: float = 0.1,
             bucket_bytes: float = 25 * 2**20) -> dict:
     """Efficiency at ``nodes`` with and without overlap, for a given communication load.
 
-    ``comm_over_compute`` is the time to all-reduce all of ResNet-50's
-    gradients (at the large-P limit, 2N bytes over the link) divided by the
-    compute time of one iteration; the bandwidth is set to match it. The
-    widget of notebooks/11_scaling_efficiency.ipynb drives this function.
+    ``comm_over_compute`` is the time to all-reduce all of ResNet-50's gradients (at the large-P
+    limit, 2N bytes over the link) divided by the compute time of one iteration; the bandwidth is
+    set to match it. The widget of notebooks/11_scaling_efficiency.ipynb drives this function.
     Returns {"overlap": E, "no_overlap": E, "t_compute": s, "t_comm": s at this P,
     "t_iter_overlap": s, "t_iter_no_overlap": s}.
     """
-    if comm_over_compute < 0 or compute_s <= 0:
-        raise ValueError(f"need comm_over_compute >= 0 and compute_s > 0, got "
-                         f"{comm_over_compute}, {compute_s}")
+    check_positive(compute_s, "compute_s")
+    if comm_over_compute < 0:
+        raise ValueError(f"comm_over_compute is a ratio of times: it must be >= 0, got {comm_over_compute}")
     layers = resnet50_layers()
     n_bytes = 4 * sum(layer.params for layer in layers)
     bandwidth = 2 * n_bytes / (comm_over_compute * compute_s) if comm_over_compute else np.inf
@@ -298,3 +290,10 @@ def what_if(comm_over_compute: float, nodes: int, compute_s: float = 0.1,
     return {"overlap": float(compute_s / t[True]), "no_overlap": float(compute_s / t[False]),
             "t_compute": compute_s, "t_comm": ring_allreduce_time(n_bytes, nodes, comm),
             "t_iter_overlap": float(t[True]), "t_iter_no_overlap": float(t[False])}
+
+
+def efficiency_curves(nodes, ratios) -> dict[float, dict[str, np.ndarray]]:
+    """``what_if`` at every node count, for each comm/compute ratio: ``{ratio: {"overlap": E, "no_overlap": E}}``,
+    each E an ndarray (len(nodes),): the curves of lesson 11's efficiency figure."""
+    runs = {r: [what_if(r, int(n)) for n in nodes] for r in ratios}
+    return {r: {arm: np.array([w[arm] for w in ws]) for arm in ("overlap", "no_overlap")} for r, ws in runs.items()}

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d_backward_im2col,
                              conv2d_backward_naive, conv2d_im2col, conv2d_naive, conv_geometry, conv_output_size,
-                             conv_param_count, im2col, pad2d)
+                             conv_param_count, im2col, pad2d, receptive_field_1d, receptive_field_sizes)
 from course_lib.gradcheck import check_gradient
 from course_lib.machinery import threads
 from course_lib.machinery.fast_conv import Workspace, conv2d, conv2d_backward, unfold_batched
@@ -81,6 +81,62 @@ def test_conv_param_count_lecture_and_lenet():
     assert conv_param_count(3, 64, 128) == ParamCount(3 * 3 * 64 * 128, 128)
     with pytest.raises(ValueError, match="K must be a positive int"):
         conv_param_count(3, 3, 0)
+    with pytest.raises(TypeError, match="D1 must be an int"):
+        conv_param_count(3, 3.0, 8)
+    with pytest.raises(TypeError, match=r"x must be a numpy array of shape \(N, C, H, W\)"):
+        pad2d([[1.0, 2.0]], 1)
+    with pytest.raises(ValueError, match=r"x must have 4 dimensions .* \(for a single image use x\[None\]\)"):
+        pad2d(np.ones((1, 3, 3)), 1)
+
+
+# ---------------------------------------------------------------- the receptive field (lesson 1)
+
+@pytest.mark.parametrize("kernels,strides,expected", [
+    ([3, 3, 3], [1, 1, 1], [3, 5, 7]),          # three 3x3 layers see 7x7
+    ([5, 2, 5], [1, 2, 1], [5, 6, 14]),         # LeNet-5: C1, S2, C3
+    ([7, 3], [2, 2], [7, 11]),                  # ResNet's stem: conv1 then the 3x3 pool
+])
+def test_receptive_field_sizes_by_hand(kernels, strides, expected):
+    assert receptive_field_sizes(kernels, strides) == expected
+
+
+def _torch_receptive_field(kernels, strides) -> int:
+    """Width of the input region that one output pixel's gradient touches."""
+    size = 1
+    for k, s in zip(reversed(kernels), reversed(strides)):
+        size = (size - 1) * s + k                    # smallest input giving one output
+    x = torch.zeros(1, 1, 1, size + 6, requires_grad=True)
+    h = x
+    for k, s in zip(kernels, strides):
+        h = F.conv2d(h, torch.ones(1, 1, 1, k), stride=(1, s))
+    h[0, 0, 0, h.shape[-1] // 2].backward()
+    touched = np.flatnonzero(x.grad[0, 0, 0].numpy())
+    return int(touched[-1] - touched[0] + 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(layers=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=4))
+def test_receptive_field_sizes_match_torch_autograd(layers):
+    kernels, strides = [k for k, _ in layers], [s for _, s in layers]
+    assert receptive_field_sizes(kernels, strides)[-1] == _torch_receptive_field(kernels, strides)
+
+
+@settings(max_examples=30, deadline=None)
+@given(F_=st.integers(1, 4), S=st.integers(1, 3), n_layers=st.integers(1, 3), extra=st.integers(0, 6))
+def test_receptive_field_cone_spans_the_formula_size(F_, S, n_layers, extra):
+    size = receptive_field_sizes([F_] * n_layers, [S] * n_layers)[-1]
+    cone = receptive_field_1d(size + extra, F_, S, n_layers)
+    assert len(cone) == n_layers + 1 and len(cone[-1]) == 1
+    assert cone[0][-1] - cone[0][0] + 1 == size, cone[0]
+    if S <= F_:  # windows overlap or touch: no input pixel inside the span is skipped
+        assert cone[0] == list(range(cone[0][0], cone[0][0] + size)), cone[0]
+
+
+def test_receptive_field_rejects_mismatched_lists():
+    with pytest.raises(ValueError, match="2 kernel sizes but 1 strides"):
+        receptive_field_sizes([3, 3], [1])
+    with pytest.raises(ValueError, match="stride S = 0 must be >= 1"):
+        receptive_field_sizes([3, 3], [1, 0])
 
 
 def test_padding_example_from_the_lecture():

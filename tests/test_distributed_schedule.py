@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from course_lib.distributed.cost import (ps_bytes_at_server, ps_bytes_per_rank, ps_ring_ratio, ps_time,
-                                         ring_bytes_per_rank, ring_time)
+from course_lib.distributed.cost import (cost_rows, duplex_timeline, ps_bytes_at_server, ps_bytes_per_rank,
+                                         ps_ring_ratio, ps_time, ring_bytes_per_rank, ring_time)
 from course_lib.distributed.schedule import allgather_step, chunk_bounds, ring_schedule, scatter_reduce_step
 from course_lib.distributed.simulate import simulate_ring_allreduce
 
@@ -171,8 +171,34 @@ def test_ps_bytes():
     assert sent[0] + received[0] == ps_bytes_at_server(1000, 4)
     sent, received = ps_bytes_per_rank(10, 4, shards=4)       # shards 3, 3, 2, 2
     assert sent.tolist() == [3 * 3 + 7, 3 * 3 + 7, 3 * 2 + 8, 3 * 2 + 8]
-    with pytest.raises(ValueError, match="shards"):
+    with pytest.raises(ValueError, match=r"shards = 3 must be <= 2 \(world_size = 2: shard s is served by rank s\)"):
         ps_bytes_per_rank(10, 2, shards=3)
+
+
+@FEW
+@given(N=st.integers(1, 10_000), P=st.integers(2, 64), itemsize=st.sampled_from([1, 4, 8]))
+def test_cost_rows_follow_the_lecture(N, P, itemsize):
+    (row,) = cost_rows(N, [P], itemsize)
+    assert row["ps_server"] == 2 * N * (P - 1) * itemsize                     # 2N(P-1)
+    assert row["ring_per_rank"] == pytest.approx(2 * N * (P - 1) / P * itemsize)   # 2N(P-1)/P
+    assert row["ratio"] == pytest.approx(P)
+
+
+@pytest.mark.parametrize("P", [2, 3, 4, 5, 8])
+def test_duplex_timeline_is_consistent(P):
+    for mode, length in (("overlapped", 1), ("send-then-receive", 2 if P % 2 == 0 else 3)):
+        rows = duplex_timeline(P, mode)
+        send = {r: (s, e) for r, kind, s, e in rows if kind == "send"}
+        recv = {r: (s, e) for r, kind, s, e in rows if kind == "recv"}
+        for r in range(P):
+            assert recv[(r + 1) % P] == send[r], (mode, r)            # my send is my right neighbour's receive
+            if mode == "send-then-receive":                            # one thing at a time
+                assert send[r][1] <= recv[r][0] or recv[r][1] <= send[r][0], (P, r, send[r], recv[r])
+        assert max(e for *_, e in rows) == length
+    with pytest.raises(ValueError, match="world_size = 1 must be >= 2"):
+        duplex_timeline(1, "overlapped")
+    with pytest.raises(ValueError, match="mode must be"):
+        duplex_timeline(4, "half")
 
 
 def test_time_models():

@@ -124,6 +124,21 @@ def test_torch_allreduce_uses_the_default_backend_and_validates_repeats(monkeypa
     assert seen == ["nccl"] and result.transport == "nccl"
     assert np.asarray(result.elapsed).shape == (2, 3)                 # (repeats, P)
     assert result.nbytes == 4 * 4                                     # N * itemsize of one rank's array
-    with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="repeats = 0 must be >= 1"):
         torch_allreduce([np.zeros(2)] * 2, repeats=0)
+    with pytest.raises(TypeError, match="repeats must be an int"):
+        torch_allreduce([np.zeros(2)] * 2, repeats=2.0)
+
+
+@pytest.mark.parametrize("backend", [None, "mpi"])
+def test_torch_allreduce_checks_the_backend_before_creating_shared_memory(monkeypatch, backend):
+    def no_gpu(P):               # what get_device() raises for COURSE_DEVICE=cuda on a machine without one
+        raise ValueError("COURSE_DEVICE=cuda but torch.cuda.is_available() is False")
+    created = []
+    monkeypatch.setattr(torch_launch, "default_backend", no_gpu)
+    monkeypatch.setattr(torch_launch.shared_memory, "SharedMemory",
+                        lambda *a, **k: created.append(k) or pytest.fail("a segment was created"))
+    with pytest.raises(ValueError, match="COURSE_DEVICE=cuda" if backend is None else "'gloo' or 'nccl'"):
+        torch_allreduce([np.zeros(4, np.float32)] * 2, backend=backend)
+    assert created == [], "no shared-memory segment to leak"
 

@@ -119,7 +119,7 @@ def test_one_replica_is_plain_sgd(digits):
     model = TinyNet()
     res = simulate(model, x, y, n_replicas=1, **KW)
     assert np.all(res.staleness[:, 1] == 0)
-    w = model.init(np.random.default_rng(0))
+    w = model.init(np.random.default_rng(np.random.SeedSequence(0).spawn(2)[0]))   # the weights' stream of seed 0
     rep = Replica(0, model, x, y, batch=16, n_fetch=1, n_push=1, seed=0)
     for _ in range(400):
         rep.set_params([(0, w)])
@@ -286,7 +286,7 @@ def test_synchronous_sgd_applies_the_mean_gradient(digits):
     model = TinyNet(n_hidden=0)
     res = train_synchronous(model, x, y, n_replicas=4, total_steps=10, lr=0.2, batch=8, eval_every=5)
     assert res.steps_per_replica == [3, 3, 2, 2]
-    w = model.init(np.random.default_rng(0))
+    w = model.init(np.random.default_rng(np.random.SeedSequence(0).spawn(2)[0]))   # the weights' stream of seed 0
     reps = [Replica(r, model, x[r::4], y[r::4], 8, 1, 1, 0) for r in range(4)]
     for active in (4, 4, 2):
         grads = []

@@ -139,3 +139,16 @@ def test_describe_names_the_given_device_and_synchronize_waits_on_the_right_one(
     course_device.synchronize("cuda:0")                    # a device string, as torch accepts
     assert calls[-1] == ("cuda", torch.device("cuda", 0))
 
+
+
+def test_every_training_test_reruns_on_the_other_cpu_kernels():
+    """A test marked `training` asserts an outcome that float rounding can move: `make test` must run
+    it again under ATEN_CPU_CAPABILITY=avx2 and default (the Makefile's FLOAT_TESTS)."""
+    makefile = (ROOT / "Makefile").read_text()
+    listed = set(re.findall(r"tests/test_\w+\.py", re.search(r"^FLOAT_TESTS :=(.*?)\n\S", makefile,
+                                                                flags=re.M | re.S).group(1)))
+    marked = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+              if re.search(r"^@pytest\.mark\.training", p.read_text(), flags=re.M)}
+    assert marked, "no test is marked training"
+    assert marked <= listed, f"marked `training` but not rerun by make test-cpu-kernels: {sorted(marked - listed)}"
+    assert {"avx2", "default"} <= set(re.search(r"^CPU_KERNELS := (.*)$", makefile, flags=re.M).group(1).split())

@@ -216,7 +216,10 @@ def test_viz_table_and_misclassified():
     np.testing.assert_array_equal(viz.misclassified(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0])), [1, 3])
 
 
-def test_viz_figures_and_timings(digits):
+def test_viz_figures_and_timings(digits, monkeypatch):
+    import itertools
+    import types
+    from course_lib.experiments import lenet_training
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -227,8 +230,14 @@ def test_viz_figures_and_timings(digits):
     figs = [viz.plot_history({"numpy": h, "PyTorch": h}), viz.plot_digits(digits.x_train, digits.y_train),
             viz.plot_misclassified(digits.x_test, digits.y_test, y_pred)]
     assert "3 of 450" in figs[2]._suptitle.get_text()
-    timings = epoch_timings(digits, n_batches=2, repeats=1)
-    assert set(timings) == {"numpy", "PyTorch CPU"} and all(t > 0 for t in timings.values())
+    trained = []                                  # no real training, no real clock: one tick per timed epoch
+    monkeypatch.setattr(lenet_training, "train", lambda model, data, **kw: trained.append((len(data.x_train), kw)))
+    monkeypatch.setattr(lenet_training, "time", types.SimpleNamespace(perf_counter=itertools.count().__next__))
+    timings = epoch_timings(digits, batch_size=32, n_batches=2, repeats=3)
+    batches_per_epoch = -(-len(digits.x_train) // 32)
+    assert timings == {"numpy": batches_per_epoch / 2, "PyTorch CPU": batches_per_epoch / 2}   # 1 tick / 2 batches
+    assert [n for n, _ in trained] == [32, 64, 64, 64] * 2, "one warm-up batch, then 3 x 2 timed batches"
+    assert [kw["device"] for _, kw in trained] == [None] * 4 + [torch.device("cpu")] * 4
     df = viz.epoch_timings_table(timings)
     assert list(df.columns) == ["time per epoch (s)", "relative to PyTorch CPU (x)"]
     assert df.loc["PyTorch CPU", "relative to PyTorch CPU (x)"] == 1.0

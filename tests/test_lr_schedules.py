@@ -190,10 +190,12 @@ def test_error_figure_draws_every_arm():
 # --------------------------------------------------------------------------
 
 def test_schedule_inputs_are_checked():
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(TypeError, match=r"batch \(kn, .*\) must be an int, got True"):
         linear_scaling_lr(True)                                       # a bool is not a batch size
     with pytest.raises(ValueError, match="base_lr > 0"):
         linear_scaling_lr(256, base_lr=0.0)
+    with pytest.raises(ValueError, match="base_batch must be a positive int"):
+        linear_scaling_lr(256, base_batch=0)
     with pytest.raises(ValueError, match=">= 0"):
         warmup_lr(-1, 1.0, 5, 0.1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -430,10 +430,23 @@ def test_world_size_limit_and_boolean_options(monkeypatch):
     assert len(check_arrays([np.zeros(2)] * launch_module.MAX_WORLD_SIZE)) == launch_module.MAX_WORLD_SIZE
     with pytest.raises(ValueError, match="more than this kit starts"):
         check_arrays([np.zeros(2)] * (launch_module.MAX_WORLD_SIZE + 1))
-    with pytest.raises(ValueError, match="shards"):
+    with pytest.raises(TypeError, match="shards must be an int, got True"):      # a bool is not a count
         allreduce([np.zeros(4), np.zeros(4)], algorithm="ps", shards=True)
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(TypeError, match="repeats must be an int, got True"):
         allreduce([np.zeros(4), np.zeros(4)], repeats=True)
+    with pytest.raises(ValueError, match=r"shards = 3 must be <= 2 \(world_size = 2: shard s is served by rank s\)"):
+        allreduce([np.zeros(4), np.zeros(4)], algorithm="ps", shards=3)
+    with pytest.raises(ValueError, match=r"timeout must be positive \(timeout > 0\)"):
+        allreduce([np.zeros(4), np.zeros(4)], timeout=-1.0)
+    with pytest.raises(ValueError, match="world_size = 0 must be >= 1"):
+        launch(data_parallel_least_squares, 0)
+    most = launch_module.MAX_WORLD_SIZE
+    with pytest.raises(ValueError, match=f"world_size = {most + 1} must be <= {most}"):
+        launch(data_parallel_least_squares, most + 1)
+    with pytest.raises(TypeError, match="world_size must be an int"):
+        launch(data_parallel_least_squares, 2.0)
+    with pytest.raises(ValueError, match="transport must be one of"):
+        launch(data_parallel_least_squares, 2, transport="tcp")
 
 
 def test_result_time_is_the_median_of_the_slowest_rank():

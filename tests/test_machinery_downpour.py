@@ -137,3 +137,85 @@ def test_a_stopped_shard_applies_the_pushes_still_in_its_pipes():
         for end in (replica, shard_end, dead_end, control, control_end):
             end.close()
     assert proc.exitcode == 0
+
+
+class _DiesAfterTheStop:
+    """A replica's pipe end that died after the shard read "stop": ``connection.wait`` never
+    reports it (its fd stays empty), but the drain finds it at end-of-file."""
+
+    def __init__(self):
+        self.quiet, self.writer = mp.get_context("fork").Pipe(duplex=False)
+
+    def fileno(self):
+        return self.quiet.fileno()
+
+    def poll(self, timeout=0.0):
+        return True
+
+    def recv(self):
+        raise EOFError
+
+    def close(self):
+        self.quiet.close()
+        self.writer.close()
+
+
+def test_a_stopped_shard_survives_a_replica_dead_at_end_of_file():
+    """The drain after "stop" treats a pipe at end-of-file as the main loop does: it forgets it."""
+    ctx = mp.get_context("fork")
+    (replica, shard_end), (control, control_end), dead = ctx.Pipe(), ctx.Pipe(), _DiesAfterTheStop()
+    try:
+        replica.send(("push", np.ones(3), 0))
+        control.send(("stop",))
+        time.sleep(0.05)                              # both messages in their pipes before the shard looks
+        shard_worker(0, 0, 3, np.zeros(3), dict(optimizer="sgd", lr=0.1), [shard_end, dead], control_end, None)
+        assert control.poll(5)
+        params, staleness = control.recv()
+        assert staleness == [0]
+        np.testing.assert_allclose(params, -0.1)
+    finally:
+        for end in (replica, shard_end, control, control_end, dead):
+            end.close()
+
+
+class _CountingContext:
+    """A multiprocessing context that records every Pipe it makes."""
+
+    def __init__(self):
+        self.real, self.pipes = mp.get_context("fork"), []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def Pipe(self, *args):
+        pair = self.real.Pipe(*args)
+        self.pipes.append(pair)
+        return pair
+
+
+@pytest.mark.parametrize("bad, match", [(dict(n_fetch=0), "n_fetch and n_push"),
+                                        (dict(n_push=0), "n_fetch and n_push"),
+                                        (dict(n_replicas=0), "n_replicas = 0 must be >= 1")])
+def test_bad_settings_are_refused_before_any_pipe_or_process(digits, monkeypatch, bad, match):
+    from course_lib.machinery import downpour_processes
+    ctx = _CountingContext()
+    monkeypatch.setattr(downpour_processes, "get_context", lambda method=None: ctx)
+    monkeypatch.setattr(downpour_processes, "run_processes",
+                        lambda *a, **k: pytest.fail("processes were started"))
+    with pytest.raises(ValueError, match=match):
+        train_on_processes(TinyNet(), *digits, **{**PKW, "n_replicas": 2, **bad})
+    assert ctx.pipes == []
+
+
+def test_pipes_are_closed_when_setting_up_fails(digits, monkeypatch):
+    from course_lib.machinery import downpour_processes
+    ctx = _CountingContext()
+    monkeypatch.setattr(downpour_processes, "get_context", lambda method=None: ctx)
+
+    def broken_split(x, y, n_replicas):
+        raise RuntimeError("fails after the pipes exist")
+    monkeypatch.setattr(downpour_processes, "split_data", broken_split)
+    with pytest.raises(RuntimeError, match="after the pipes exist"):
+        train_on_processes(TinyNet(), *digits, **{**PKW, "n_replicas": 2})
+    assert len(ctx.pipes) == 2 * 2 + 2, "links and controls were made"
+    assert all(end.closed for pair in ctx.pipes for end in pair), "and every end closed"

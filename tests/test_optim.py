@@ -138,7 +138,7 @@ def test_teaching_errors():
 
 # --------------------------------------------------------------------------
 # Lesson 04's experiment (course_lib.experiments.optimizer_bowl) and its figures and widget
-# (course_lib.bowl.optim)
+# (course_lib.viz.optim)
 # --------------------------------------------------------------------------
 
 def test_viz_runs_follow_the_optimizers():

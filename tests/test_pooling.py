@@ -13,7 +13,7 @@ from course_lib.conv import LECTURE_PADDING_EXAMPLE
 from course_lib.gradcheck import check_gradient
 from course_lib.machinery.fast_pool import max_pool2d_backward_fast
 from course_lib.pooling import (max_pool2d, max_pool2d_backward, max_pool2d_backward_naive, max_pool2d_naive,
-                                pool_output_shape)
+                                next_layer_params, pool_output_shape)
 
 LECTURE_MAP = LECTURE_PADDING_EXAMPLE  # the lecture's 7x7 activation map ("Padding example" slide)
 BACKWARDS = [max_pool2d_backward_naive, max_pool2d_backward, max_pool2d_backward_fast]
@@ -248,12 +248,19 @@ def test_viz_winners_match_torch_indices(rng):
     np.testing.assert_array_equal(viz.winners_2d(x, 3, 2), expected.reshape(7, 7))
 
 
-def test_viz_next_layer_params_and_figures(rng):
+def test_next_layer_params_by_hand():
+    rows = next_layer_params(28, 6, [1, 2, 4], next_units=84)
+    assert [r["weights"] for r in rows] == [6 * 28 * 28 * 84, 6 * 14 * 14 * 84, 6 * 7 * 7 * 84]
+    assert rows[1]["output"] == (6, 14, 14) and [r["pool"] for r in rows] == [1, 2, 4]
+    assert next_layer_params(28, 6, [3])[0]["output"] == (6, 9, 9)      # floor: (28 - 3)//3 + 1 = 9
+    with pytest.raises(ValueError, match="C must be a positive int"):
+        next_layer_params(28, 0, [2])
+
+
+def test_viz_figures(rng):
     import matplotlib.pyplot as plt
     from course_lib.viz import pooling as viz
-    rows = viz.next_layer_params(28, 6, [1, 2, 4], next_units=84)
-    assert [r["weights"] for r in rows] == [6 * 28 * 28 * 84, 6 * 14 * 14 * 84, 6 * 7 * 7 * 84]
-    assert rows[1]["output"] == (6, 14, 14)
+    rows = next_layer_params(28, 6, [1, 2, 4], next_units=84)
     figs = [viz.plot_pooling_regions(LECTURE_MAP, 3, 2),
             viz.plot_next_layer_params(rows, 28, 6),
             viz.plot_gradient_routing(LECTURE_MAP, np.ones((3, 3)), 3, 2)]

@@ -120,6 +120,16 @@ def test_what_if_by_hand():
         scaling.what_if(-1.0, 4)
 
 
+def test_efficiency_curves_are_what_if_at_every_node_count():
+    curves = scaling.efficiency_curves(nodes=(1, 4, 64), ratios=(0.2, 1.0))
+    assert list(curves) == [0.2, 1.0]
+    for r, E in curves.items():
+        assert E["overlap"].shape == E["no_overlap"].shape == (3,)
+        assert E["overlap"][0] == E["no_overlap"][0] == pytest.approx(1.0)      # one node: nothing to reduce
+        assert E["no_overlap"][2] == pytest.approx(scaling.what_if(r, 64)["no_overlap"])
+        assert np.all(E["overlap"] >= E["no_overlap"])
+
+
 def _labelled(fig):
     """Every drawn axes has a title and an x label; every y axis that shows ticks is labelled
     (axes sharing a labelled neighbour's y axis excepted); diagrams with the axis off are exempt."""

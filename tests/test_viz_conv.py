@@ -1,8 +1,8 @@
 """The plain functions behind lessons 01 and 02's figures and widgets, and lesson 02's measurements.
 
 Each function a widget or a figure relies on is checked against an
-independent reference: course_lib.conv's formulas, torch.nn.functional, or
-torch autograd (for the receptive field). The measurements are
+independent reference: course_lib.conv's formulas or torch.nn.functional
+(the receptive field itself is course_lib.conv's, tested in tests/test_conv.py). The measurements are
 course_lib.experiments.conv_costs (im2col's memory, the timings) and the
 tables and figures lesson 02 draws from their rows.
 """
@@ -92,54 +92,8 @@ def test_padding_figure_reproduces_the_lecture_example():
     _assert_labelled(fig)
 
 
-@pytest.mark.parametrize("kernels,strides,expected", [
-    ([3, 3, 3], [1, 1, 1], [3, 5, 7]),          # three 3x3 layers see 7x7
-    ([5, 2, 5], [1, 2, 1], [5, 6, 14]),         # LeNet-5: C1, S2, C3
-    ([7, 3], [2, 2], [7, 11]),                  # ResNet's stem: conv1 then the 3x3 pool
-])
-def test_receptive_field_sizes_by_hand(kernels, strides, expected):
-    assert viz.receptive_field_sizes(kernels, strides) == expected
-
-
-def _torch_receptive_field(kernels, strides) -> int:
-    """Width of the input region that one output pixel's gradient touches."""
-    size = 1
-    for k, s in zip(reversed(kernels), reversed(strides)):
-        size = (size - 1) * s + k                    # smallest input giving one output
-    x = torch.zeros(1, 1, 1, size + 6, requires_grad=True)
-    h = x
-    for k, s in zip(kernels, strides):
-        h = F.conv2d(h, torch.ones(1, 1, 1, k), stride=(1, s))
-    h[0, 0, 0, h.shape[-1] // 2].backward()
-    touched = np.flatnonzero(x.grad[0, 0, 0].numpy())
-    return int(touched[-1] - touched[0] + 1)
-
-
-@SETTINGS
-@given(layers=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=4))
-def test_receptive_field_sizes_match_torch_autograd(layers):
-    kernels, strides = [k for k, _ in layers], [s for _, s in layers]
-    assert viz.receptive_field_sizes(kernels, strides)[-1] == _torch_receptive_field(kernels, strides)
-
-
-@SETTINGS
-@given(F_=st.integers(1, 4), S=st.integers(1, 3), n_layers=st.integers(1, 3), extra=st.integers(0, 6))
-def test_receptive_field_cone_spans_the_formula_size(F_, S, n_layers, extra):
-    size = viz.receptive_field_sizes([F_] * n_layers, [S] * n_layers)[-1]
-    cone = viz.receptive_field_1d(size + extra, F_, S, n_layers)
-    assert len(cone) == n_layers + 1 and len(cone[-1]) == 1
-    assert cone[0][-1] - cone[0][0] + 1 == size, cone[0]
-    if S <= F_:  # windows overlap or touch: no input pixel inside the span is skipped
-        assert cone[0] == list(range(cone[0][0], cone[0][0] + size)), cone[0]
-
-
 def test_receptive_field_figure_is_labelled():
     _assert_labelled(viz.plot_receptive_field(11, 3, 1, 3))
-
-
-def test_receptive_field_rejects_mismatched_lists():
-    with pytest.raises(ValueError, match="2 kernel sizes but 1 strides"):
-        viz.receptive_field_sizes([3, 3], [1])
 
 
 # ---------------------------------------------------------------- lesson 02

@@ -14,14 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from course_lib.distributed.cost import cost_rows
 from course_lib.distributed.simulate import simulate_ring_allreduce
 from course_lib.scaling import Timeline
 from course_lib.viz import distributed as viz
-
-SETTINGS = settings(max_examples=30, deadline=None)
 
 
 @pytest.fixture(autouse=True)
@@ -68,23 +65,14 @@ def test_topology_labels_sit_beside_the_ps_arrows(P):
         assert 0.4 < along < 0.7 and across > 0.12, (P, a, along, across)
 
 
-@SETTINGS
-@given(N=st.integers(1, 10_000), P=st.integers(2, 64), itemsize=st.sampled_from([1, 4, 8]))
-def test_cost_rows_follow_the_lecture(N, P, itemsize):
-    (row,) = viz.cost_rows(N, [P], itemsize)
-    assert row["ps_server"] == 2 * N * (P - 1) * itemsize                     # 2N(P-1)
-    assert row["ring_per_rank"] == pytest.approx(2 * N * (P - 1) / P * itemsize)   # 2N(P-1)/P
-    assert row["ratio"] == pytest.approx(P)
-
-
 def test_cost_table_and_report_show_the_numbers():
-    df = viz.cost_table(viz.cost_rows(1024, [2, 4], itemsize=4))
+    df = viz.cost_table(cost_rows(1024, [2, 4], itemsize=4))
     assert df.index.name == "P" and list(df.columns) == [
         "PS server, 2N(P-1) (KiB)", "ring per rank, 2N(P-1)/P (KiB)", "ratio PS / ring"], df.columns
     assert df["PS server, 2N(P-1) (KiB)"].tolist() == [8.0, 24.0]          # 2 * 1024 * (P-1) * 4 bytes
     assert df["ring per rank, 2N(P-1)/P (KiB)"].tolist() == [4.0, 6.0]     # 2 * 1024 * (P-1)/P * 4 bytes
     assert df.loc[4, "ratio PS / ring"] == 4.0
-    resnet = viz.cost_table(viz.cost_rows(25_557_032, [2, 256]))            # one unit per table: MiB here
+    resnet = viz.cost_table(cost_rows(25_557_032, [2, 256]))            # one unit per table: MiB here
     assert resnet.loc[2, "ring per rank, 2N(P-1)/P (MiB)"] == 97.5
     assert resnet.loc[256, "PS server, 2N(P-1) (MiB)"] == round(2 * 25_557_032 * 255 * 4 / 2 ** 20, 1)
     report = viz.cost_report(1000, 4)
@@ -186,21 +174,11 @@ def test_stepper_prints_its_start_and_follows_the_slider(capsys):
     assert box.image.value != first and box.slider.max == 6
 
 
-@pytest.mark.parametrize("P", [2, 3, 4, 5, 8])
-def test_duplex_timeline_is_consistent(P):
-    for mode, length in (("overlapped", 1), ("send-then-receive", 2 if P % 2 == 0 else 3)):
-        rows = viz.duplex_timeline(P, mode)
-        send = {r: (s, e) for r, kind, s, e in rows if kind == "send"}
-        recv = {r: (s, e) for r, kind, s, e in rows if kind == "recv"}
-        for r in range(P):
-            assert recv[(r + 1) % P] == send[r], (mode, r)            # my send is my right neighbour's receive
-            if mode == "send-then-receive":                            # one thing at a time
-                assert send[r][1] <= recv[r][0] or recv[r][1] <= send[r][0], (P, r, send[r], recv[r])
-        assert max(e for *_, e in rows) == length
-    with pytest.raises(ValueError):
-        viz.duplex_timeline(1, "overlapped")
+@pytest.mark.parametrize("P", [2, 5])
+def test_duplex_figure_is_labelled(P):
     fig = viz.plot_duplex(P)
     assert fig.axes[0].get_ylabel() == "rank" and all(ax.get_xlabel() and ax.get_title() for ax in fig.axes)
+    assert fig.axes[1].get_title().endswith(f"the step takes {2 if P % 2 == 0 else 3}")
 
 
 def _rows():

@@ -28,10 +28,9 @@ Reading order
    compressed form, so the compressed ring is an *allgather* of everyone's
    messages: each rank sends P - 1 messages (its own, then the others'
    forwarded round the ring), (P - 1) * m bytes.
-5. ``train_compressed``: data-parallel SGD on P simulated workers, each with
-   its own residual, on a small model; used by notebooks/12_gradient_compression.ipynb.
-
-Gradients are float32 (4 bytes per element when dense).
+Gradients are float32 (4 bytes per element when dense). Lesson 12's experiment,
+data-parallel SGD on P simulated workers each with its own residual, is
+``course_lib.experiments.compression.train_compressed`` (not the lecture).
 """
 
 from __future__ import annotations
@@ -184,67 +183,3 @@ def bytes_per_step(n_params: int, world_size: int, message_bytes: int | None = N
     return {"ring_per_rank": float((P - 1) * message_bytes),
             "ps_at_server": int((P - 1) * message_bytes + down)}
 
-
-# --------------------------------------------------------------------------
-# 5. The experiment: data-parallel SGD with compressed gradients
-# --------------------------------------------------------------------------
-
-@dataclass
-class CompressedRun:
-    scheme: str
-    curve: np.ndarray             # (n_evals, 2): step, training loss of the shared parameters
-    test_error: float
-    bytes_per_worker_step: float  # mean message size (dense: 4N)
-    dense_bytes: int
-    world_size: int               # workers, each with its own minibatch of
-    batch: int                    # this many examples per step
-
-
-def train_compressed(model, data, scheme: str, world_size: int = 4, steps: int = 300,
-                     lr: float = 0.5, batch: int = 16, error_feedback: bool = True,
-                     tau: float = 0.01, k_fraction: float = 0.01, eval_every: int = 10,
-                     seed: int = 0) -> CompressedRun:
-    """SGD where each of ``world_size`` workers sends a compressed gradient.
-
-    Every step each worker computes a gradient on its own minibatch,
-    compresses it (keeping its own residual when ``error_feedback``), and all
-    apply the mean of the decompressed messages: ``w <- w - lr * mean_r q_r``.
-
-    Parameters
-    ----------
-    model : a ``course_lib.models.TinyNet`` (flat parameters)
-    data : ``(x_train, y_train, x_test, y_test)``, x of shape (n, n_in)
-    scheme : "dense", "sign", "threshold" or "topk"
-    tau : Strom's threshold; k_fraction : top-k keeps k = ceil(k_fraction * N)
-    eval_every : record the training loss every so many steps
-    """
-    if scheme not in ("dense", "sign", "threshold", "topk"):
-        raise ValueError(f"scheme {scheme!r} is not 'dense', 'sign', 'threshold' or 'topk'")
-    x, y, x_test, y_test = data
-    rng = np.random.default_rng(seed)
-    w = model.init(np.random.default_rng(seed))
-    k = max(1, int(np.ceil(k_fraction * w.size)))
-    errors = [np.zeros_like(w) for _ in range(world_size)]
-    curve, sent = [], []
-    for t in range(steps):
-        total = np.zeros_like(w)
-        for r in range(world_size):
-            idx = rng.integers(0, len(x), batch)
-            _, g = model.loss_and_grad(w, x[idx], y[idx])
-            e = errors[r] if error_feedback else None
-            if scheme == "dense":
-                q, nbytes = g, DENSE_ITEMSIZE * g.size
-            else:
-                msg, new_e = {"sign": lambda: sign_compress(g, e),
-                              "threshold": lambda: threshold_compress(g, e, tau),
-                              "topk": lambda: topk_compress(g, e, k)}[scheme]()
-                q, nbytes = decompress(msg), msg.nbytes
-                if error_feedback:
-                    errors[r] = new_e
-            total += q
-            sent.append(nbytes)
-        w = w - lr * total / world_size
-        if (t + 1) % eval_every == 0 or t + 1 == steps:
-            curve.append((t + 1, model.loss(w, x, y)))
-    return CompressedRun(scheme, np.array(curve), model.error(w, x_test, y_test), float(np.mean(sent)),
-                         DENSE_ITEMSIZE * w.size, world_size, batch)

@@ -13,12 +13,16 @@ Lecture 5, "Parameter Server (PS) vs Ring All-Reduce: Communication Cost"
 Byte counts here are exact for any N (chunks of unequal size when P does not
 divide N), so they equal what ``allreduce`` measures on real processes.
 
+``cost_rows`` puts both byte counts side by side for a list of P (lesson 6's table).
+
 The time model is the usual latency-bandwidth ("alpha-beta") one: sending a
 message of m bytes costs ``alpha + m * beta``, with alpha the latency in
 seconds and beta seconds per byte (1 / bandwidth). A ring all-reduce is
 2(P - 1) such sends of N/P elements one after another; the PS's one link
 carries 2(P - 1) messages of N elements (with ``n_shards`` shards, N/n_shards
-each, on n_shards links in parallel).
+each, on n_shards links in parallel). A ring step costs one send only if each
+rank receives from the left while it sends to the right: ``duplex_timeline``
+(lesson 7) shows the step taking two or three sends when it cannot.
 """
 
 from __future__ import annotations
@@ -56,6 +60,22 @@ def ps_bytes_at_server(N: int, world_size: int, itemsize: int = 1) -> int:
     return 2 * N * (P - 1) * itemsize
 
 
+def cost_rows(N: int, world_sizes, itemsize: int = 4) -> list[dict]:
+    """Bytes of one reduction of N elements, per topology, for each P in ``world_sizes``.
+
+    ``ps_server``: through the parameter server, 2N(P-1); ``ring_per_rank``: sent by
+    each ring rank, 2N(P-1)/P (the mean over ranks when P does not divide N);
+    ``ratio`` = ps_server / ring_per_rank = P. One dict per P, in order.
+    """
+    rows = []
+    for P in world_sizes:
+        ps = ps_bytes_at_server(N, P, itemsize)
+        ring = float(ring_bytes_per_rank(N, P, itemsize).mean())
+        rows.append({"P": P, "ps_server": ps, "ring_per_rank": ring,
+                     "ratio": ps / ring if ring else float("nan")})
+    return rows
+
+
 def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Bytes each rank sends and receives in a parameter-server reduction with ``shards`` shards.
 
@@ -70,9 +90,7 @@ def ps_bytes_per_rank(N: int, world_size: int, shards: int = 1, itemsize: int = 
     sent, received : int64 ndarrays, shape (world_size,), in bytes
     """
     N, P, itemsize = check_int(N, "N", 0), check_int(world_size, "world_size", 1), check_int(itemsize, "itemsize", 1)
-    n_shards = check_int(shards, "shards", 1)
-    if n_shards > P:
-        raise ValueError(f"shards = {n_shards} must be <= world_size = {P}: shard s is served by rank s")
+    n_shards = check_int(shards, "shards", 1, P, why=f"world_size = {P}: shard s is served by rank s")
     size = [stop - start for start, stop in chunk_bounds(N, n_shards)]
     sent = np.zeros(P, dtype=np.int64)
     for r in range(P):
@@ -86,6 +104,33 @@ def ring_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int 
     """alpha-beta time of a ring all-reduce: ``2(P-1) * (alpha + (N/P) * itemsize * beta)`` seconds."""
     P = check_int(world_size, "world_size", 1)
     return 2 * (P - 1) * (alpha + N / P * itemsize * beta)
+
+
+def duplex_timeline(world_size: int, mode: str) -> list[tuple[int, str, float, float]]:
+    """One step of a ring in units of one chunk's transfer time: (rank, "send"/"recv", start, end).
+
+    ``mode="overlapped"``: every rank sends right while it receives from the left: the step
+    takes 1 (what ``ring_time`` assumes). ``mode="send-then-receive"``: a rank cannot receive
+    while it sends (one thread, blocking calls); to avoid deadlock, even ranks send first and
+    odd ranks receive first, so each link is busy half the time and the step takes 2. With an
+    odd P the last rank and rank 0 are both even: rank P-1's send waits for rank 0 to finish
+    sending, rank P-2's send waits for rank P-1, and the step takes 3.
+    """
+    P = check_int(world_size, "world_size", 2, why="a ring step needs a neighbour to send to")
+    if mode == "overlapped":
+        return [(r, kind, 0.0, 1.0) for r in range(P) for kind in ("send", "recv")]
+    if mode != "send-then-receive":
+        raise ValueError(f"mode must be 'overlapped' or 'send-then-receive', got {mode!r}")
+    send_start = {r: 0.0 if r % 2 == 0 else 1.0 for r in range(P)}   # even ranks send first
+    if P % 2:
+        send_start[P - 1] = 1.0        # rank 0 receives only once its own send is done
+        send_start[P - 2] = 2.0        # rank P-1 receives only once its own send is done
+    rows = []
+    for r in range(P):
+        src = (r - 1) % P              # the left neighbour, whose send is my receive
+        rows.append((r, "send", send_start[r], send_start[r] + 1))
+        rows.append((r, "recv", send_start[src], send_start[src] + 1))
+    return rows
 
 
 def ps_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int = 4, shards: int = 1) -> float:

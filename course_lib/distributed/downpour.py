@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from course_lib.checks import check_int
 from course_lib.models import TinyNet
 from course_lib.optim import SGD, Adagrad
 
@@ -102,8 +103,7 @@ class Shard:
 
 def make_shards(w0: np.ndarray, n_shards: int, **shard_kwargs) -> list[Shard]:
     """Cut the flat vector w0 into ``n_shards`` contiguous shards (``chunk_bounds``)."""
-    if not 1 <= n_shards <= w0.size:
-        raise ValueError(f"n_shards must be in [1, {w0.size}] (one parameter at least each), got {n_shards}")
+    check_int(n_shards, "n_shards", 1, w0.size, why="a shard owns at least one parameter")
     return [Shard(s, lo, hi, w0[lo:hi], **shard_kwargs)
             for s, (lo, hi) in enumerate(chunk_bounds(w0.size, n_shards))]
 
@@ -137,6 +137,7 @@ class Replica:
         self.params = np.concatenate([p for _, p in fetched])
 
     def compute(self) -> np.ndarray | None:
+        """One minibatch gradient at ``params``, accumulated; their mean (n_params,) if a push is due, else None."""
         idx = self.rng.integers(0, len(self.x), self.batch)
         _, g = self.model.loss_and_grad(self.params, self.x[idx], self.y[idx])
         self.pending, self.n_pending, self.steps = self.pending + g, self.n_pending + 1, self.steps + 1
@@ -226,12 +227,11 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
     shard_failures : {shard: time}; a fetch or push reaching it later raises ShardFailure
     eval_every : record the training loss of the server's parameters every so many steps
     """
-    shards = make_shards(model.init(np.random.default_rng(seed)), n_shards, optimizer=optimizer,
-                         lr=lr, staleness_lr=staleness_lr)
+    init_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # 2 streams
+    shards = make_shards(model.init(init_rng), n_shards, optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
     replicas = [Replica(r, model, xr, yr, batch, n_fetch, n_push, seed)
                 for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]
-    sim = _Simulation(shards, replicas, step_time, jitter, network_delay, shard_failures or {},
-                      np.random.default_rng(seed))
+    sim = _Simulation(shards, replicas, step_time, jitter, network_delay, shard_failures or {}, rng)
     dies = replica_failures or {}
     for r in range(n_replicas):
         sim.start_step(r, 0.0)
@@ -280,8 +280,8 @@ def train_synchronous(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replica
     their mean is applied once (no staleness). A round lasts as long as its
     slowest replica: the straggler problem Downpour avoids.
     """
-    rng = np.random.default_rng(seed)
-    shard = make_shards(model.init(np.random.default_rng(seed)), 1, optimizer=optimizer, lr=lr)[0]
+    init_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # 2 streams
+    shard = make_shards(model.init(init_rng), 1, optimizer=optimizer, lr=lr)[0]
     replicas = [Replica(r, model, xr, yr, batch, 1, 1, seed)
                 for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]
     step_time = np.broadcast_to(np.asarray(step_time, dtype=float), (n_replicas,))

@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-from course_lib.ddp import BackwardLog, global_batches
+from course_lib.ddp import global_batches
 from course_lib.distributed.schedule import chunk_bounds
+from course_lib.machinery.backward_log import BackwardLog
 from course_lib.scaling import CommModel, LayerCost, Timeline, iteration_timeline
 
 # The setting the lesson measures (its part 3b says why these values): N, MiB, logged passes
@@ -259,5 +260,6 @@ def median_pass(run: dict) -> int:
 
 def overlap_study(x: np.ndarray, y: np.ndarray, runs: int, **setting) -> list[dict]:
     """``measure_overlap`` ``runs`` times (``setting``: its keyword arguments); every pass's row
-    from ``pass_rows``, with ``run`` (0 .. runs - 1) added. About 5 s per run on 2 cores."""
+    from ``pass_rows``, with ``run`` (0 .. runs - 1) added. About 1 to 2 s per run on 2 cores
+    (lesson 8, part 3b: 1.1 s on a quiet machine, 2 s beside other work), 10 to 20 s for 10 runs."""
     return [dict(row, run=r) for r in range(runs) for row in pass_rows(measure_overlap(x, y, **setting))]

@@ -116,11 +116,12 @@ def seed_summary(sweeps: list[dict[str, list[RunResult]]]) -> dict[str, dict[str
     """Median, min and max over seeds of each arm's test error, per batch size.
 
     sweeps : one ``batch_size_sweep`` result per seed, all over the same batch sizes
-    returns ``{arm: {"median": (B,), "min": (B,), "max": (B,), "all": (seeds, B)}}``
+    returns ``{arm: {"median": (n_sizes,), "min": (n_sizes,), "max": (n_sizes,), "all": (seeds, n_sizes)}}``,
+    n_sizes the number of batch sizes in each sweep
     """
     if not sweeps:
         raise ValueError("give at least one sweep (one batch_size_sweep result per seed)")
-    return {arm: summarize([[r.test_error for r in sweep[arm]] for sweep in sweeps])   # (seeds, B)
+    return {arm: summarize([[r.test_error for r in sweep[arm]] for sweep in sweeps])   # (seeds, n_sizes)
             for arm in sweeps[0]}
 
 

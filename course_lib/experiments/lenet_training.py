@@ -76,7 +76,7 @@ def train_step(model, opt, xb: np.ndarray, yb: np.ndarray, device=None) -> tuple
     """One minibatch: forward, loss, backward, optimizer step. Returns (mean loss, correct predictions).
 
     model : LeNet5 with a ``course_lib.optim`` optimizer, or TorchLeNet5 (on
-    ``device``) with a ``torch.optim`` one; xb (B, 1, 32, 32), yb (B,).
+    ``device``) with a ``torch.optim`` one; xb (N, 1, 32, 32), yb (N,).
     """
     if isinstance(model, LeNet5):
         loss, grads, logits = model.loss_and_grads(xb, yb)

@@ -13,4 +13,6 @@ convolve quickly), but the ideas they carry out live in the reading order
 ``launch``              ``allreduce(arrays)`` and ``launch(fn, P)``: collectives on real processes
 ``torch_launch``        ``launch_torch`` and ``torch_allreduce``: the same through ``torch.distributed``
 ``downpour_processes``  Downpour SGD's shards and replicas on real processes
+``backward_log``        when each layer's gradient and each DDP bucket's all-reduce happen (host times)
+``ddp_cli``             ``python -m course_lib.ddp``: LeNet-5 under DDP from the command line or torchrun
 """

@@ -30,6 +30,7 @@ from multiprocessing import connection, get_context
 
 import numpy as np
 
+from course_lib.checks import check_int
 from course_lib.distributed.downpour import DownpourResult, Replica, Shard, ShardFailure, split_data
 from course_lib.distributed.schedule import chunk_bounds
 from course_lib.models import TinyNet
@@ -62,10 +63,13 @@ def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, di
                     os.kill(os.getpid(), signal.SIGKILL)
             elif msg[0] == "stop":                      # apply the pushes still in the pipes
                 for c in conns[:-1]:
-                    while c.poll():
-                        m = c.recv()
-                        if m[0] == "push":
-                            shard.push(m[1], m[2])
+                    try:
+                        while c.poll():
+                            m = c.recv()
+                            if m[0] == "push":
+                                shard.push(m[1], m[2])
+                    except (EOFError, OSError):         # that replica is gone: nothing more from it
+                        conns.remove(c)
                 conn.send((shard.params, shard.staleness))
                 return
 
@@ -176,25 +180,28 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
     start_method : "fork", "spawn", "forkserver" or None (the platform default)
     """
     ctx = get_context(start_method)
-    w0 = model.init(np.random.default_rng(seed))
+    n_replicas = check_int(n_replicas, "n_replicas", 1)             # every check before any pipe or process
+    w0 = model.init(np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0]))   # as simulate's
     bounds = chunk_bounds(w0.size, n_shards)
     shard_kwargs = dict(optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
     Shard(0, 0, 1, w0[:1], **shard_kwargs)                          # check the settings here, once
+    Replica(0, model, x, y, batch, n_fetch, n_push, seed)           # and the replicas' (n_fetch, n_push)
     settings = dict(batch=batch, n_fetch=n_fetch, n_push=n_push, seed=seed,
                     total_steps=total_steps, timeout=timeout)
-    links = [[ctx.Pipe() for _ in range(n_shards)] for _ in range(n_replicas)]   # links[r][s]
-    controls = [ctx.Pipe() for _ in range(n_shards)]
-    counter, steps, start = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Barrier(n_replicas)
-    ranks = [(shard_worker, s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
-              controls[s][1], (kill_shards or {}).get(s)) for s, (lo, hi) in enumerate(bounds)]
-    ranks += [(replica_worker, r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)], bounds,
-               counter, steps, start, (kill_replicas or {}).get(r))
-              for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]
-    parent = _Parent(model, x, y, [conn for conn, _ in controls], counter, timeout)
+    links, controls = [], []                    # created inside the try: closed in finally whatever fails
 
     def who_hung(late):                         # run_processes' diagnose, on a timeout
         return None, f"Downpour did not finish {total_steps} steps ({counter.value} claimed)."
     try:
+        links += [[ctx.Pipe() for _ in range(n_shards)] for _ in range(n_replicas)]   # links[r][s]
+        controls += [ctx.Pipe() for _ in range(n_shards)]
+        counter, steps, start = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Barrier(n_replicas)
+        ranks = [(shard_worker, s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
+                  controls[s][1], (kill_shards or {}).get(s)) for s, (lo, hi) in enumerate(bounds)]
+        ranks += [(replica_worker, r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
+                   bounds, counter, steps, start, (kill_replicas or {}).get(r))
+                  for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]
+        parent = _Parent(model, x, y, [conn for conn, _ in controls], counter, timeout)
         results = run_processes(_member, ranks, timeout=timeout, start_method=start_method, diagnose=who_hung,
                                 may_die=range(n_shards, n_shards + n_replicas), while_running=parent,
                                 interval=eval_interval)

@@ -25,7 +25,7 @@ from multiprocessing import get_context, shared_memory
 
 import numpy as np
 
-from course_lib.checks import MAX_WORLD_SIZE, check_arrays
+from course_lib.checks import MAX_WORLD_SIZE, check_arrays, check_int, check_positive
 
 from course_lib.distributed.collectives import ALGORITHMS, ProcessGroup
 
@@ -41,20 +41,21 @@ TRANSPORTS = {                    # name -> factory(world_size, capacity, dtype,
 }
 
 
-def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -> None:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+def _check_transport(transport) -> None:
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= world_size:
-        raise ValueError(f"shards = {shards!r} must be an int from 1 to world_size = {world_size} "
-                         f"(shard s is served by rank s)")
+
+
+def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -> None:
+    """``allreduce``'s options (timeout in seconds), before any process starts; the arrays: ``check_arrays``."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+    _check_transport(transport)
+    check_int(shards, "shards", 1, world_size, why=f"world_size = {world_size}: shard s is served by rank s")
     if algorithm == "ring" and shards != 1:
         raise ValueError("shards only applies to algorithm='ps'")
-    if not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    check_positive(timeout, "timeout")
+    check_positive(repeats, "repeats", integer=True)
 
 
 def _group_worker(rank, transport, fault, fn, args):
@@ -106,10 +107,9 @@ def launch(fn, world_size: int, *, args: tuple = (), transport: str = "shm", cap
     _fault : tests only, ``(rank, step, "kill" | "hang" | "raise")``
     """
     ctx = get_context(start_method)
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or not 1 <= world_size <= MAX_WORLD_SIZE:
-        raise ValueError(f"world_size must be an int from 1 to {MAX_WORLD_SIZE}, got {world_size!r}")
-    if transport not in TRANSPORTS:
-        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
+    world_size = check_int(world_size, "world_size", 1, MAX_WORLD_SIZE,
+                           why=f"this kit starts at most {MAX_WORLD_SIZE} processes on one machine")
+    _check_transport(transport)
     if getattr(fn, "__module__", None) == "__main__" and ctx.get_start_method() != "fork":
         raise TypeError(f"{getattr(fn, '__name__', fn)} is defined in __main__ (a notebook or script): under "
                         f"the {ctx.get_start_method()} start method a worker cannot import it. Put it in a "

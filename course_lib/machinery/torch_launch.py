@@ -30,7 +30,7 @@ from multiprocessing import get_context, shared_memory
 
 import numpy as np
 
-from course_lib.checks import check_arrays
+from course_lib.checks import check_arrays, check_int
 from course_lib.distributed.torch_dist import default_backend
 
 from .launch import AllreduceResult
@@ -51,6 +51,14 @@ def _torch_worker(rank, world_size, init_file, backend, timeout, fn, args):
     return result                  # parent has our report would make the peers fail first
 
 
+def _choose_backend(backend: str | None, world_size: int) -> str:
+    """``backend``, or ``default_backend(P)`` when None; a ValueError unless "gloo" or "nccl"."""
+    backend = backend or default_backend(world_size)      # a ValueError when COURSE_DEVICE cannot be had
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    return backend
+
+
 def launch_torch(fn, world_size: int, *, args: tuple = (), backend: str | None = None,
                  timeout: float = 120.0, start_method: str | None = None) -> list:
     """Run ``fn(rank, world_size, *args)`` on P processes with ``torch.distributed`` initialised.
@@ -65,12 +73,9 @@ def launch_torch(fn, world_size: int, *, args: tuple = (), backend: str | None =
 
     Returns the P return values, by rank; raises ``CollectiveError`` naming a failed rank.
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    world_size = check_int(world_size, "world_size", 1)
     import torch.distributed  # noqa: F401  imported once here, forked children need not import it
-    backend = backend or default_backend(world_size)
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    backend = _choose_backend(backend, world_size)
     if backend == "nccl" and start_method in (None, "fork"):
         start_method = "spawn"
     with tempfile.TemporaryDirectory(prefix="course_lib_rdv_") as tmp:
@@ -114,11 +119,10 @@ def torch_allreduce(arrays, *, backend: str | None = None, timeout: float = 120.
     """
     arrays = check_arrays(arrays)
     P, shape, dtype = len(arrays), arrays[0].shape, arrays[0].dtype
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    repeats = check_int(repeats, "repeats", 1)
+    backend = _choose_backend(backend, P)               # every check before the segment exists
     N = int(np.prod(shape))
     io = shared_memory.SharedMemory(create=True, size=max(1, P * N * dtype.itemsize))
-    backend = backend or default_backend(P)
     try:
         rows = np.ndarray((P, N), dtype, io.buf)                                    # (P, N)
         for r, a in enumerate(arrays):

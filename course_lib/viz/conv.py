@@ -5,8 +5,8 @@ Every widget drives a plain function defined here and tested in
 units. Reading order follows the lessons:
 
 lesson 01  ``output_size_report`` / ``output_size_explorer`` (the sliders),
-           ``plot_padding``, ``receptive_field_sizes`` / ``receptive_field_1d``
-           / ``plot_receptive_field``
+           ``plot_padding``, ``plot_receptive_field`` (what it draws is
+           ``course_lib.conv.receptive_field_1d``)
 lesson 02  ``im2col_index_map`` / ``im2col_copies`` / ``pixel_colours`` / ``plot_im2col``;
            the tables and figures of ``course_lib.experiments.conv_costs``'s rows:
            ``memory_table`` / ``plot_im2col_memory`` (the KH*KW blow-up),
@@ -23,7 +23,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from course_lib.conv import conv_geometry, conv_output_size, conv_param_count, im2col
+from course_lib.conv import conv_geometry, conv_output_size, conv_param_count, im2col, receptive_field_1d
 from course_lib.experiments.conv_costs import IMPLEMENTATIONS
 from course_lib.viz import print_initial
 from course_lib.viz.tables import table
@@ -125,53 +125,12 @@ def plot_padding(x: np.ndarray, xp: np.ndarray):
     return fig
 
 
-def receptive_field_sizes(kernel_sizes: list[int], strides: list[int]) -> list[int]:
-    """Receptive field (in input pixels, along one axis) after each layer.
-
-    A layer with filter F and stride S widens the field by ``F - 1`` steps of
-    the layer below, and one step there is the product of the strides under it:
-
-        r_0 = 1,   r_q = r_{q-1} + (F_q - 1) * S_1 * ... * S_{q-1}
-
-    ("a convolution in the q-th layer increases the receptive field", lecture 5).
-    """
-    if len(kernel_sizes) != len(strides):
-        raise ValueError(f"{len(kernel_sizes)} kernel sizes but {len(strides)} strides")
-    r, jump, sizes = 1, 1, []
-    for F, S in zip(kernel_sizes, strides):
-        if F < 1 or S < 1:
-            raise ValueError(f"filter size F = {F} and stride S = {S} must both be >= 1")
-        r += (F - 1) * jump
-        jump *= S
-        sizes.append(r)
-    return sizes
-
-
-def receptive_field_1d(n_inputs: int, F: int, S: int, n_layers: int,
-                       neuron: int | None = None) -> list[list[int]]:
-    """Which neurons of each layer feed one neuron of the top layer (no padding, 1-D).
-
-    Returns ``cone`` with ``cone[q]`` the sorted indices of layer q that the
-    chosen top neuron (default: the middle one) depends on; ``cone[0]`` is its
-    receptive field in the input, ``cone[-1] == [neuron]``.
-    """
-    widths = [n_inputs]
-    for _ in range(n_layers):
-        widths.append(conv_output_size(widths[-1], F, 0, S, floor=True))
-    neuron = widths[-1] // 2 if neuron is None else neuron
-    if not 0 <= neuron < widths[-1]:
-        raise ValueError(f"neuron {neuron} is outside the top layer of width {widths[-1]}")
-    cone = [[neuron]]
-    for _ in range(n_layers):  # neuron j of a layer reads j*S .. j*S + F - 1 of the layer below
-        cone.insert(0, sorted({j * S + u for j in cone[0] for u in range(F)}))
-    return cone
-
-
 def plot_receptive_field(n_inputs: int = 11, F: int = 3, S: int = 1, n_layers: int = 3):
     """Sparse connectivity and the growing receptive field, in one dimension.
 
     Grey lines: every connection (each neuron sees only F neighbours below).
-    Orange: the neurons one top neuron depends on, down to the input pixels.
+    Orange: the neurons one top neuron depends on, down to the input pixels
+    (``course_lib.conv.receptive_field_1d``).
     """
     cone = receptive_field_1d(n_inputs, F, S, n_layers)
     positions = [np.arange(n_inputs, dtype=float)]

@@ -6,13 +6,13 @@ Every widget drives a plain function defined here and tested in
 with units. Symbols are those of ``course_lib``: N elements (the model's
 parameters), P = ``world_size`` ranks.
 
-lesson 06  ``plot_topologies``, ``cost_rows`` / ``cost_table``, ``cost_report`` / ``cost_explorer``
-           (sliders for N and P), ``plot_cost_vs_P``; real runs against the formulas are
-           an experiment, ``course_lib.experiments.allreduce.measured_bytes``, shown
-           by ``measured_bytes_table``
+lesson 06  ``plot_topologies``, ``cost_table`` (the rows of ``course_lib.distributed.cost.cost_rows``),
+           ``cost_report`` / ``cost_explorer`` (sliders for N and P), ``plot_cost_vs_P``; real runs
+           against the formulas are an experiment, ``course_lib.experiments.allreduce.measured_bytes``,
+           shown by ``measured_bytes_table``
 lesson 07  ``schedule_table``, ``ring_state_text``, ``chunk_colours``, ``plot_ring_step`` /
            ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
-           ``duplex_timeline`` / ``plot_duplex``, ``bandwidth_series`` / ``plot_bandwidth`` /
+           ``plot_duplex`` (the model is ``cost.duplex_timeline``), ``bandwidth_series`` / ``plot_bandwidth`` /
            ``bandwidth_table``
 lesson 08  ``bucket_rows`` / ``bucket_table``, ``overlap_summary``, ``plot_ddp_losses``,
            ``overlap_table``, ``plot_overlap`` (a measured backward pass above the model's:
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from course_lib.distributed.cost import ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
+from course_lib.distributed.cost import duplex_timeline, ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
 from course_lib.viz import print_initial
 from course_lib.viz.tables import table
 
@@ -60,24 +60,8 @@ def _bytes(n: float) -> str:
 # Lesson 06: the cost of the two topologies
 # --------------------------------------------------------------------------
 
-def cost_rows(N: int, world_sizes, itemsize: int = 4) -> list[dict]:
-    """Bytes of one reduction of N elements, per topology, for each P in ``world_sizes``.
-
-    ``ps_server``: through the parameter server, 2N(P-1) (lecture 5);
-    ``ring_per_rank``: sent by each ring rank, 2N(P-1)/P (the mean over ranks when P
-    does not divide N); ``ratio`` = ps_server / ring_per_rank = P.
-    """
-    rows = []
-    for P in world_sizes:
-        ps = ps_bytes_at_server(N, P, itemsize)
-        ring = float(ring_bytes_per_rank(N, P, itemsize).mean())
-        rows.append({"P": P, "ps_server": ps, "ring_per_rank": ring,
-                     "ratio": ps / ring if ring else float("nan")})
-    return rows
-
-
 def cost_table(rows: list[dict]) -> pd.DataFrame:
-    """``cost_rows`` as a table, one row per P, bytes to 0.1 of one unit for the whole table.
+    """``cost.cost_rows`` as a table, one row per P, bytes to 0.1 of one unit for the whole table.
 
     The unit is the largest in which the smallest count is at least 1 (KiB for
     LeNet-5's gradients, MiB for ResNet-50's), so that the columns compare at a glance.
@@ -356,37 +340,8 @@ def ring_stepper(trace):
     return box
 
 
-def duplex_timeline(world_size: int, mode: str) -> list[tuple[int, str, float, float]]:
-    """One step of a ring in units of one chunk's transfer time: (rank, "send"/"recv", start, end).
-
-    ``mode="overlapped"``: every rank sends right while it receives from the left: the step
-    takes 1. ``mode="send-then-receive"``: a rank cannot receive while it sends (one thread,
-    blocking calls); to avoid deadlock, even ranks send first and odd ranks receive first,
-    so each link is busy half the time and the step takes 2. With an odd P the last
-    rank and rank 0 are both even: rank P-1's send waits for rank 0 to finish sending,
-    rank P-2's send waits for rank P-1, and the step takes 3.
-    """
-    P = world_size
-    if isinstance(P, bool) or not isinstance(P, int) or P < 2:
-        raise ValueError(f"a ring needs world_size >= 2 ranks, got {P!r}")
-    if mode == "overlapped":
-        return [(r, kind, 0.0, 1.0) for r in range(P) for kind in ("send", "recv")]
-    if mode != "send-then-receive":
-        raise ValueError(f"mode must be 'overlapped' or 'send-then-receive', got {mode!r}")
-    send_start = {r: 0.0 if r % 2 == 0 else 1.0 for r in range(P)}   # even ranks send first
-    if P % 2 and P > 1:
-        send_start[P - 1] = 1.0        # rank 0 receives only once its own send is done
-        send_start[P - 2] = 2.0        # rank P-1 receives only once its own send is done
-    rows = []
-    for r in range(P):
-        src = (r - 1) % P
-        rows.append((r, "send", send_start[r], send_start[r] + 1))
-        rows.append((r, "recv", send_start[src], send_start[src] + 1))
-    return rows
-
-
 def plot_duplex(world_size: int = 4):
-    """Gantt charts of one ring step, overlapped vs send-then-receive (``duplex_timeline``)."""
+    """Gantt charts of one ring step, overlapped vs send-then-receive (``cost.duplex_timeline``)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * world_size + 1.8), sharey=True)
     for ax, mode in zip(axes, ("overlapped", "send-then-receive")):
         rows = duplex_timeline(world_size, mode)

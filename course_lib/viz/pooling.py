@@ -5,8 +5,8 @@ Every widget drives a plain function defined here and tested in
 
 Reading order: ``pooling_report`` / ``pooling_explorer`` (the sliders),
 ``plot_pooling_regions`` (which window each output reads),
-``next_layer_params`` / ``plot_next_layer_params`` (subsampling and the
-parameters of the layer after it), ``plot_gradient_routing`` (backward).
+``plot_next_layer_params`` (subsampling and the parameters of the layer after
+it: the rows of ``course_lib.pooling.next_layer_params``), ``plot_gradient_routing`` (backward).
 """
 
 from __future__ import annotations
@@ -127,19 +127,8 @@ def plot_pooling_regions(x: np.ndarray, kernel_size: int = 2, stride: int = 2):
     return fig
 
 
-def next_layer_params(H: int, C: int, pool_sizes, next_units: int = 84) -> list[dict]:
-    """Weights of a fully connected layer of ``next_units`` units after a P x P max pooling
-    (stride P) of an H x H x C volume, for each P in ``pool_sizes`` (P = 1: no pooling)."""
-    rows = []
-    for P in pool_sizes:
-        _, _, _, (H_out, W_out) = pool_output_shape((H, H), P, P)
-        rows.append({"pool": P, "output": (C, H_out, W_out),
-                     "weights": C * H_out * W_out * next_units})
-    return rows
-
-
 def plot_next_layer_params(rows: list[dict], H: int, C: int, next_units: int = 84):
-    """Bar chart of ``next_layer_params``: parameters after each pool size (log scale)."""
+    """Bar chart of ``course_lib.pooling.next_layer_params``' rows: parameters after each pool size (log scale)."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
     labels = [f"{r['pool']}x{r['pool']}\n-> {r['output'][1]}x{r['output'][2]}x{r['output'][0]}"
               for r in rows]

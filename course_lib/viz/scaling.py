@@ -2,8 +2,9 @@
 
 Reading order: ``plot_powerai`` (the two PowerAI tables and the model beside
 them), ``plot_timeline`` (one iteration, with and without overlap),
-``plot_efficiency_curves``, ``what_if_report`` / ``what_if_explorer`` (the
-widget; its logic is ``course_lib.scaling.what_if``), ``plot_imagenet``.
+``plot_efficiency_curves`` (the curves are ``course_lib.scaling.efficiency_curves``),
+``what_if_report`` / ``what_if_explorer`` (the widget; its logic is
+``course_lib.scaling.what_if``), ``plot_imagenet``.
 Tested in ``tests/test_scaling.py``.
 """
 
@@ -15,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from course_lib.scaling import (IMAGENET_AT_SCALE, POWERAI_CAFFE, POWERAI_MODEL, POWERAI_TORCH,
-                                Timeline, modelled_efficiency, resnet50_layers, what_if)
+                                Timeline, efficiency_curves, modelled_efficiency, resnet50_layers, what_if)
 from course_lib.viz import print_initial
 
 
@@ -63,12 +64,12 @@ def plot_timeline(timelines: dict[str, Timeline]):
 
 
 def plot_efficiency_curves(nodes=(1, 2, 4, 8, 16, 32, 64, 128, 256), ratios=(0.05, 0.2, 0.5, 1.0)):
-    """Modelled efficiency against nodes, with and without overlap, for several comm/compute ratios."""
+    """Modelled efficiency against nodes, with and without overlap, for several comm/compute ratios
+    (``course_lib.scaling.efficiency_curves``)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, r in enumerate(ratios):
-        runs = [what_if(r, n) for n in nodes]
-        ax.plot(nodes, [w["overlap"] for w in runs], "-", color=f"C{i}", label=f"comm/compute {r:g}, overlap")
-        ax.plot(nodes, [w["no_overlap"] for w in runs], "--", color=f"C{i}", label=f"comm/compute {r:g}, none")
+    for i, (r, E) in enumerate(efficiency_curves(nodes, ratios).items()):
+        ax.plot(nodes, E["overlap"], "-", color=f"C{i}", label=f"comm/compute {r:g}, overlap")
+        ax.plot(nodes, E["no_overlap"], "--", color=f"C{i}", label=f"comm/compute {r:g}, none")
     ax.set_xscale("log", base=2)
     ax.set(xlabel="nodes in the ring (world_size)", ylabel="scaling efficiency t(1) / t(P)",
            title="Efficiency under the timeline model: overlap hides what backprop can cover", ylim=(0, 1.05))
