@@ -175,6 +175,30 @@ def _allreduce_worker(pg, io_name, N, dtype, algorithm, shards, repeats):
         io.close()
 
 
+def through_shared_rows(arrays: list[np.ndarray], run) -> tuple[list[np.ndarray], object]:
+    """Put P same-shape arrays in one shared-memory block of P rows, call ``run(name)``, copy the rows back.
+
+    arrays : P arrays of one shape and dtype (checked by the caller)
+    run : starts the workers, which attach to the block by ``name`` and leave rank r's result in row r
+    returns : (the P rows, each reshaped to the input shape, as new arrays; what ``run`` returned)
+    The block is unlinked on every path, errors included.
+    """
+    P, shape, dtype = len(arrays), arrays[0].shape, arrays[0].dtype
+    N = int(np.prod(shape))
+    io = shared_memory.SharedMemory(create=True, size=max(1, P * N * dtype.itemsize))
+    try:
+        rows = np.ndarray((P, N), dtype, io.buf)                                  # (P, N)
+        for r, a in enumerate(arrays):
+            rows[r] = a.reshape(-1)
+        returned = run(io.name)
+        outputs = [rows[r].reshape(shape).copy() for r in range(P)]
+        rows = None                                # release the view before the block is closed
+    finally:
+        io.close()
+        io.unlink()
+    return outputs, returned
+
+
 def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeout: float = 60.0,
               shards: int = 1, start_method: str | None = None, repeats: int = 1,
               _fault=None) -> AllreduceResult:
@@ -200,19 +224,9 @@ def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeou
     P, shape, dtype = len(arrays), arrays[0].shape, arrays[0].dtype
     _check_options(algorithm, transport, P, shards, timeout, repeats)
     N = int(np.prod(shape))
-    io = shared_memory.SharedMemory(create=True, size=max(1, P * N * dtype.itemsize))
-    try:
-        rows = np.ndarray((P, N), dtype, io.buf)                                  # (P, N)
-        for r, a in enumerate(arrays):
-            rows[r] = a.reshape(-1)
-        results = launch(_allreduce_worker, P, args=(io.name, N, dtype.str, algorithm, shards, repeats),
-                         transport=transport, capacity=N, dtype=dtype, timeout=timeout,
-                         start_method=start_method, _fault=_fault)
-        outputs = [rows[r].reshape(shape).copy() for r in range(P)]
-        rows = None
-    finally:
-        io.close()
-        io.unlink()
+    outputs, results = through_shared_rows(arrays, lambda io_name: launch(
+        _allreduce_worker, P, args=(io_name, N, dtype.str, algorithm, shards, repeats), transport=transport,
+        capacity=N, dtype=dtype, timeout=timeout, start_method=start_method, _fault=_fault))
     elapsed = np.array([res[0] for res in results]).T                              # (repeats, P)
     return AllreduceResult(outputs, np.array([res[1] for res in results], dtype=np.int64),
                            np.array([res[2] for res in results], dtype=np.int64), elapsed,

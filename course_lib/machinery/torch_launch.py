@@ -33,7 +33,7 @@ import numpy as np
 from course_lib.checks import check_arrays, check_int
 from course_lib.distributed.torch_dist import default_backend
 
-from .launch import AllreduceResult
+from .launch import AllreduceResult, through_shared_rows
 from .procs import run_processes
 
 
@@ -122,18 +122,9 @@ def torch_allreduce(arrays, *, backend: str | None = None, timeout: float = 120.
     repeats = check_int(repeats, "repeats", 1)
     backend = _choose_backend(backend, P)               # every check before the segment exists
     N = int(np.prod(shape))
-    io = shared_memory.SharedMemory(create=True, size=max(1, P * N * dtype.itemsize))
-    try:
-        rows = np.ndarray((P, N), dtype, io.buf)                                    # (P, N)
-        for r, a in enumerate(arrays):
-            rows[r] = a.reshape(-1)
-        elapsed = launch_torch(_torch_allreduce_fn, P, args=(io.name, N, dtype.str, repeats),
-                               backend=backend, timeout=timeout, start_method=start_method)
-        outputs = [rows[r].reshape(shape).copy() for r in range(P)]
-        rows = None
-    finally:
-        io.close()
-        io.unlink()
+    outputs, elapsed = through_shared_rows(arrays, lambda io_name: launch_torch(
+        _torch_allreduce_fn, P, args=(io_name, N, dtype.str, repeats), backend=backend, timeout=timeout,
+        start_method=start_method))
     zeros = np.zeros(P, dtype=np.int64)
     return AllreduceResult(outputs, zeros, zeros.copy(), np.array(elapsed).T, "torch.distributed", backend,
                            1, start_method or get_context().get_start_method(), N * dtype.itemsize)
