@@ -10,9 +10,11 @@ worker died is never mistaken for it (nor killed by a test's clean-up).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import time
 from multiprocessing import shared_memory
@@ -75,6 +77,25 @@ def kill_left(workers: dict[int, str]) -> None:
     for pid, t in workers.items():
         if alive(pid, t):
             os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def parent_with_workers(script: str, cwd, count: int, **popen):
+    """Run ``script`` in a new Python process (this checkout first on its path) and wait until it
+    has ``count`` workers; yield ``(process, workers)``. On the way out, whatever happened, the
+    process is killed and reaped and every worker still running is SIGKILLed."""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, **popen)
+    workers = {}
+    try:
+        workers = wait_for_workers(proc.pid, count)                  # pid -> start time
+        assert len(workers) >= count, f"workers did not start: {sorted(workers)}"
+        yield proc, workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        kill_left(workers)
 
 
 def live_children() -> set[int]:

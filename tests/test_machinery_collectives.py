@@ -33,7 +33,7 @@ from course_lib.machinery import procs as procs_module
 from course_lib.machinery.launch import AllreduceResult, allreduce, launch
 from course_lib.machinery.procs import CollectiveError
 from course_lib.machinery.transport import PipeTransport, ShmTransport
-from procfs import IS_LINUX, kill_left, leaves_nothing_behind, still_alive, wait_for_workers  # noqa: F401
+from procfs import IS_LINUX, leaves_nothing_behind, parent_with_workers, still_alive  # noqa: F401
 from threadrun import in_threads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -158,12 +158,7 @@ def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
         allreduce([np.ones(100)] * 3, transport={transport!r}, timeout=60, _fault=(1, 0, "hang"),
                   start_method="fork")          # the workers are the parent's children (3.14: forkserver)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = {}
-    try:
-        workers = wait_for_workers(proc.pid, 3)                      # pid -> start time
-        assert len(workers) >= 3, f"workers did not start: {sorted(workers)}"
+    with parent_with_workers(script, tmp_path, 3, stdout=subprocess.PIPE, text=True) as (proc, workers):
         proc.kill()
         proc.wait(timeout=10)
         names = [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("SHM")]
@@ -172,11 +167,6 @@ def test_workers_die_with_a_killed_parent(transport, prctl, tmp_path):
         while any(os.path.exists(f"/dev/shm/{n}") for n in names) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert names and not [n for n in names if os.path.exists(f"/dev/shm/{n}")]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        kill_left(workers)
 
 
 def test_send_first_ring_deadlocks_and_is_diagnosed():
@@ -555,19 +545,10 @@ def test_workers_leave_a_killed_parent_that_is_not_yet_reaped(tmp_path):
         from course_lib.machinery.launch import allreduce
         allreduce([np.ones(10)] * 2, transport="pipe", timeout=60, _fault=(1, 0, "hang"), start_method="fork")
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = {}
-    try:
-        workers = wait_for_workers(proc.pid, 2)
-        assert len(workers) >= 2, f"workers did not start: {sorted(workers)}"
-        proc.kill()                                  # not reaped: proc.wait() comes after the check
+    with parent_with_workers(script, tmp_path, 2) as (proc, workers):
+        proc.kill()                                  # not reaped: the context reaps it after the check
         left = still_alive(workers)
         assert not left, f"workers {left} outlived their killed (zombie) parent"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        kill_left(workers)
 
 
 def test_die_with_parent_starts_no_watcher_on_windows(monkeypatch):

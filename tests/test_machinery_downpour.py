@@ -9,8 +9,6 @@ parent, and every child is joined.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -22,7 +20,7 @@ from course_lib.data import load_digits
 from course_lib.distributed.downpour import ShardFailure
 from course_lib.machinery.downpour_processes import shard_worker, train_on_processes
 from course_lib.models import TinyNet
-from procfs import kill_left, still_alive, wait_for_workers
+from procfs import parent_with_workers, still_alive
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +90,12 @@ def test_workers_die_with_a_killed_parent(prctl, tmp_path):
         downpour_processes.train_on_processes(TinyNet(), x, y, n_replicas=2, n_shards=2, total_steps=10**9,
                                               timeout=60, start_method="fork")
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
-    workers = {}
-    try:
-        workers = wait_for_workers(proc.pid, 4)                      # 2 shards + 2 replicas: pid -> start time
-        assert len(workers) >= 4, f"workers did not start: {sorted(workers)}"
+    with parent_with_workers(script, tmp_path, 4) as (proc, workers):     # 2 shards + 2 replicas
         time.sleep(0.5)                                  # let them train a little
         proc.kill()
         proc.wait(timeout=10)
         left = still_alive(workers)
         assert not left, f"workers {left} outlived their killed parent (of {sorted(workers)})"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        kill_left(workers)
 
 
 def test_a_stopped_shard_applies_the_pushes_still_in_its_pipes():
