@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from course_lib.conv import check_conv, check_conv_backward, conv_geometry
+from course_lib.checks import check_conv
+from course_lib.conv import check_conv_backward, conv_geometry
 from course_lib.machinery.threads import for_each_slice
 
 
