@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from course_lib.data import Digits
+from course_lib.experiments.seeds import summarize
 from course_lib.lenet import LeNet5, TorchLeNet5, copy_weights
 from course_lib.optim import SGD, Adagrad
 
@@ -185,9 +186,8 @@ def accuracy_summary(runs: list[SeedRun]) -> dict[str, dict]:
         raise ValueError("accuracy_summary: give at least one SeedRun (the result of train_over_seeds)")
     summary = {}
     for name in runs[0].histories:
-        final = np.array([run.histories[name].test_acc[-1] for run in runs])     # (seeds,)
-        summary[name] = {"median": float(np.median(final)), "min": float(final.min()),
-                         "max": float(final.max()), "all": final}
+        s = summarize([run.histories[name].test_acc[-1] for run in runs])         # over (seeds,)
+        summary[name] = {key: float(s[key]) for key in ("median", "min", "max")} | {"all": s["all"]}
     return summary
 
 
