@@ -78,7 +78,7 @@ notebooks: setup
 	$(PY) tools/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 
 exercises: setup
-	$(PY) -m course_lib.grading.build solutions exercises
+	$(PY) -m grader.build solutions exercises
 
 # make grade EXERCISE=01_convolution_exercise SUBMISSIONS=path/to/submitted [J=2]
 J ?= 2
@@ -86,7 +86,7 @@ grade: setup
 	@if [ -z "$(EXERCISE)" ] || [ -z "$(SUBMISSIONS)" ]; then \
 	    echo "usage: make grade EXERCISE=01_convolution_exercise SUBMISSIONS=folder/ [J=2]"; \
 	    echo "  (SUBMISSIONS holds one STUDENT.ipynb or one STUDENT/ folder per student)"; exit 2; fi
-	$(PY) -m course_lib.grade solutions/$(basename $(notdir $(EXERCISE))).ipynb $(SUBMISSIONS) \
+	$(PY) -m grader solutions/$(basename $(notdir $(EXERCISE))).ipynb $(SUBMISSIONS) \
 	    --out grades/$(basename $(notdir $(EXERCISE))) -j $(J)
 
 clean:

@@ -18,8 +18,10 @@ lecture and the reading order never enters them:
 * ``experiments/`` what the lessons do with the ideas: training runs over
                    seeds, sweeps and timings;
 * ``viz/``         the lessons' figures and widgets (the only place that
-                   imports matplotlib or ipywidgets);
-* ``grading/``     builds exercises/ from solutions/ and grades notebooks.
+                   imports matplotlib or ipywidgets).
+
+Grading is not part of this package: ``grader/``, beside it, builds exercises/
+from solutions/ and grades notebooks.
 
 Reading order
 -------------

@@ -23,7 +23,7 @@ def test_the_reading_order_leaves_out_the_machinery():
     reading = {p.relative_to(code_size.ROOT).as_posix() for p in code_size.modules()
                if code_size.in_reading_order(p)}
     assert "conv.py" in reading and "distributed/schedule.py" in reading
-    assert not any(name.startswith(("machinery/", "experiments/", "viz/", "grading/")) for name in reading)
+    assert not any(name.startswith(("machinery/", "experiments/", "viz/")) for name in reading)
 
 
 def test_body_lines_skip_the_docstring_and_count_nested_functions(tmp_path):

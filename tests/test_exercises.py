@@ -7,8 +7,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import ROOT
-from course_lib.grading.build import BEGIN_SOLUTION, build, cell_role, student_notebook
-from course_lib.grading.build import main as build_main
+from grader.build import BEGIN_SOLUTION, build, cell_role, student_notebook
+from grader.build import main as build_main
 
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 

@@ -26,9 +26,9 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from course_lib.grading import execute, grade, guard, submission
-from course_lib.grading.build import student_notebook
-from course_lib.grading.grade import Limits, grade_all
+from grader import execute, grade, guard, submission
+from grader.build import student_notebook
+from grader.grade import Limits, grade_all
 
 EXERCISE = "00_fixture_exercise"
 TEST_LIMITS = Limits(cell=10, notebook=120)
@@ -460,7 +460,7 @@ def test_cli_writes_csv_and_feedback_without_running_kernels(tmp_path):
     (tmp_path / "in" / "pete").mkdir()
     (tmp_path / "in" / "pete" / "notes.txt").write_text("see attached")
     (tmp_path / "in" / ".DS_Store").write_bytes(b"\0")
-    proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / f"{EXERCISE}.ipynb"),
+    proc = subprocess.run([sys.executable, "-m", "grader", str(tmp_path / f"{EXERCISE}.ipynb"),
                            str(tmp_path / "in"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -476,7 +476,7 @@ def test_cli_writes_csv_and_feedback_without_running_kernels(tmp_path):
     assert "none of the tests ran" in hugo, hugo
     pete = (tmp_path / "out" / "feedback" / "pete.txt").read_text()
     assert "pete/ holds no .ipynb file (found notes.txt)" in pete, pete
-    bad = subprocess.run([sys.executable, "-m", "course_lib.grade", str(tmp_path / "nope.ipynb"),
+    bad = subprocess.run([sys.executable, "-m", "grader", str(tmp_path / "nope.ipynb"),
                           str(tmp_path / "in")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr
 
@@ -650,7 +650,7 @@ def _nbgrader_generate(solution: Path, course: Path) -> None:
     ours = student_notebook(nbformat.read(solution, as_version=4))
     theirs = nbformat.reads(released, as_version=4)
     assert [submission.grade_id(c) for c in theirs.cells] == [submission.grade_id(c) for c in ours.cells], \
-        "nbgrader and course_lib.grading.build release different graded cells"
+        "nbgrader and grader.build release different graded cells"
 
 
 def test_a_kernel_that_cannot_start_is_reported_not_fatal(tmp_path, monkeypatch):
@@ -713,7 +713,7 @@ def test_score_voids_a_test_whose_guard_was_removed_and_stops_at_a_dead_kernel()
      ("unverified", ["unverified:test_add"])),
     ("after", execute.CellRun("ok", stdout="no report\n"), ("tampered", ["tampered:test_add"])),
     ("after", execute.CellRun("error", "AttributeError",
-                              "module 'course_lib.grading.guard' has no attribute 'SNAPSHOT'"),
+                              "module 'grader.guard' has no attribute 'SNAPSHOT'"),
      ("tampered", ["tampered:test_add"])),
     ("before", execute.CellRun("error", "RuntimeError", "no snapshot: the grader's preamble cell did not run"),
      ("tampered", ["tampered:test_add"])),

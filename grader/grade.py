@@ -1,6 +1,6 @@
 """Grade a class's exercise notebooks: a grades CSV and one feedback file per student.
 
-    python -m course_lib.grade solutions/01_convolution_exercise.ipynb submitted/ -j 2
+    python -m grader solutions/01_convolution_exercise.ipynb submitted/ -j 2
     make grade EXERCISE=01_convolution_exercise SUBMISSIONS=submitted/
 
 writes ``grades/<exercise>/grades.csv`` and ``grades/<exercise>/feedback/<student>.txt``.
@@ -31,7 +31,7 @@ unverified (it passed, but the grader's check around it did not finish, so
 the pass is not counted), ungraded. TOTAL statuses: ``RAN_STATUSES`` (the
 notebook ran: graded, timeout, kernel_died) or ``NOT_GRADED`` (no test ran:
 no_notebook, missing, unreadable, wrong_exercise, duplicate, grader_error).
-Flags are listed in ``course_lib.grading.submission``, plus ``patched:NAME``
+Flags are listed in ``grader.submission``, plus ``patched:NAME``
 when the answer cells replaced a function the tests use, ``tampered:TEST``
 when the code under test did so while TEST ran, or the grader's guard around
 TEST was removed or replaced, ``unverified:TEST`` when TEST passed but the
@@ -60,10 +60,10 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.grading.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
+from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
     student_notebook
-from course_lib.grading.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
-from course_lib.grading.submission import Submission, find_submissions, grade_id, merge, \
+from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
+from grader.submission import Submission, find_submissions, grade_id, merge, \
     read_submission, wrong_exercise
 
 COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail"]
@@ -84,7 +84,7 @@ MIN_SECRET_LINE = 12   # characters; shorter lines ('return x') give nothing awa
 WITHHELD = "[message withheld: it quoted the instructor's hidden tests or model answer]"
 # a guard cell's error that names one of these found the guard removed or replaced (tampered);
 # any other error is the check's own failure (MemoryError, RecursionError: unverified)
-GUARD_NAMES = ("_course_kit_guard", "course_lib.grading.guard", "check_and_restore", "SNAPSHOT",
+GUARD_NAMES = ("_course_kit_guard", "grader.guard", "check_and_restore", "SNAPSHOT",
                "no snapshot")
 
 
@@ -484,7 +484,7 @@ def summary(grades: list[Grade]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grade", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
     parser.add_argument("solution", type=Path,
                         help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
     parser.add_argument("submissions", type=Path, help="folder: one STUDENT.ipynb or one STUDENT/ folder per student")

@@ -52,17 +52,17 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-from course_lib.grading.build import cell_role
+from grader.build import cell_role
 
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 MAX_OUTPUT_BYTES = 2**20   # bytes of text kept per cell (1 MiB); errors are always kept
 _PIECE = 2**20         # characters encoded at a time to count a message's UTF-8 bytes
 ROLE_KEY = "course_kit_grader"
-CHECKOUT = Path(__file__).resolve().parents[2]   # the folder holding course_lib/
+CHECKOUT = Path(__file__).resolve().parents[1]   # the folder holding course_lib/ and grader/
 _AST_LOCK = threading.Lock()
 _OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error")   # what nbclient stores
-GUARD_CALL = ("import course_lib.grading.guard as _course_kit_guard\n"
+GUARD_CALL = ("import grader.guard as _course_kit_guard\n"
               "_course_kit_guard.check_and_restore(_course_kit_guard.SNAPSHOT)")
 
 
@@ -142,9 +142,9 @@ def instrument(nb, modules: list[str]):
     role 'preamble', 'before' or 'after'; the notebook's own cells are unchanged.
     """
     out = copy.deepcopy(nb)
-    preamble = ("import course_lib.grading.guard as _course_kit_guard\n"
+    preamble = ("import grader.guard as _course_kit_guard\n"
                 f"_course_kit_guard.SNAPSHOT = _course_kit_guard.take_snapshot({modules!r})")
-    calibrate = ("import course_lib.grading.guard as _course_kit_guard\n"
+    calibrate = ("import grader.guard as _course_kit_guard\n"
                  "_course_kit_guard.forget_volatile(_course_kit_guard.SNAPSHOT);")
     cells = [_grader_cell(preamble, "preamble"), _grader_cell(calibrate, "preamble")]
     for cell in out.cells:

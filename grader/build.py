@@ -16,7 +16,7 @@ The student's copy replaces each solution block by a stub that raises
 ``NotImplementedError`` pointing at the lesson, drops hidden tests, and
 clears outputs. Run it with ``make exercises`` or
 
-    python -m course_lib.grading.build solutions exercises [--check]
+    python -m grader.build solutions exercises [--check]
 
 ``--check`` writes nothing and exits 1 if exercises/ is out of date (CI).
 """

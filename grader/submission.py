@@ -36,7 +36,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.grading.build import cell_role, student_cell
+from grader.build import cell_role, student_cell
 
 
 @dataclass

@@ -10,5 +10,5 @@ Reading order
 4. ``execute``     runs the merged notebook in a fresh kernel, in its own
                    temporary folder, with per-cell and per-notebook time limits.
 5. ``grade``       scores the test cells, writes the grades CSV and one feedback
-                   file per student; ``python -m course_lib.grade`` (``make grade``).
+                   file per student; ``python -m grader`` (``make grade``).
 """
