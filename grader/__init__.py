@@ -1,4 +1,8 @@
-"""Exercises and grading, apart from the lessons they serve.
+"""The instructor's grader: builds exercises/ from solutions/ and grades a class's notebooks.
+
+A tool of its own, beside the teaching library: nothing here is imported by
+``course_lib``, and the only teaching code a submission's kernel sees is what
+its test cells import. ``grader/README.md`` is the instructor's summary.
 
 Reading order
 -------------
@@ -7,8 +11,13 @@ Reading order
                    only their answer cells into the instructor's notebook.
 3. ``guard``       runs inside the student's kernel: puts back any function the
                    tests rely on (``np.allclose``) that the answers replaced.
-4. ``execute``     runs the merged notebook in a fresh kernel, in its own
-                   temporary folder, with per-cell and per-notebook time limits.
-5. ``grade``       scores the test cells, writes the grades CSV and one feedback
+4. ``sandbox``     where a kernel runs: a bubblewrap sandbox per submission on
+                   Linux (no network, no instructor files, its own PID
+                   namespace), else the limited mode; ``limits`` sets its
+                   memory, process and file-size limits.
+5. ``execute``     runs the merged notebook in a fresh kernel, in its own
+                   temporary folder, with per-cell and per-notebook time limits;
+                   after a cell that stops the kernel, goes on in a fresh one.
+6. ``grade``       scores the test cells, writes the grades CSV and one feedback
                    file per student; ``python -m grader`` (``make grade``).
 """

@@ -49,12 +49,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+from grader import sandbox
 from grader.build import cell_role
 
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
+MAX_RESTARTS = 3       # fresh kernels after cells that stopped one (a time limit, a crash)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 MAX_OUTPUT_BYTES = 2**20   # bytes of text kept per cell (1 MiB); errors are always kept
 _PIECE = 2**20         # characters encoded at a time to count a message's UTF-8 bytes
@@ -293,75 +296,172 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
-async def _start_kernel(client) -> None:
-    """Start ``client``'s kernel and connect to it; a failure cleans up and raises KernelStartError."""
-    client.km = client.create_kernel_manager()
+class _ConfinedKernelManager(AsyncKernelManager):
+    """jupyter_client's kernel manager, with the kernel's command wrapped by ``sandbox.kernel_command``
+    and, in the sandbox, the ``ipc`` transport (Unix sockets in the room's run folder)."""
+
+    def confine(self, room: sandbox.Room, confinement: sandbox.Confinement, hidden: list[Path], number: int):
+        self.room, self.confinement, self.hidden = room, confinement, hidden
+        self.connection_file = str(room.run / f"kernel-{number}.json")
+        if room.mode.name == "sandbox":
+            self.transport, self.ip = "ipc", str(room.run / f"k{number}")
+
+    def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+        command = super().format_kernel_cmd(extra_arguments)
+        self.room.give(Path(self.connection_file))   # written just before, by the grader's user
+        return sandbox.kernel_command(command, self.room, self.confinement, self.hidden)
+
+
+@dataclass
+class Execution:
+    """One notebook run: a CellRun per cell, the mode it ran in, kernels restarted after a
+    stop, and processes of the submission found alive after its kernel ended (and ended)."""
+    runs: list[CellRun]
+    mode: str
+    restarts: int = 0
+    leftovers: int = 0
+
+
+@dataclass
+class _Plan:
+    """What ``_run`` needs besides the notebook: the room, its limits, the time limits."""
+    room: sandbox.Room
+    confinement: sandbox.Confinement
+    hidden: list[Path]
+    cell_timeout: float
+    notebook_timeout: float
+    starts: int = 0
+
+
+async def _start_kernel(client, plan: _Plan) -> None:
+    """Start a fresh kernel for ``client`` in the plan's room; a failure cleans up and raises KernelStartError."""
+    plan.starts += 1
+    client.km = _ConfinedKernelManager(kernel_name=KERNEL)
+    client.km.confine(plan.room, plan.confinement, plan.hidden, plan.starts)
     try:
         # the kernel process's own stdout/stderr (start-up banners) are not the cells' output
-        await client.async_start_new_kernel(env=kernel_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await client.async_start_new_kernel(env=plan.room.env, cwd=str(plan.room.scratch),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await client.async_start_new_kernel_client()
     except Exception as err:  # noqa: BLE001 - nothing of the student's has run yet
-        if client.km is not None:
-            with contextlib.suppress(Exception):
-                await client._async_cleanup_kernel()
+        await _stop_kernel(client, plan)
         raise KernelStartError(f"the kernel did not start: {type(err).__name__}: {err}") from err
 
 
-async def _run(nb, workdir: Path, cell_timeout: float, notebook_timeout: float) -> list[CellRun]:
-    runs = [CellRun() for _ in nb.cells]
+async def _stop_kernel(client, plan: _Plan) -> int:
+    """Shut the kernel down (the sandbox's PID namespace ends with it), then end whatever of the
+    submission still runs; returns how many such processes there were."""
+    if client.km is None:
+        return 0
+    provisioner = getattr(client.km, "provisioner", None)
+    session = getattr(provisioner, "pgid", None)
+    with contextlib.suppress(Exception):
+        await client._async_cleanup_kernel()
+    client.km = client.kc = None
+    return sandbox.end_leftovers(plan.room, session)
+
+
+async def _run_cells(client, nb, runs, first: int, deadline: float, plan: _Plan, replies: dict) -> int | None:
+    """Run cells ``first``, ``first + 1``, ... and record each CellRun; return the index of the cell
+    that stopped the kernel (a cell time limit, or the kernel died), or None (the end, or the notebook's time)."""
+    for index in range(first, len(nb.cells)):
+        cell, run, left = nb.cells[index], runs[index], deadline - time.monotonic()
+        if cell.cell_type != "code" or not cell.source.strip():
+            run.status = "ok"
+            continue
+        if left <= 0:
+            run.status, run.limit = "timeout", "notebook"
+            return None
+        client.timeout = max(1, math.ceil(min(plan.cell_timeout, left)))
+        try:
+            await client.async_execute_cell(cell, index, execution_count=index)
+        except CellTimeoutError:
+            run.status, run.limit = "timeout", "cell" if plan.cell_timeout <= left else "notebook"
+            return index if run.limit == "cell" else None
+        except DeadKernelError:
+            run.status = "died"
+            return index
+        content = (replies.get(index) or {}).get("content", {})
+        run.stdout = _stdout(cell)
+        if content.get("status") == "error":
+            run.status, run.ename, run.evalue = "error", content.get("ename", ""), content.get("evalue", "")
+        else:
+            run.status = "ok"
+    return None
+
+
+async def _replay(client, nb, upto: int, skip: set[int], deadline: float, plan: _Plan) -> bool:
+    """In a fresh kernel, run again what the cells after ``upto`` may need: the grader's preamble
+    and every answer and set-up cell before it, except those in ``skip`` (they stopped a kernel);
+    test cells and their guards are not run again. False if the replay itself was stopped."""
+    for index, cell in enumerate(nb.cells[:upto]):
+        role = cell.metadata.get(ROLE_KEY, {}).get("role")
+        if (cell.cell_type != "code" or not cell.source.strip() or index in skip or role in ("before", "after")
+                or cell_role(cell) == "test"):
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        client.timeout = max(1, math.ceil(min(plan.cell_timeout, left)))
+        try:
+            await client.async_execute_cell(copy.deepcopy(cell), index, execution_count=index)
+        except (CellTimeoutError, DeadKernelError):
+            return False
+    return True
+
+
+async def _run(nb, plan: _Plan) -> Execution:
+    """Run every cell; after a cell stops the kernel, go on in a fresh one (at most MAX_RESTARTS times)."""
+    execution = Execution([CellRun() for _ in nb.cells], plan.room.mode.name)
     replies: dict[int, dict] = {}
     client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
-                           record_timing=False, resources={"metadata": {"path": str(workdir)}})
+                           record_timing=False, resources={"metadata": {"path": str(plan.room.scratch)}})
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
-    await _start_kernel(client)
-    async with client.async_setup_kernel():  # the kernel above; shut down on the way out
-        deadline = time.monotonic() + notebook_timeout
-        for index, cell in enumerate(nb.cells):
-            run, left = runs[index], deadline - time.monotonic()
-            if cell.cell_type != "code" or not cell.source.strip():
-                run.status = "ok"
-                continue
-            if left <= 0:
-                run.status, run.limit = "timeout", "notebook"
+    await _start_kernel(client, plan)
+    deadline, first, skip = time.monotonic() + plan.notebook_timeout, 0, set()
+    try:
+        while (stopped := await _run_cells(client, nb, execution.runs, first, deadline, plan, replies)) is not None:
+            skip.add(stopped)
+            if execution.restarts == MAX_RESTARTS or deadline - time.monotonic() < 1:
                 break
-            client.timeout = max(1, math.ceil(min(cell_timeout, left)))
-            try:
-                await client.async_execute_cell(cell, index, execution_count=index)
-            except CellTimeoutError:
-                run.status, run.limit = "timeout", "cell" if cell_timeout <= left else "notebook"
+            execution.leftovers += await _stop_kernel(client, plan)
+            execution.restarts += 1
+            await _start_kernel(client, plan)
+            if not await _replay(client, nb, stopped, skip, deadline, plan):
                 break
-            except DeadKernelError:
-                run.status = "died"
-                break
-            content = (replies.get(index) or {}).get("content", {})
-            run.stdout = _stdout(cell)
-            if content.get("status") == "error":
-                run.status, run.ename, run.evalue = "error", content.get("ename", ""), content.get("evalue", "")
-            else:
-                run.status = "ok"
-    return runs
+            first = stopped + 1
+    finally:
+        execution.leftovers += await _stop_kernel(client, plan)
+    return execution
 
 
 class KernelStartError(RuntimeError):
     """The kernel did not start (before any of the notebook's cells ran)."""
 
 
-def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600,
-                 attempts: int = 2) -> list[CellRun]:
-    """Run ``nb`` (not modified) in a fresh kernel started in ``workdir``; one CellRun per cell.
+def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600, attempts: int = 2,
+                 confinement: sandbox.Confinement | None = None, hidden: list[Path] = ()) -> Execution:
+    """Run ``nb`` (not modified) in a fresh kernel in a room under ``workdir``; one CellRun per cell.
 
     Parameters
     ----------
     nb : the instrumented notebook (nbformat v4)
-    workdir : an empty folder for this submission alone (the kernel's cwd)
+    workdir : an empty folder for this submission alone (deleted by the caller)
     cell_timeout : seconds one cell may run
-    notebook_timeout : seconds all cells together may run (kernel start-up excluded)
+    notebook_timeout : seconds all cells together may run (the first kernel start-up excluded,
+        restarts included)
     attempts : kernel starts to try; a start that fails (a busy machine) is retried,
         which is safe because no cell has run yet
+    confinement : limits and sandbox choice (default: ``sandbox.Confinement()``)
+    hidden : folders the submission must not see (the solution's, the submissions, the grades)
     """
+    confinement = confinement or sandbox.Confinement()
+    mode = sandbox.choose(confinement)
     for attempt in range(1, attempts + 1):
+        room = sandbox.Room(Path(workdir) / f"attempt-{attempt}", mode, kernel_env())
+        plan = _Plan(room, confinement, list(hidden), cell_timeout, notebook_timeout)
         try:
-            return asyncio.run(_run(copy.deepcopy(nb), workdir, cell_timeout, notebook_timeout))
+            return asyncio.run(_run(copy.deepcopy(nb), plan))
         except KernelStartError:
             if attempt == attempts:
                 raise

@@ -55,7 +55,7 @@ import time
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nbformat
@@ -63,10 +63,11 @@ import nbformat
 from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
     student_notebook
 from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
+from grader.sandbox import GIB, Confinement, SandboxUnavailable, choose
 from grader.submission import Submission, find_submissions, grade_id, merge, \
     read_submission, wrong_exercise
 
-COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail"]
+COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail", "mode"]
 MAX_DETAIL = 300
 TEST_STATUSES = ("passed", "failed", "error", "timeout", "kernel_died", "not_run", "tampered", "unverified",
                  "ungraded")
@@ -90,9 +91,13 @@ GUARD_NAMES = ("_course_kit_guard", "grader.guard", "check_and_restore", "SNAPSH
 
 @dataclass
 class Limits:
-    """Time limits in seconds: one cell, and all cells of one notebook together."""
+    """Time limits in seconds (one cell; all cells of one notebook together), what else one
+    submission may use (``confinement``: memory, processes, file size, sandbox or not) and
+    the folders it must not see (``hidden``: the solution's, the submissions, the grades)."""
     cell: float = 60.0
     notebook: float = 600.0
+    confinement: Confinement = field(default_factory=Confinement)
+    hidden: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -115,6 +120,8 @@ class Grade:
     detail: str = ""
     flags: list[str] = field(default_factory=list)
     answer_errors: dict[str, str] = field(default_factory=dict)   # answer cell id -> 'ename: evalue'
+    mode: str = ""   # where it ran: 'sandbox' or 'limited' ('' when no kernel ran)
+    memory: int = Confinement.memory   # its memory limit per process, bytes
 
     @property
     def points(self) -> float:
@@ -163,16 +170,19 @@ def _guard_report(run: CellRun) -> list[str] | None:
     return None
 
 
-def _stop_detail(run: CellRun, cell, limits: Limits) -> str:
+def _stop_detail(run: CellRun, cell, limits: Limits, went_on: bool) -> str:
+    """Why the kernel stopped in ``cell``, and what happened next (``went_on``: grading
+    went on in a fresh kernel, with the answer cells before it run again, this one left out)."""
     grader = cell.metadata.get(ROLE_KEY)
     if grader:
         what = f"the grader's check around test {grader.get('test_id')!r}"
     else:
         what = f"cell {grade_id(cell) or 'without a grade id'!r}"
+    after = ("the grader went on in a fresh kernel without it" if went_on else "the tests after it score 0")
     if run.status == "died":
-        return f"the kernel died in {what}; the tests after it score 0"
+        return f"the kernel died in {what} (it may have run out of memory); {after}"
     seconds = limits.cell if run.limit == "cell" else limits.notebook
-    return f"{what} ran past the {seconds:g} s {run.limit} time limit; the tests after it score 0"
+    return f"{what} ran past the {seconds:g} s {run.limit} time limit; {after}"
 
 
 def _void(test: TestResult, why: str, status: str, flags: list[str]) -> None:
@@ -221,9 +231,9 @@ def _apply_guard(role: str, run: CellRun, test: TestResult | None, flags: list[s
 def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> tuple[str, str, list[str]]:
     """Fill ``tests`` in place from the runs of the instrumented ``nb``; return (status, detail, flags)."""
     by_id = {t.test_id: t for t in tests}
-    status, detail, flags = "graded", "", []
+    status, details, flags = "graded", [], []
     unchecked: dict[str, tuple[str, CellRun]] = {}   # test id -> (role, run) of a check that raised
-    for cell, run in zip(nb.cells, runs):
+    for index, (cell, run) in enumerate(zip(nb.cells, runs)):
         role = cell.metadata.get(ROLE_KEY, {}).get("role")
         test = by_id.get(grade_id(cell)) if cell_role(cell) == "test" else None
         if role == "preamble" and run.status == "error":
@@ -240,20 +250,20 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
                 test.status = "failed" if run.ename == "AssertionError" else "error"
                 test.detail = _error_text(run)
         if run.status in ("timeout", "died"):
-            status = "timeout" if run.status == "timeout" else "kernel_died"
-            detail = _stop_detail(run, cell, limits)
+            kind = "timeout" if run.status == "timeout" else "kernel_died"
+            status = kind if status == "graded" else status
+            details.append(_stop_detail(run, cell, limits, any(r.status != "not_run" for r in runs[index + 1:])))
             if test is not None and test.status == "not_run":
-                test.status, test.detail = status, detail
+                test.status, test.detail = kind, details[-1]
             guarded = by_id.get(cell.metadata.get(ROLE_KEY, {}).get("test_id")) if role == "after" else None
             if guarded is not None:   # its check never finished: a pass we cannot vouch for
-                _unverified(guarded, "after", detail, flags)
-            break
+                _unverified(guarded, "after", details[-1], flags)
     for test_id, (role, run) in unchecked.items():   # a check that raised: the same
         _unverified(by_id[test_id], role, _error_text(run), flags)
     for test in tests:
         if test.status == "not_run":
-            test.detail = "not reached: " + (detail or "the notebook stopped before it")
-    return status, detail, flags
+            test.detail = "not reached: " + (details[-1] if details else "the notebook stopped before it")
+    return status, "; ".join(details), flags
 
 
 def answer_errors(nb, runs: list[CellRun]) -> dict[str, str]:
@@ -331,15 +341,22 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
     merged = merge(instructor, nb)
     runnable = instrument(merged.nb, test_modules(instructor) if modules is None else modules)
     with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
-        runs = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook)
+        execution = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook,
+                                 confinement=limits.confinement, hidden=list(limits.hidden))
+    runs = execution.runs
     status, detail, patched = score(runnable, runs, tests, limits)
     errors = answer_errors(runnable, runs)
     withheld = _withhold_all(tests, errors, secret_lines(instructor))
     flags = merged.flags + patched + [f"answer_error:{key}" for key in errors] + withheld
+    flags += [f"out_of_memory:{grade_id(cell)}" for cell, run in zip(runnable.cells, runs)
+              if run.ename == "MemoryError" and grade_id(cell)]
+    if execution.leftovers:
+        flags.append(f"leftover_processes:{execution.leftovers}")
     for test in tests:
         test.flags = [f for f in flags if f.split(":", 1)[-1] == test.test_id]
     reasons = ([detail] if detail else []) + [f"answer cell {key!r} raised {error}" for key, error in errors.items()]
-    return Grade(sub.student, exercise, tests, status, _short("; ".join(reasons)), flags, errors)
+    return Grade(sub.student, exercise, tests, status, _short("; ".join(reasons)), flags, errors, execution.mode,
+                 limits.confinement.memory)
 
 
 def _grade_safely(instructor, sub, exercise, limits, modules) -> Grade:
@@ -371,6 +388,8 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     limits = limits or Limits()
+    limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()))
+    choose(limits.confinement)   # refuse now, not once per student, when the sandbox is required and cannot start
     instructor = load_instructor(solution)
     subs = find_submissions(submissions, solution.name)
     exercise, modules = solution.stem, test_modules(instructor)
@@ -388,10 +407,10 @@ def csv_rows(grades: list[Grade]) -> list[dict]:
         for t in g.tests:
             rows.append(dict(student=g.student, exercise=g.exercise, test_id=t.test_id,
                              points=_points(t.points), max_points=_points(t.max_points),
-                             status=t.status, flags=";".join(t.flags), detail=t.detail))
+                             status=t.status, flags=";".join(t.flags), detail=t.detail, mode=g.mode))
         rows.append(dict(student=g.student, exercise=g.exercise, test_id="TOTAL",
                          points=_points(g.points), max_points=_points(g.max_points),
-                         status=g.status, flags=";".join(g.flags), detail=g.detail))
+                         status=g.status, flags=";".join(g.flags), detail=g.detail, mode=g.mode))
     return rows
 
 
@@ -435,6 +454,10 @@ FLAG_NOTES = {
     "answer_error": "your answer cell {id} raised {error}; the cell stopped at that error, so the tests "
                     "could not use what it defines from there on (a test's NameError may come from this)",
     "withheld": "the message of {id} was withheld: it quoted the hidden tests or the model answer",
+    "out_of_memory": "cell {id} ran out of memory (the grader's limit per process is {memory}); a test that "
+                     "needs what it defines fails",
+    "leftover_processes": "{id} process(es) your code started were still running after grading; the grader "
+                          "ended them",
 }
 
 
@@ -455,8 +478,9 @@ def feedback_text(g: Grade) -> str:
     notes = []
     for flag in g.flags:
         kind, _, ident = flag.partition(":")
-        notes.append("  - " + FLAG_NOTES.get(kind, flag).format(id=repr(ident) if kind != "dropped_cells" else ident,
-                                                                error=g.answer_errors.get(ident, "an error")))
+        notes.append("  - " + FLAG_NOTES.get(kind, flag).format(
+            id=ident if kind in ("dropped_cells", "leftover_processes") else repr(ident),
+            error=g.answer_errors.get(ident, "an error"), memory=f"{g.memory / GIB:g} GiB"))
     if notes:
         lines += ["", "Notes", *notes]
     return "\n".join(lines) + "\n"
@@ -483,7 +507,7 @@ def summary(grades: list[Grade]) -> str:
             f"{len(grades) - ran} not gradable{breakdown(NOT_GRADED)}")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
     parser.add_argument("solution", type=Path,
                         help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
@@ -492,18 +516,52 @@ def main(argv=None) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once (default 2)")
     parser.add_argument("--cell-timeout", type=float, default=Limits.cell, help="seconds per cell (default 60)")
     parser.add_argument("--timeout", type=float, default=Limits.notebook, help="seconds per notebook (default 600)")
-    args = parser.parse_args(argv)
+    default = Confinement()
+    parser.add_argument("--memory-gib", type=float, default=default.memory / GIB,
+                        help=f"memory per process of a submission, GiB (default {default.memory / GIB:g})")
+    parser.add_argument("--max-processes", type=int, default=default.nproc,
+                        help=f"processes and threads of a submission (default {default.nproc})")
+    parser.add_argument("--max-file-gib", type=float, default=default.fsize / GIB,
+                        help=f"largest file a submission may write, GiB (default {default.fsize / GIB:g})")
+    sandboxing = parser.add_mutually_exclusive_group()
+    sandboxing.add_argument("--require-sandbox", action="store_true",
+                            help="refuse to grade where the sandbox cannot start "
+                                 "(default: fall back to the limited mode)")
+    sandboxing.add_argument("--no-sandbox", action="store_true", help="grade in the limited mode even where the "
+                                                                      "sandbox could start")
+    return parser
+
+
+def mode_line(grades: list[Grade], confinement: Confinement) -> str:
+    """The console's last line: which mode graded the submissions, and why when not the sandbox."""
+    counts = Counter(g.mode for g in grades if g.mode)
+    if not counts:
+        return "mode: no kernel ran"
+    mode = choose(confinement)
+    where = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+    if mode.name == "sandbox":
+        return f"mode: {where} (bubblewrap: {mode.bwrap})"
+    return f"mode: {where}: NOT sandboxed: {mode.reason}"
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     start = time.perf_counter()
+    out = args.out or Path("grades") / args.solution.stem
+    confinement = Confinement(int(args.memory_gib * GIB), args.max_processes, int(args.max_file_gib * GIB),
+                              require_sandbox=args.require_sandbox, use_sandbox=not args.no_sandbox)
     try:
-        grades = grade_all(args.solution, args.submissions, args.jobs, Limits(args.cell_timeout, args.timeout))
-    except (OSError, ValueError) as err:
+        grades = grade_all(args.solution, args.submissions, args.jobs,
+                           Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),)))
+    except (OSError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    csv_path = write_outputs(args.out or Path("grades") / args.solution.stem, grades)
+    csv_path = write_outputs(out, grades)
     for g in grades:
         print(f"{g.student:<24} {_points(g.points):>5} / {_points(g.max_points):<5} {g.status}"
               + (f"  [{';'.join(g.flags)}]" if g.flags else ""))
     print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}")
+    print(mode_line(grades, confinement))
     return 0
 
 

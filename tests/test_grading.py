@@ -118,6 +118,9 @@ def fake_submissions() -> dict[str, object]:
         "syntax": answered(add="def add(a, b)\n    return a + b", mul=GOOD_MUL),
         "import_error": answered(add="import numpy_does_not_exist\n" + GOOD_ADD, mul=GOOD_MUL),
         "crash": answered(add=GOOD_ADD, mul="import os\nos._exit(1)"),
+        # a stop in the first part must not cost the later ones: a fresh kernel goes on
+        "loop_first": answered(add="while True:\n    pass", mul=GOOD_MUL),
+        "crash_in_test": answered(add="def add(a, b):\n    import os\n    os._exit(1)", mul=GOOD_MUL),
         "not_json": "{ this is not JSON",
         "not_notebook": json.dumps({"hello": "world"}),
         "wrong_exercise": other,
@@ -137,10 +140,14 @@ EXPECTED = {
     "perfect": (6, "graded", {"test_add": (1, "passed"), "test_add_hidden": (2, "passed"), "test_mul": (3, "passed")}),
     "blank": (0, "graded", {"test_add": (0, "error"), "test_add_hidden": (0, "error"), "test_mul": (0, "error")}),
     "partial": (3, "graded", {"test_mul": (0, "failed")}),
-    "loop": (3, "timeout", {"test_add": (1, "passed"), "test_mul": (0, "not_run")}),
+    "loop": (3, "timeout", {"test_add": (1, "passed"), "test_mul": (0, "error")}),
+    "loop_first": (3, "timeout", {"test_add": (0, "error"), "test_add_hidden": (0, "error"),
+                                  "test_mul": (3, "passed")}),
+    "crash_in_test": (3, "kernel_died", {"test_add": (0, "kernel_died"), "test_add_hidden": (0, "kernel_died"),
+                                         "test_mul": (3, "passed")}),
     "syntax": (3, "graded", {"test_add": (0, "error"), "test_mul": (3, "passed")}),
     "import_error": (3, "graded", {"test_add": (0, "error"), "test_mul": (3, "passed")}),
-    "crash": (3, "kernel_died", {"test_add_hidden": (2, "passed"), "test_mul": (0, "not_run")}),
+    "crash": (3, "kernel_died", {"test_add_hidden": (2, "passed"), "test_mul": (0, "error")}),
     "not_json": (0, "unreadable", {"test_mul": (0, "ungraded")}),
     "not_notebook": (0, "unreadable", {"test_mul": (0, "ungraded")}),
     "wrong_exercise": (0, "wrong_exercise", {"test_add": (0, "ungraded")}),
@@ -367,7 +374,7 @@ def test_a_huge_print_and_a_print_loop_are_capped_in_a_real_kernel(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[code("print('x' * (5 * 2**20))"),
                                          code("for i in range(3000):\n    print('y' * 1000)"),
                                          code("print('small')")])
-    runs = execute.run_notebook(nb, tmp_path, cell_timeout=60, notebook_timeout=120)
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=60, notebook_timeout=120).runs
     assert [r.status for r in runs] == ["ok", "ok", "ok"]
     for run, printed in zip(runs, (5 * MiB + 1, 3000 * 1001)):
         kept, marker, rest = run.stdout.rpartition("\n[output truncated: ")
@@ -592,7 +599,7 @@ def test_regrading_gives_the_same_grades_one_job_at_a_time(batch, tmp_path):
 def test_notebook_time_limit_stops_the_run(tmp_path):
     code = nbformat.v4.new_code_cell
     nb = nbformat.v4.new_notebook(cells=[code("x = 1"), code("import time\ntime.sleep(60)"), code("y = 2")])
-    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=3)
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=3).runs
     assert [r.status for r in runs] == ["ok", "timeout", "not_run"]
     assert runs[1].limit == "notebook"
 
@@ -844,7 +851,7 @@ def test_kernel_gets_the_checkout_on_pythonpath_only_when_course_lib_needs_it(mo
 def test_the_kernel_imports_this_checkouts_course_lib(tmp_path):
     cell = nbformat.v4.new_code_cell("import os, course_lib\nprint(course_lib.__file__)\n"
                                      "print(os.environ.get('PYTHONPATH', ''))")
-    run, = execute.run_notebook(nbformat.v4.new_notebook(cells=[cell]), tmp_path, 60, 120)
+    run, = execute.run_notebook(nbformat.v4.new_notebook(cells=[cell]), tmp_path, 60, 120).runs
     path, python_path = run.stdout.splitlines()
     assert Path(path).resolve() == (execute.CHECKOUT / "course_lib" / "__init__.py").resolve()
     installed = execute._imports_checkout(os.environ.get("PYTHONPATH", ""))
@@ -885,9 +892,9 @@ def test_score_tells_an_assertion_from_another_exception():
 
 def test_stop_detail_names_the_limit_that_was_hit():
     cell, limits = _cell(solution_notebook(), "mul"), Limits(cell=7, notebook=99)
-    assert grade._stop_detail(execute.CellRun("timeout", limit="cell"), cell, limits) == \
-        "cell 'mul' ran past the 7 s cell time limit; the tests after it score 0"
-    assert grade._stop_detail(execute.CellRun("timeout", limit="notebook"), cell, limits) == \
+    assert grade._stop_detail(execute.CellRun("timeout", limit="cell"), cell, limits, True) == \
+        "cell 'mul' ran past the 7 s cell time limit; the grader went on in a fresh kernel without it"
+    assert grade._stop_detail(execute.CellRun("timeout", limit="notebook"), cell, limits, False) == \
         "cell 'mul' ran past the 99 s notebook time limit; the tests after it score 0"
 
 
@@ -1008,7 +1015,7 @@ def test_a_notebook_past_its_deadline_runs_no_further_cell(tmp_path, monkeypatch
     monkeypatch.setattr(execute, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     code = nbformat.v4.new_code_cell
     nb = nbformat.v4.new_notebook(cells=[code("x = 1"), code("y = 2"), code("z = 3")])
-    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=100)
+    runs = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=100).runs
     assert [(r.status, r.limit) for r in runs] == [("ok", ""), ("timeout", "notebook"), ("not_run", "")]
 
 
@@ -1088,11 +1095,24 @@ def test_output_cap_keeps_an_error_past_the_caps_and_restarts_after_a_clear_now(
 
 
 @pytest.mark.slow
-def test_a_cell_past_the_cell_limit_stops_with_time_left_in_the_notebook(tmp_path):
+def test_after_a_cell_past_its_limit_a_fresh_kernel_reruns_the_cells_before_and_goes_on(tmp_path):
     code = nbformat.v4.new_code_cell
-    nb = nbformat.v4.new_notebook(cells=[code("import time\ntime.sleep(20)"), code("y = 2")])
-    runs = execute.run_notebook(nb, tmp_path, cell_timeout=1, notebook_timeout=120)
-    assert [(r.status, r.limit) for r in runs] == [("timeout", "cell"), ("not_run", "")]
+    nb = nbformat.v4.new_notebook(cells=[code("x = 41"), code("import time\ntime.sleep(20)\nx = 0"),
+                                         code("import os\nprint(x + 1, os.getpid())")])
+    execution = execute.run_notebook(nb, tmp_path, cell_timeout=1, notebook_timeout=120)
+    assert [(r.status, r.limit) for r in execution.runs] == [("ok", ""), ("timeout", "cell"), ("ok", "")]
+    # x comes from the re-run of the first cell, not from the stuck one
+    assert execution.restarts == 1 and execution.runs[2].stdout.split()[0] == "42"
+
+
+@pytest.mark.slow
+def test_kernel_restarts_are_bounded(tmp_path):
+    """Every cell dies: after MAX_RESTARTS fresh kernels the rest is not run."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(1)") for _ in range(6)])
+    execution = execute.run_notebook(nb, tmp_path, cell_timeout=30, notebook_timeout=120)
+    assert execution.restarts == execute.MAX_RESTARTS
+    assert [r.status for r in execution.runs] == ["died"] * (execute.MAX_RESTARTS + 1) + \
+        ["not_run"] * (5 - execute.MAX_RESTARTS)
 
 
 @pytest.mark.slow
