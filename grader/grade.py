@@ -44,8 +44,6 @@ is on the TOTAL row; a flag that names a test is also on that test's row.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import re
@@ -62,7 +60,9 @@ import nbformat
 
 from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
     student_notebook
+from grader.csvsafe import csv_text, feedback_path
 from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
+from grader.gradebook import read_roster, write_gradebooks
 from grader.sandbox import GIB, Confinement, SandboxUnavailable, choose
 from grader.submission import Submission, find_submissions, grade_id, merge, \
     read_submission, wrong_exercise
@@ -430,11 +430,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def write_csv(path: Path, grades: list[Grade]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_rows(grades))
-    write_atomically(path, buffer.getvalue())
+    """``csv_rows`` as CSV: every text cell spreadsheet-safe and quoted (``csvsafe``), the points numbers."""
+    write_atomically(path, csv_text(COLUMNS, csv_rows(grades), numbers=("points", "max_points")))
 
 
 FLAG_NOTES = {
@@ -489,7 +486,7 @@ def feedback_text(g: Grade) -> str:
 def write_outputs(out: Path, grades: list[Grade]) -> Path:
     """``out/grades.csv`` and ``out/feedback/<student>.txt``; returns the CSV's path."""
     for g in grades:
-        write_atomically(out / "feedback" / f"{g.student}.txt", feedback_text(g))
+        write_atomically(feedback_path(out / "feedback", g.student), feedback_text(g))
     write_csv(out / "grades.csv", grades)
     return out / "grades.csv"
 
@@ -529,6 +526,10 @@ def _parser() -> argparse.ArgumentParser:
                                  "(default: fall back to the limited mode)")
     sandboxing.add_argument("--no-sandbox", action="store_true", help="grade in the limited mode even where the "
                                                                       "sandbox could start")
+    parser.add_argument("--roster", type=Path, help="CSV with columns submission,name,id[,sis_user_id,sis_login_id,"
+                        "section]: also write gradebook_canvas.csv and gradebook.csv")
+    parser.add_argument("--assignment-name", help="the Canvas gradebook's column, e.g. 'Exercise 1 (12345)' "
+                        "(default: the exercise's name)")
     return parser
 
 
@@ -551,6 +552,7 @@ def main(argv=None) -> int:
     confinement = Confinement(int(args.memory_gib * GIB), args.max_processes, int(args.max_file_gib * GIB),
                               require_sandbox=args.require_sandbox, use_sandbox=not args.no_sandbox)
     try:
+        roster = read_roster(args.roster) if args.roster else None   # checked before the batch, not after
         grades = grade_all(args.solution, args.submissions, args.jobs,
                            Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),)))
     except (OSError, ValueError, SandboxUnavailable) as err:
@@ -560,6 +562,10 @@ def main(argv=None) -> int:
     for g in grades:
         print(f"{g.student:<24} {_points(g.points):>5} / {_points(g.max_points):<5} {g.status}"
               + (f"  [{';'.join(g.flags)}]" if g.flags else ""))
+    if roster is not None:
+        max_points = sum(t.max_points for t in test_cells(load_instructor(args.solution)))
+        print("\n".join(write_gradebooks(out, grades, roster, args.assignment_name or args.solution.stem,
+                                         max_points)))
     print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}")
     print(mode_line(grades, confinement))
     return 0
