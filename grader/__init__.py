@@ -20,4 +20,8 @@ Reading order
                    after a cell that stops the kernel, goes on in a fresh one.
 6. ``grade``       scores the test cells, writes the grades CSV and one feedback
                    file per student; ``python -m grader`` (``make grade``).
+7. ``csvsafe``     every CSV cell a spreadsheet would run as a formula gets a
+                   ``'``; a student's feedback file stays in its folder.
+8. ``gradebook``   with ``--roster``: each roster student's total, in Canvas's
+                   gradebook import layout and a plain one.
 """
