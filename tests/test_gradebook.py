@@ -66,8 +66,8 @@ def test_grades_csv_neutralises_a_formula_name_and_keeps_it_readable(tmp_path):
         ("bob", "test_add", "0", "6"), ("bob", "TOTAL", "0", "6")]
     assert rows[3]["detail"] == "'-1 is not 3"
     lines = (tmp_path / "grades.csv").read_text().splitlines()
-    assert lines[0] == '"student","exercise","test_id","points","max_points","status","flags","detail"'
-    assert lines[2] == '"\'=HYPERLINK(""http://x"")","00_fixture_exercise","TOTAL",6,6,"graded","",""'
+    assert lines[0] == '"student","exercise","test_id","points","max_points","status","flags","detail","mode"'
+    assert lines[2] == '"\'=HYPERLINK(""http://x"")","00_fixture_exercise","TOTAL",6,6,"graded","","",""'
 
 
 @pytest.mark.parametrize("student, name", [("../x", "_._x.txt"), ("..", "_..txt"), ("", "_.txt"),
