@@ -58,6 +58,7 @@ from pathlib import Path
 
 import nbformat
 
+from grader import similarity
 from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
     student_notebook
 from grader.csvsafe import csv_text, feedback_path
@@ -530,6 +531,8 @@ def _parser() -> argparse.ArgumentParser:
                         "section]: also write gradebook_canvas.csv and gradebook.csv")
     parser.add_argument("--assignment-name", help="the Canvas gradebook's column, e.g. 'Exercise 1 (12345)' "
                         "(default: the exercise's name)")
+    parser.add_argument("--similarity-threshold", type=similarity.threshold_arg, default=similarity.THRESHOLD,
+                        help="list answers at least this similar in similarity.csv, 0 to 1 (default 0.9)")
     return parser
 
 
@@ -566,6 +569,7 @@ def main(argv=None) -> int:
         max_points = sum(t.max_points for t in test_cells(load_instructor(args.solution)))
         print("\n".join(write_gradebooks(out, grades, roster, args.assignment_name or args.solution.stem,
                                          max_points)))
+    print(similarity.write_report(args.solution, args.submissions, csv_path.parent, args.similarity_threshold))
     print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}")
     print(mode_line(grades, confinement))
     return 0
