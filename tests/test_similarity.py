@@ -281,3 +281,12 @@ def test_cli_writes_similarity_csv_beside_the_grades(tmp_path, capsys):
     grades = list(csv.DictReader((tmp_path / "out" / "grades.csv").open()))
     assert [(r["student"], r["points"], r["status"]) for r in grades if r["test_id"] == "TOTAL"] == \
         [("bob", "1", "graded"), ("carol", "1", "graded")]   # a flagged copy keeps its points
+
+
+def test_instructors_guide_describes_the_report_as_written():
+    text = (ROOT / "docs" / "instructors.md").read_text()
+    section = " ".join(text.split("## Similarity report")[1].split("\n## ")[0].split())
+    assert f"`{','.join(similarity.COLUMNS)}`" in section
+    assert all(f"`{kind}`" in section for kind in similarity.KINDS)
+    assert f"fewer than {similarity.MIN_TOKENS} tokens" in section and f"threshold {similarity.THRESHOLD}" in section
+    assert "`--similarity-threshold` |" in text
