@@ -24,4 +24,7 @@ Reading order
                    ``'``; a student's feedback file stays in its folder.
 8. ``gradebook``   with ``--roster``: each roster student's total, in Canvas's
                    gradebook import layout and a plain one.
+9. ``similarity``  answers near-identical after renaming (to each other, the
+                   model answer, ``course_lib``): ``similarity.csv``, for a
+                   human to look at; it changes no grade.
 """

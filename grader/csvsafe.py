@@ -10,6 +10,8 @@ hold the same. Two outputs carry such names:
    stays readable (``'=HYPERLINK(...)``). Number columns stay bare numbers.
 2. ``feedback_path``: a student's feedback file stays inside the feedback
    folder, whatever the name.
+3. ``write_atomically``: every output file is replaced whole, never left half
+   written (a spreadsheet open on the old one sees the old one).
 
 Reference: OWASP, "CSV Injection", https://owasp.org/www-community/attacks/CSV_Injection
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import tempfile
 from pathlib import Path
 
 # a cell that starts with one of these is a formula to Excel, LibreOffice or Google Sheets (OWASP's list)
@@ -74,3 +78,18 @@ def feedback_path(folder: Path, student: str) -> Path:
         digest = hashlib.sha256(student.encode()).hexdigest()[:12]
         stem = stem.encode()[:MAX_FILE_STEM - 13].decode(errors="ignore") + "-" + digest
     return folder / f"{stem}.txt"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -61,7 +60,7 @@ import nbformat
 from grader import similarity
 from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
     student_notebook
-from grader.csvsafe import csv_text, feedback_path
+from grader.csvsafe import csv_text, feedback_path, write_atomically
 from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
 from grader.gradebook import read_roster, write_gradebooks
 from grader.sandbox import GIB, Confinement, SandboxUnavailable, choose
@@ -413,21 +412,6 @@ def csv_rows(grades: list[Grade]) -> list[dict]:
                          points=_points(g.points), max_points=_points(g.max_points),
                          status=g.status, flags=";".join(g.flags), detail=g.detail, mode=g.mode))
     return rows
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(path: Path, grades: list[Grade]) -> None:

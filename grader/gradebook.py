@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grader.csvsafe import csv_text
+from grader.csvsafe import csv_text, write_atomically
 
 if TYPE_CHECKING:   # grade imports this module for its command line
     from grader.grade import Grade
@@ -168,7 +168,6 @@ def write_gradebooks(out: Path, grades: list[Grade], roster: list[RosterEntry], 
     One line per submission not in the roster (``not in the roster: NAME``),
     then a summary.
     """
-    from grader.grade import write_atomically   # grade imports this module: import on use
 
     rows, unknown = gradebook_rows(grades, roster, max_points)
     columns, canvas = canvas_table(rows, assignment, max_points)

@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import difflib
 import functools
-import io
 import re
 import warnings
 from collections import Counter
@@ -55,6 +53,7 @@ from pathlib import Path
 import nbformat
 
 from grader.build import cell_role, student_cell
+from grader.csvsafe import csv_text, write_atomically
 from grader.submission import find_submissions, grade_id, read_submission, wrong_exercise
 
 THRESHOLD = 0.9
@@ -63,7 +62,6 @@ MAX_TOKENS = 2000   # only an answer's first 2000 tokens are compared: a ratio c
 LIBRARY = Path(__file__).resolve().parents[1] / "course_lib"
 COLUMNS = ["exercise", "cell", "student", "other", "score", "kind", "note"]
 KINDS = ("pair", "model_answer", "library")
-UNSAFE_START = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet reads these as a formula
 
 
 @dataclass(frozen=True)
@@ -76,11 +74,6 @@ class Match:
     score: float  # 0 to 1; 1.0: identical after renaming
     kind: str     # one of KINDS
     note: str = ""
-
-
-def spreadsheet_safe(text: str) -> str:
-    """``text``, with a ``'`` in front when a spreadsheet would run it as a formula ('=1+1')."""
-    return "'" + text if text.startswith(UNSAFE_START) else text
 
 
 # ---------------------------------------- 1. and 2. normalised tokens
@@ -334,15 +327,11 @@ def threshold_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def csv_text(matches: list[Match]) -> str:
-    """similarity.csv's text: ``COLUMNS``, then one row per match; every field spreadsheet-safe."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for m in matches:
-        row = [m.exercise, m.cell, m.student, m.other, f"{m.score:.3f}", m.kind, m.note]
-        writer.writerow([spreadsheet_safe(field) for field in row])
-    return buffer.getvalue()
+def report_text(matches: list[Match]) -> str:
+    """similarity.csv's text: ``COLUMNS``, then one row per match; every text field spreadsheet-safe."""
+    rows = [dict(exercise=m.exercise, cell=m.cell, student=m.student, other=m.other, score=f"{m.score:.3f}",
+                 kind=m.kind, note=m.note) for m in matches]
+    return csv_text(COLUMNS, rows, numbers=("score",))
 
 
 def summary(matches: list[Match], threshold: float, path: Path) -> str:
@@ -357,14 +346,13 @@ def write_report(solution: Path, submissions: Path, out: Path, threshold: float 
                  library: Path | None = LIBRARY) -> str:
     """Write ``out/similarity.csv`` for this batch; return the console line. Never raises:
     a failure is reported in that line, and the grades are not touched either way."""
-    from grader.grade import write_atomically   # grade imports this module: look it up when called
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nbformat.warnings.DuplicateCellId)
             instructor = nbformat.read(solution, as_version=4)
         answers = student_answers(instructor, submissions, solution.name)
         matches = find_matches(instructor, answers, solution.stem, threshold, library)
-        write_atomically(out / "similarity.csv", csv_text(matches))
+        write_atomically(out / "similarity.csv", report_text(matches))
     except Exception as err:  # noqa: BLE001 - a report that fails must never fail the grading
         return f"similarity: not written ({type(err).__name__}: {err}); the grades are not affected"
     return summary(matches, threshold, out / "similarity.csv")

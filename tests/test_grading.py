@@ -26,7 +26,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from grader import execute, grade, guard, submission
+from grader import csvsafe, execute, grade, guard, submission
 from grader.build import student_notebook
 from grader.grade import Limits, grade_all
 
@@ -414,7 +414,7 @@ def test_csv_is_written_atomically(tmp_path, monkeypatch):
 
     def crash(*args):
         raise OSError("disk full")
-    monkeypatch.setattr(grade.os, "replace", crash)
+    monkeypatch.setattr(csvsafe.os, "replace", crash)
     with pytest.raises(OSError):
         grade.write_csv(path, [])
     assert path.read_text() == "old grades\n"
