@@ -296,6 +296,50 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
+class Gate:
+    """Who may run a cell now, across every kernel of a batch (``grade_all`` runs ``jobs`` at once).
+
+    A **timed** cell (a speed-graded test: ``metadata.course_kit.timed = true``)
+    runs alone: it waits until the cells running in other kernels end, and no
+    other kernel starts a cell until it is done. Other cells share the gate. So
+    a speed-graded test never competes with another submission for the CPU,
+    whatever ``-j`` says. Time spent waiting at the gate does not count against
+    the time limits.
+    """
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._running = 0          # cells running now
+        self._timed_waiting = 0    # timed cells waiting: they go before new cells
+
+    @contextlib.contextmanager
+    def cell(self, timed: bool):
+        with self._lock:
+            if timed:
+                self._timed_waiting += 1
+                self._lock.wait_for(lambda: self._running == 0)
+                self._timed_waiting -= 1
+                self._running = -1   # alone
+            else:
+                self._lock.wait_for(lambda: self._running >= 0 and not self._timed_waiting)
+                self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running = 0 if timed else self._running - 1
+                self._lock.notify_all()
+
+
+GATE = Gate()
+
+
+def is_timed(cell) -> bool:
+    """Whether ``cell`` is speed-graded: it must run alone (``Gate``)."""
+    meta = cell.get("metadata", {}).get("course_kit", {})
+    return isinstance(meta, dict) and meta.get("timed") is True
+
+
 class _ConfinedKernelManager(AsyncKernelManager):
     """jupyter_client's kernel manager, with the kernel's command wrapped by ``sandbox.kernel_command``
     and, in the sandbox, the ``ipc`` transport (Unix sockets in the room's run folder)."""
@@ -331,6 +375,8 @@ class _Plan:
     cell_timeout: float
     notebook_timeout: float
     starts: int = 0
+    deadline: float = math.inf   # time.monotonic() by which every cell must be done
+    left: float = math.inf       # seconds the notebook had left when the last cell started
 
 
 async def _start_kernel(client, plan: _Plan) -> None:
@@ -361,22 +407,31 @@ async def _stop_kernel(client, plan: _Plan) -> int:
     return sandbox.end_leftovers(plan.room, session)
 
 
-async def _run_cells(client, nb, runs, first: int, deadline: float, plan: _Plan, replies: dict) -> int | None:
+async def _execute(client, cell, index: int, plan: _Plan) -> None:
+    """Run one cell once the gate lets it (``Gate``); the wait moves the notebook's deadline."""
+    asked = time.monotonic()
+    with GATE.cell(is_timed(cell)):
+        plan.deadline += time.monotonic() - asked
+        plan.left = plan.deadline - time.monotonic()
+        client.timeout = max(1, math.ceil(min(plan.cell_timeout, plan.left)))
+        await client.async_execute_cell(cell, index, execution_count=index)
+
+
+async def _run_cells(client, nb, runs, first: int, plan: _Plan, replies: dict) -> int | None:
     """Run cells ``first``, ``first + 1``, ... and record each CellRun; return the index of the cell
     that stopped the kernel (a cell time limit, or the kernel died), or None (the end, or the notebook's time)."""
     for index in range(first, len(nb.cells)):
-        cell, run, left = nb.cells[index], runs[index], deadline - time.monotonic()
+        cell, run = nb.cells[index], runs[index]
         if cell.cell_type != "code" or not cell.source.strip():
             run.status = "ok"
             continue
-        if left <= 0:
+        if plan.deadline - time.monotonic() <= 0:
             run.status, run.limit = "timeout", "notebook"
             return None
-        client.timeout = max(1, math.ceil(min(plan.cell_timeout, left)))
         try:
-            await client.async_execute_cell(cell, index, execution_count=index)
+            await _execute(client, cell, index, plan)
         except CellTimeoutError:
-            run.status, run.limit = "timeout", "cell" if plan.cell_timeout <= left else "notebook"
+            run.status, run.limit = "timeout", "cell" if plan.cell_timeout <= plan.left else "notebook"
             return index if run.limit == "cell" else None
         except DeadKernelError:
             run.status = "died"
@@ -390,7 +445,7 @@ async def _run_cells(client, nb, runs, first: int, deadline: float, plan: _Plan,
     return None
 
 
-async def _replay(client, nb, upto: int, skip: set[int], deadline: float, plan: _Plan) -> bool:
+async def _replay(client, nb, upto: int, skip: set[int], plan: _Plan) -> bool:
     """In a fresh kernel, run again what the cells after ``upto`` may need: the grader's preamble
     and every answer and set-up cell before it, except those in ``skip`` (they stopped a kernel);
     test cells and their guards are not run again. False if the replay itself was stopped."""
@@ -399,12 +454,10 @@ async def _replay(client, nb, upto: int, skip: set[int], deadline: float, plan: 
         if (cell.cell_type != "code" or not cell.source.strip() or index in skip or role in ("before", "after")
                 or cell_role(cell) == "test"):
             continue
-        left = deadline - time.monotonic()
-        if left <= 0:
+        if plan.deadline - time.monotonic() <= 0:
             return False
-        client.timeout = max(1, math.ceil(min(plan.cell_timeout, left)))
         try:
-            await client.async_execute_cell(copy.deepcopy(cell), index, execution_count=index)
+            await _execute(client, copy.deepcopy(cell), index, plan)
         except (CellTimeoutError, DeadKernelError):
             return False
     return True
@@ -418,16 +471,16 @@ async def _run(nb, plan: _Plan) -> Execution:
                            record_timing=False, resources={"metadata": {"path": str(plan.room.scratch)}})
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
     await _start_kernel(client, plan)
-    deadline, first, skip = time.monotonic() + plan.notebook_timeout, 0, set()
+    plan.deadline, first, skip = time.monotonic() + plan.notebook_timeout, 0, set()
     try:
-        while (stopped := await _run_cells(client, nb, execution.runs, first, deadline, plan, replies)) is not None:
+        while (stopped := await _run_cells(client, nb, execution.runs, first, plan, replies)) is not None:
             skip.add(stopped)
-            if execution.restarts == MAX_RESTARTS or deadline - time.monotonic() < 1:
+            if execution.restarts == MAX_RESTARTS or plan.deadline - time.monotonic() < 1:
                 break
             execution.leftovers += await _stop_kernel(client, plan)
             execution.restarts += 1
             await _start_kernel(client, plan)
-            if not await _replay(client, nb, stopped, skip, deadline, plan):
+            if not await _replay(client, nb, stopped, skip, plan):
                 break
             first = stopped + 1
     finally:

@@ -18,6 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import types
 from itertools import chain, repeat
 from pathlib import Path
@@ -1133,3 +1135,33 @@ def test_patching_a_lazily_loaded_submodule_is_caught(tmp_path):
     assert g.flags == ["patched:numpy.testing.assert_allclose"], g.flags
     assert (tests["test_add"].points, tests["test_add"].status) == (0, "failed"), tests["test_add"]
     assert (tests["test_mul"].points, tests["test_mul"].status) == (3, "passed")
+
+
+def test_a_timed_cell_runs_alone_across_kernels():
+    """Speed-graded cells wait for the cells running elsewhere, and hold new ones back until done."""
+    gate, events, lock = execute.Gate(), [], threading.Lock()
+
+    def cell(name: str, timed: bool, seconds: float, delay: float = 0.0):
+        time.sleep(delay)
+        with gate.cell(timed):
+            with lock:
+                events.append(f"{name} start")
+            time.sleep(seconds)
+            with lock:
+                events.append(f"{name} end")
+
+    threads = [threading.Thread(target=cell, args=("answer", False, 0.3)),
+               threading.Thread(target=cell, args=("timed", True, 0.3, 0.05)),
+               threading.Thread(target=cell, args=("other", False, 0.05, 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert events == ["answer start", "answer end", "timed start", "timed end", "other start", "other end"]
+
+
+def test_only_cells_marked_timed_take_the_gate_alone():
+    code = nbformat.v4.new_code_cell
+    assert execute.is_timed(code("x", metadata={"course_kit": {"timed": True}}))
+    assert not execute.is_timed(code("x", metadata={"course_kit": {"timed": "yes"}}))
+    assert not execute.is_timed(code("x"))
