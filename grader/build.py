@@ -1,20 +1,30 @@
 """Build the students' exercises/ from the instructor's solutions/.
 
-``solutions/`` is the single source. In its notebooks (nbgrader's format, so
-that nbgrader can read them too):
+``solutions/`` is the single source. Its notebooks are nbgrader source
+notebooks (cell-metadata schema 3), and any nbgrader source notebook is one:
 
-* a **solution cell** has ``metadata.nbgrader = {solution: true, grade: false,
-  locked: false, grade_id, schema_version: 3}``; its answer sits between
-  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines;
-* a **test cell** has ``{grade: true, solution: false, locked: true, grade_id,
-  points, schema_version: 3}``; instructor-only checks sit between
+* a **solution cell** (``metadata.nbgrader = {solution: true, grade: false,
+  locked: false, grade_id, schema_version: 3}``) holds an answer: the lines
+  between ``### BEGIN SOLUTION`` and ``### END SOLUTION``, or, without those
+  markers, the whole cell. A markdown cell can be one (a written answer);
+* a **test cell** (``{grade: true, solution: false, locked: true, grade_id,
+  points}``) is graded by running it; instructor-only checks sit between
   ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
+* a **manually graded answer** is both (``grade: true, solution: true``,
+  ``points``): a solution cell whose points a person gives;
+* a **task** (``task: true``, markdown, ``points``) describes work graded by
+  hand; its ``### BEGIN MARK SCHEME`` ... ``### END MARK SCHEME`` lines are
+  the instructor's;
+* a **locked cell** (``locked: true``) is read-only;
 * the notebook's ``metadata.course_kit.lesson`` names the lesson to read (a
-  solution cell's own ``metadata.course_kit.lesson`` overrides it).
+  solution cell's own ``metadata.course_kit.lesson`` overrides it); an
+  nbgrader notebook need not have it.
 
-The student's copy replaces each solution block by a stub that raises
-``NotImplementedError`` pointing at the lesson, drops hidden tests, and
-clears outputs. Run it with ``make exercises`` or
+As in nbgrader, a marker is any line that contains its words (``# BEGIN
+SOLUTION`` counts). The student's copy replaces each answer by a stub that
+raises ``NotImplementedError`` pointing at the lesson (``YOUR ANSWER HERE``
+in markdown), drops hidden tests and mark schemes, and clears outputs. Run
+it with ``make exercises`` or
 
     python -m grader.build solutions exercises [--check]
 
@@ -32,16 +42,43 @@ import nbformat
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+BEGIN_MARK_SCHEME, END_MARK_SCHEME = "### BEGIN MARK SCHEME", "### END MARK SCHEME"
+LESSON = "the lesson notebooks in notebooks/"   # a stub's pointer when the notebook names no lesson
+NBGRADER_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"   # nbgrader's code stub (Python)
+# each kind of block, and the cells it may sit in (nbgrader refuses it anywhere else)
+BLOCKS = ((BEGIN_SOLUTION, END_SOLUTION, "solution", "a solution cell (nbgrader solution: true)"),
+          (BEGIN_HIDDEN, END_HIDDEN, "grade", "a test cell (nbgrader grade: true)"),
+          (BEGIN_MARK_SCHEME, END_MARK_SCHEME, "task", "a task cell (nbgrader task: true)"))
 
 
 def cell_role(cell) -> str:
-    """'solution', 'test', 'locked' or 'free', from the cell's nbgrader metadata."""
+    """'solution', 'test', 'locked' or 'free', from the cell's nbgrader metadata.
+
+    A manually graded answer (grade and solution) is a 'solution'; a task is
+    'locked' (its text is the instructor's). ``hand_graded`` tells both apart.
+    """
     meta = cell.get("metadata", {}).get("nbgrader", {})
     if meta.get("solution"):
         return "solution"
     if meta.get("grade"):
         return "test"
-    return "locked" if meta.get("locked") else "free"
+    return "locked" if meta.get("locked") or meta.get("task") else "free"
+
+
+def hand_graded(cell) -> bool:
+    """Whether a person gives this cell's points: a manually graded answer or a task."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("task") or (meta.get("grade") and meta.get("solution")))
+
+
+def is_marker(line: str, marker: str) -> bool:
+    """Whether ``line`` is a ``marker`` line: nbgrader's rule, the line contains the
+    marker's words ('BEGIN SOLUTION' for '### BEGIN SOLUTION'), whatever surrounds them."""
+    return marker.lstrip("# ") in line
+
+
+def has_block(source: str, begin: str) -> bool:
+    return any(is_marker(line, begin) for line in source.splitlines())
 
 
 def _replace_blocks(source: str, begin: str, end: str, stub) -> str:
@@ -49,13 +86,12 @@ def _replace_blocks(source: str, begin: str, end: str, stub) -> str:
     ``stub(indent)`` lines; raise if the markers do not pair up."""
     out, inside, indent = [], False, ""
     for number, line in enumerate(source.splitlines(), 1):
-        stripped = line.strip()
-        if stripped == begin:
+        if is_marker(line, begin):
             if inside:
                 raise ValueError(f"line {number}: {begin!r} inside another block")
             inside, indent = True, line[:len(line) - len(line.lstrip())]
             out.extend(stub(indent))
-        elif stripped == end:
+        elif is_marker(line, end):
             if not inside:
                 raise ValueError(f"line {number}: {end!r} without {begin!r}")
             inside = False
@@ -66,34 +102,61 @@ def _replace_blocks(source: str, begin: str, end: str, stub) -> str:
     return "\n".join(out)
 
 
-def student_cell(cell, lesson: str):
-    """The student's version of one cell (a new cell; the input is not modified)."""
+def _check_blocks(cell, grade_id) -> None:
+    """Refuse a block in a cell that may not hold it (nbgrader refuses it too), and
+    nbgrader's ``AUTOTEST`` lines (tests generated from a YAML file: write them out)."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    for begin, _, kind, where in BLOCKS:
+        if not meta.get(kind) and has_block(cell.source, begin):
+            raise ValueError(f"cell {grade_id or cell.source[:40]!r}: {begin!r} outside {where}")
+    if cell.cell_type == "code" and any(line.lstrip().startswith("#") and "AUTOTEST" in line
+                                        for line in cell.source.splitlines()):
+        raise ValueError(f"cell {grade_id!r}: nbgrader's AUTOTEST lines are not supported; "
+                         "write the tests they stand for in the cell")
+
+
+def _stub(cell, grade_id, lesson, nbgrader: bool):
+    """What replaces an answer: indent -> the stub's lines (``nbgrader``: nbgrader's own)."""
+    if cell.cell_type != "code":
+        return lambda indent: [f"{indent}YOUR ANSWER HERE"]
+    if nbgrader:
+        return lambda indent: [indent + line for line in NBGRADER_STUB.splitlines()]
+    message = (f"exercise {grade_id!r} is not done yet: replace this line with your "
+               f"code (the lesson is {lesson})")
+    return lambda indent: [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError({message!r})"]
+
+
+def student_cell(cell, lesson: str, nbgrader_stub: bool = False):
+    """The student's version of one cell (a new cell; the input is not modified).
+
+    An answer without ``### BEGIN SOLUTION`` is replaced whole, as nbgrader
+    does. ``nbgrader_stub``: the stub nbgrader's ``generate_assignment``
+    writes (``raise NotImplementedError()``), instead of the kit's.
+    """
     cell = copy.deepcopy(cell)
     lesson = cell.get("metadata", {}).get("course_kit", {}).get("lesson", lesson)  # a cell may name its own
-    role, grade_id = cell_role(cell), cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    grade_id = meta.get("grade_id")
     cell.metadata.pop("execution", None)  # nbclient's timestamps: not the student's business
     if cell.cell_type == "code":
         cell.outputs, cell.execution_count = [], None
-    if role == "solution":
-        if cell.cell_type == "code":
-            message = (f"exercise {grade_id!r} is not done yet: replace this line with your "
-                       f"code (the lesson is {lesson})")
-            stub = lambda indent: [f"{indent}# YOUR CODE HERE",
-                                   f"{indent}raise NotImplementedError({message!r})"]
-        else:
-            stub = lambda indent: [f"{indent}YOUR ANSWER HERE"]
-        if BEGIN_SOLUTION not in cell.source:
-            raise ValueError(f"solution cell {grade_id!r} has no {BEGIN_SOLUTION!r} block")
-        cell.source = _replace_blocks(cell.source, BEGIN_SOLUTION, END_SOLUTION, stub)
-    elif role == "test":
+    _check_blocks(cell, grade_id)
+    if meta.get("solution"):
+        stub = _stub(cell, grade_id, lesson, nbgrader_stub)
+        cell.source = (_replace_blocks(cell.source, BEGIN_SOLUTION, END_SOLUTION, stub)
+                       if has_block(cell.source, BEGIN_SOLUTION) else "\n".join(stub("")))
+    if meta.get("grade") and (not meta.get("solution") or has_block(cell.source, BEGIN_HIDDEN)):
         cell.source = _replace_blocks(cell.source, BEGIN_HIDDEN, END_HIDDEN, lambda indent: [])
+    if meta.get("task") and has_block(cell.source, BEGIN_MARK_SCHEME):
+        cell.source = _replace_blocks(cell.source, BEGIN_MARK_SCHEME, END_MARK_SCHEME, lambda indent: [])
     return cell
 
 
 def student_notebook(nb) -> nbformat.NotebookNode:
     """The exercise notebook a student receives, built from the instructor's ``nb``."""
-    lesson = nb.metadata.get("course_kit", {}).get("lesson", "the lesson notebooks in notebooks/")
-    ids = [c.metadata.nbgrader["grade_id"] for c in nb.cells if "nbgrader" in c.get("metadata", {})]
+    lesson = nb.metadata.get("course_kit", {}).get("lesson", LESSON)
+    ids = [c.metadata.nbgrader.get("grade_id") for c in nb.cells if "nbgrader" in c.get("metadata", {})]
+    ids = [i for i in ids if i is not None]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     if duplicated:
         raise ValueError(f"grade_id used twice: {duplicated}")
