@@ -27,4 +27,8 @@ Reading order
 9. ``similarity``  answers near-identical after renaming (to each other, the
                    model answer, ``course_lib``): ``similarity.csv``, for a
                    human to look at; it changes no grade.
+10. ``manual``      the cells a person grades: the sheet to fill in (manual.csv)
+                    and its points put back.
+11. ``store``       the last run's grades, so that running again re-runs nothing
+                    that has not changed.
 """

@@ -77,6 +77,7 @@ class CellRun:
     evalue: str = ""
     stdout: str = ""
     limit: str = ""           # for a timeout: 'cell' or 'notebook'
+    result: str = ""          # the cell's value as text (execute_result text/plain): nbgrader's partial credit
 
 
 def test_modules(nb) -> list[str]:
@@ -266,6 +267,11 @@ def _stdout(cell) -> str:
                    if o.get("output_type") == "stream" and o.get("name") == "stdout")
 
 
+def _result(cell) -> str:
+    return next((o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", [])
+                 if o.get("output_type") == "execute_result"), "")
+
+
 @functools.lru_cache(maxsize=8)
 def _imports_checkout(python_path: str) -> bool:
     """Whether this Python, with ``python_path`` as PYTHONPATH and started outside the
@@ -437,7 +443,7 @@ async def _run_cells(client, nb, runs, first: int, plan: _Plan, replies: dict) -
             run.status = "died"
             return index
         content = (replies.get(index) or {}).get("content", {})
-        run.stdout = _stdout(cell)
+        run.stdout, run.result = _stdout(cell), _result(cell)
         if content.get("status") == "error":
             run.status, run.ename, run.evalue = "error", content.get("ename", ""), content.get("evalue", "")
         else:
@@ -493,7 +499,8 @@ class KernelStartError(RuntimeError):
 
 
 def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: float = 600, attempts: int = 2,
-                 confinement: sandbox.Confinement | None = None, hidden: list[Path] = ()) -> Execution:
+                 confinement: sandbox.Confinement | None = None, hidden: list[Path] = (),
+                 files: dict[str, Path] | None = None) -> Execution:
     """Run ``nb`` (not modified) in a fresh kernel in a room under ``workdir``; one CellRun per cell.
 
     Parameters
@@ -507,11 +514,13 @@ def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: 
         which is safe because no cell has run yet
     confinement : limits and sandbox choice (default: ``sandbox.Confinement()``)
     hidden : folders the submission must not see (the solution's, the submissions, the grades)
+    files : the assignment's other files (data, images) by the path the notebook opens them at,
+        copied into the kernel's working folder
     """
     confinement = confinement or sandbox.Confinement()
     mode = sandbox.choose(confinement)
     for attempt in range(1, attempts + 1):
-        room = sandbox.Room(Path(workdir) / f"attempt-{attempt}", mode, kernel_env())
+        room = sandbox.Room(Path(workdir) / f"attempt-{attempt}", mode, kernel_env(), files or {})
         plan = _Plan(room, confinement, list(hidden), cell_timeout, notebook_timeout)
         try:
             return asyncio.run(_run(copy.deepcopy(nb), plan))

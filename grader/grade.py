@@ -3,7 +3,10 @@
     python -m grader solutions/01_convolution_exercise.ipynb submitted/ -j 2
     make grade EXERCISE=01_convolution_exercise SUBMISSIONS=submitted/
 
-writes ``grades/<exercise>/grades.csv`` and ``grades/<exercise>/feedback/<student>.txt``.
+writes ``grades/<exercise>/grades.csv`` and ``grades/<exercise>/feedback/<student>.txt``,
+and, where cells are graded by hand, ``grades/<exercise>/manual.csv`` for the
+instructor to fill in (``grader.manual``); run again, it puts those points in
+and runs no notebook again that has not changed (``grader.store``).
 
 Reading order
 -------------
@@ -15,20 +18,31 @@ Reading order
    itself in place (else ``tampered``); a test not reached (time limit, dead
    kernel) scores zero, and so does a pass whose guard check before or after
    it did not finish (it raised, the kernel died, a time limit: ``unverified``).
-   ``answer_errors``: the answer cells that raised (a SyntaxError, say).
+   A test whose value is a number earns that many points (``partial_credit``,
+   nbgrader's rule). ``answer_errors``: the answer cells that raised (a
+   SyntaxError, say). Cells a person grades (manually graded answers, tasks:
+   ``graded_cells``) wait for one (``needs_manual``), unless left as
+   released (``not_answered``, 0 points, as nbgrader's 'No response.').
 3. ``secret_lines`` / ``withhold``: a message that quotes the hidden tests or
    the model answers (a student's code can read them) is replaced.
 4. ``grade_all``: every submission, ``jobs`` at a time; a bad submission is a
-   row with a reason, never a stopped batch.
-5. ``write_csv`` / ``feedback_text`` / ``summary``: the outputs, the files
+   row with a reason, never a stopped batch; one unchanged since the last run
+   takes its stored grade.
+5. ``keep_and_merge``: store the grades, then give them the points filled in
+   ``manual.csv``.
+6. ``write_csv`` / ``feedback_text`` / ``summary``: the outputs, the files
    written atomically.
 
 CSV columns (``COLUMNS``): student, exercise, test_id, points, max_points,
-status, flags, detail; one row per test cell and one ``TOTAL`` row per
-student. Test statuses (``TEST_STATUSES``): passed, failed (AssertionError),
-error (another exception), timeout, kernel_died, not_run, tampered,
-unverified (it passed, but the grader's check around it did not finish, so
-the pass is not counted), ungraded. TOTAL statuses: ``RAN_STATUSES`` (the
+status, flags, detail; one row per graded cell (test cells and cells graded
+by hand, in notebook order) and one ``TOTAL`` row per student, whose detail
+says how many points await grading by hand. Test statuses
+(``TEST_STATUSES``): passed, partial (nbgrader's partial credit), failed
+(AssertionError), error (another exception), timeout, kernel_died, not_run,
+tampered, unverified (it passed, but the grader's check around it did not
+finish, so the pass is not counted), ungraded. Cells graded by hand
+(``HAND_STATUSES``): needs_manual, not_answered, graded_by_hand (or
+ungraded). TOTAL statuses: ``RAN_STATUSES`` (the
 notebook ran: graded, timeout, kernel_died) or ``NOT_GRADED`` (no test ran:
 no_notebook, missing, unreadable, wrong_exercise, duplicate, grader_error).
 Flags are listed in ``grader.submission``, plus ``patched:NAME``
@@ -44,6 +58,7 @@ is on the TOTAL row; a flag that names a test is also on that test's row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -52,25 +67,27 @@ import time
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nbformat
 
-from grader import similarity
-from grader.build import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, cell_role, \
-    student_notebook
+from grader import manual, similarity, store
+from grader.build import BEGIN_HIDDEN, BEGIN_MARK_SCHEME, BEGIN_SOLUTION, END_HIDDEN, END_MARK_SCHEME, \
+    END_SOLUTION, cell_role, hand_graded, has_block, student_notebook
 from grader.csvsafe import csv_text, feedback_path, write_atomically
 from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
 from grader.gradebook import read_roster, write_gradebooks
 from grader.sandbox import GIB, Confinement, SandboxUnavailable, choose
-from grader.submission import Submission, find_submissions, grade_id, merge, \
+from grader.submission import Submission, find_submissions, grade_id, hand_graded_answers, merge, \
     read_submission, wrong_exercise
 
 COLUMNS = ["student", "exercise", "test_id", "points", "max_points", "status", "flags", "detail", "mode"]
 MAX_DETAIL = 300
-TEST_STATUSES = ("passed", "failed", "error", "timeout", "kernel_died", "not_run", "tampered", "unverified",
-                 "ungraded")
+TEST_STATUSES = ("passed", "partial", "failed", "error", "timeout", "kernel_died", "not_run", "tampered",
+                 "unverified", "ungraded")
+# a cell a person grades: awaiting its points, not answered (0, nothing to grade), or given its points
+HAND_STATUSES = ("needs_manual", "not_answered", "graded_by_hand")
 RAN_STATUSES = ("graded", "timeout", "kernel_died")   # TOTAL: the notebook ran, maybe not to the end
 NOT_GRADED = {   # TOTAL: no test ran, and what the student's feedback says about it
     "no_notebook": "no notebook was found",
@@ -80,7 +97,7 @@ NOT_GRADED = {   # TOTAL: no test ran, and what the student's feedback says abou
     "duplicate": "you submitted more than once",
     "grader_error": "the grader itself failed on your submission (not your fault; your instructor has the details)",
 }
-MARKERS = (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION)
+MARKERS = (BEGIN_HIDDEN, END_HIDDEN, BEGIN_SOLUTION, END_SOLUTION, BEGIN_MARK_SCHEME, END_MARK_SCHEME)
 MIN_SECRET_LINE = 12   # characters; shorter lines ('return x') give nothing away
 WITHHELD = "[message withheld: it quoted the instructor's hidden tests or model answer]"
 # a guard cell's error that names one of these found the guard removed or replaced (tampered);
@@ -102,6 +119,8 @@ class Limits:
 
 @dataclass
 class TestResult:
+    """One graded cell's result: a test cell (``kind`` 'test'), or a cell a person
+    grades ('manual': a manually graded answer; 'task')."""
     test_id: str
     points: float
     max_points: float
@@ -109,6 +128,8 @@ class TestResult:
     detail: str = ""
     hidden: bool = False
     flags: list[str] = field(default_factory=list)
+    kind: str = "test"
+    answer: str | None = None   # for a person: the student's answer (None: none given)
 
 
 @dataclass
@@ -122,6 +143,8 @@ class Grade:
     answer_errors: dict[str, str] = field(default_factory=dict)   # answer cell id -> 'ename: evalue'
     mode: str = ""   # where it ran: 'sandbox' or 'limited' ('' when no kernel ran)
     memory: int = Confinement.memory   # its memory limit per process, bytes
+    key: str = ""          # the fingerprint it is stored under (``grader.store``); '' when not stored
+    reused: bool = False   # taken from the last run's store, not run again
 
     @property
     def points(self) -> float:
@@ -131,12 +154,29 @@ class Grade:
     def max_points(self) -> float:
         return sum(t.max_points for t in self.tests)
 
+    @property
+    def pending(self) -> list[TestResult]:
+        """The cells still awaiting a person's points."""
+        return [t for t in self.tests if t.status == "needs_manual"]
+
+
+def graded_cells(instructor) -> list[TestResult]:
+    """Every cell with points, in notebook order: the test cells (status 'not_run' until
+    they run) and the cells a person grades ('needs_manual' until they do)."""
+    cells = []
+    for c in instructor.cells:
+        points = float(c.metadata.get("nbgrader", {}).get("points", 0))
+        if hand_graded(c):
+            kind = "task" if c.metadata.nbgrader.get("task") else "manual"
+            cells.append(TestResult(grade_id(c), 0.0, points, "needs_manual", kind=kind))
+        elif cell_role(c) == "test" and c.cell_type == "code":
+            cells.append(TestResult(grade_id(c), 0.0, points, "not_run", hidden=has_block(c.source, BEGIN_HIDDEN)))
+    return cells
+
 
 def test_cells(instructor) -> list[TestResult]:
     """The instructor's auto-graded test cells, each as a not-yet-run result."""
-    return [TestResult(grade_id(c), 0.0, float(c.metadata.nbgrader.get("points", 0)), "not_run",
-                       hidden=BEGIN_HIDDEN in c.source)
-            for c in instructor.cells if cell_role(c) == "test" and c.cell_type == "code"]
+    return [t for t in graded_cells(instructor) if t.kind == "test"]
 
 
 def _squash(text: str) -> str:
@@ -192,9 +232,40 @@ def _void(test: TestResult, why: str, status: str, flags: list[str]) -> None:
         flags.append(f"{status}:{test.test_id}")
 
 
+def partial_credit(value: str, max_points: float) -> float:
+    """The points a test cell that ran without error earns, by nbgrader's rule
+    (``nbgrader.utils.get_partial_grade``) from its value (the text of its
+    execute_result, '' for none): a number from 0 to ``max_points`` is the
+    points; anything else (no value, text, ``np.float64(0.5)``, a negative
+    number, nan) earns ``max_points``. Raises ValueError for a number above
+    ``max_points`` (nbgrader then refuses to grade the notebook).
+    """
+    try:
+        points = float(value)
+    except ValueError:
+        return max_points
+    if not points >= 0:
+        return max_points
+    if points > max_points:
+        raise ValueError(f"the test's value {value} is more than its {max_points:g} points")
+    return points
+
+
+def _passed(test: TestResult, run: CellRun) -> None:
+    """A test cell that ran without error: its points, or part of them (``partial_credit``)."""
+    try:
+        test.points = partial_credit(run.result, test.max_points)
+    except ValueError as err:
+        test.status, test.detail = "error", _short(str(err))
+        return
+    test.status = "passed" if test.points == test.max_points else "partial"
+    if test.status == "partial":
+        test.detail = f"partial credit: the test's value is {_short(run.result)}"
+
+
 def _unverified(test: TestResult, when: str, why: str, flags: list[str]) -> None:
     """A pass whose guard check (``when``: 'before' or 'after' it) did not finish: not counted."""
-    if test.status == "passed":
+    if test.status in ("passed", "partial"):
         _void(test, f"the test passed, but the grader's check {when} it did not finish ({why}), "
                     "so the pass could not be counted", "unverified", flags)
 
@@ -245,7 +316,7 @@ def score(nb, runs: list[CellRun], tests: list[TestResult], limits: Limits) -> t
                 unchecked.setdefault(test_id, (role, run))
         elif test is not None and test.status == "not_run" and run.status in ("ok", "error"):
             if run.status == "ok":
-                test.status, test.points = "passed", test.max_points
+                _passed(test, run)
             else:
                 test.status = "failed" if run.ename == "AssertionError" else "error"
                 test.detail = _error_text(run)
@@ -277,20 +348,18 @@ def answer_errors(nb, runs: list[CellRun]) -> dict[str, str]:
 
 
 def secret_lines(instructor) -> list[str]:
-    """What no message may quote: the markers, and every line (whitespace collapsed) of a
-    hidden test or a model answer that the students' copy does not show anyway.
+    """What no message may quote: the markers (and their words, 'BEGIN HIDDEN TESTS'),
+    and every line (whitespace collapsed) of the instructor's notebook that the
+    students' copy does not show: hidden tests, model answers, mark schemes.
 
     Lines shorter than MIN_SECRET_LINE, and lines of numbers alone (rows of an
     array that a test may print), are left out: they give nothing away.
     """
     shown = {_squash(line) for cell in student_notebook(instructor).cells for line in cell.source.splitlines()}
-    secrets = set(MARKERS)
+    secrets = set(MARKERS) | {marker.lstrip("# ") for marker in MARKERS}
     for cell in instructor.cells:
-        inside = False
         for line in map(_squash, cell.source.splitlines()):
-            if line in MARKERS:
-                inside = line in (BEGIN_HIDDEN, BEGIN_SOLUTION)
-            elif inside and len(line) >= MIN_SECRET_LINE and line not in shown and re.search(r"[A-Za-z_]{2}", line):
+            if len(line) >= MIN_SECRET_LINE and line not in shown and re.search(r"[A-Za-z_]{2}", line):
                 secrets.add(line)
     return sorted(secrets)
 
@@ -320,14 +389,29 @@ def _withhold_all(tests: list[TestResult], errors: dict[str, str], secrets: list
     return flags
 
 
+def _hand_graded(items: list[TestResult], answers: dict[str, str | None]) -> None:
+    """Mark (in place) the cells a person grades: 'not_answered' (0 points, as nbgrader's
+    'No response.') for a manually graded answer missing or as released; else 'needs_manual'."""
+    for item in items:
+        if item.kind == "test":
+            continue
+        item.answer = answers.get(item.test_id)
+        if item.kind == "manual" and item.answer is None:
+            item.status, item.detail = "not_answered", "the cell is missing or as released: no answer"
+        else:
+            item.status, item.detail = "needs_manual", "to be graded by hand"
+
+
 def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
-                     modules: list[str] | None = None) -> Grade:
+                     modules: list[str] | None = None, files: dict[str, Path] | None = None) -> Grade:
     """Grade one student; every problem becomes the Grade's status and detail.
 
     ``modules``: what the test cells import (``execute.test_modules(instructor)``,
-    computed once per batch when not given).
+    computed once per batch when not given). ``files``: the assignment's other
+    files, copied into the kernel's folder (``assignment_files``).
     """
-    tests = test_cells(instructor)
+    items = graded_cells(instructor)
+    tests = [t for t in items if t.kind == "test"]
     problem, nb = sub.problem, None
     if not problem:
         nb, problem = read_submission(sub.path)
@@ -335,14 +419,15 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
         problem = wrong_exercise(instructor, nb)
     if problem:
         kind, _, why = problem.partition(": ")
-        for test in tests:
-            test.status, test.detail = "ungraded", "no gradable submission"
-        return Grade(sub.student, exercise, tests, kind, _short(why))
+        for item in items:
+            item.status, item.detail = "ungraded", "no gradable submission"
+        return Grade(sub.student, exercise, items, kind, _short(why))
     merged = merge(instructor, nb)
+    _hand_graded(items, hand_graded_answers(instructor, nb))
     runnable = instrument(merged.nb, test_modules(instructor) if modules is None else modules)
     with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
         execution = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook,
-                                 confinement=limits.confinement, hidden=list(limits.hidden))
+                                 confinement=limits.confinement, hidden=list(limits.hidden), files=files or {})
     runs = execution.runs
     status, detail, patched = score(runnable, runs, tests, limits)
     errors = answer_errors(runnable, runs)
@@ -352,21 +437,21 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
               if run.ename == "MemoryError" and grade_id(cell)]
     if execution.leftovers:
         flags.append(f"leftover_processes:{execution.leftovers}")
-    for test in tests:
-        test.flags = [f for f in flags if f.split(":", 1)[-1] == test.test_id]
+    for item in items:
+        item.flags = [f for f in flags if f.split(":", 1)[-1] == item.test_id]
     reasons = ([detail] if detail else []) + [f"answer cell {key!r} raised {error}" for key, error in errors.items()]
-    return Grade(sub.student, exercise, tests, status, _short("; ".join(reasons)), flags, errors, execution.mode,
+    return Grade(sub.student, exercise, items, status, _short("; ".join(reasons)), flags, errors, execution.mode,
                  limits.confinement.memory)
 
 
-def _grade_safely(instructor, sub, exercise, limits, modules) -> Grade:
+def _grade_safely(instructor, sub, exercise, limits, modules, files=None) -> Grade:
     try:
-        return grade_submission(instructor, sub, exercise, limits, modules)
+        return grade_submission(instructor, sub, exercise, limits, modules, files)
     except Exception as err:  # noqa: BLE001 - one broken submission never stops the batch
-        tests = test_cells(instructor)
-        for test in tests:
-            test.status, test.detail = "ungraded", "the grader failed on this submission"
-        return Grade(sub.student, exercise, tests, "grader_error", _short(f"{type(err).__name__}: {err}"))
+        items = graded_cells(instructor)
+        for item in items:
+            item.status, item.detail = "ungraded", "the grader failed on this submission"
+        return Grade(sub.student, exercise, items, "grader_error", _short(f"{type(err).__name__}: {err}"))
 
 
 def load_instructor(solution: Path):
@@ -374,16 +459,52 @@ def load_instructor(solution: Path):
     with warnings.catch_warnings():  # duplicate cell ids, which nbformat repairs (a copied cell)
         warnings.simplefilter("ignore", nbformat.warnings.DuplicateCellId)
         nb = nbformat.read(solution, as_version=4)
-    student_notebook(nb)  # raises ValueError on duplicated grade ids or unpaired markers
-    if not test_cells(nb):
-        raise ValueError(f"{solution}: no test cells (nbgrader grade: true) to grade")
+    try:
+        student_notebook(nb)  # raises ValueError on duplicated grade ids or unpaired markers
+    except ValueError as err:
+        raise ValueError(f"{solution}: {err}") from None
+    if not graded_cells(nb):
+        raise ValueError(f"{solution}: no test cells (nbgrader grade: true) and no cells graded by hand "
+                         "(nbgrader grade and solution: true, or task: true) to grade")
     return nb
 
 
-def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits | None = None) -> list[Grade]:
+def assignment_files(folder: Path | None) -> dict[str, Path]:
+    """The files a notebook may open (data, images) by their path relative to ``folder``:
+    every file below it except notebooks and hidden entries (``.ipynb_checkpoints``),
+    as nbgrader's autograde copies those of ``source/ps1/``. None: no files."""
+    if folder is None:
+        return {}
+    if not folder.is_dir():
+        raise FileNotFoundError(f"assignment files folder {folder} does not exist")
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".ipynb"
+            and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts)}
+
+
+def _submission_key(context: str, sub: Submission) -> str:
+    """The fingerprint of ``sub``'s grade (``grader.store``); '' for a submission with no file to run."""
+    if sub.problem or sub.path is None:
+        return ""
+    try:
+        return store.fingerprint(context, sub.student, sub.path.read_bytes())
+    except OSError:
+        return ""
+
+
+def _from_store(data: dict) -> Grade:
+    return Grade(**{**data, "tests": [TestResult(**t) for t in data["tests"]], "reused": True})
+
+
+def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits | None = None,
+              files_from: Path | None = None, reuse: dict[str, dict] | None = None) -> list[Grade]:
     """Grade every submission in ``submissions`` against ``solution``, ``jobs`` kernels at a time.
 
-    Returns the grades sorted by student; the order and the points do not depend on ``jobs``.
+    ``files_from``: a folder whose files (``assignment_files``) each kernel's folder gets.
+    ``reuse``: the last run's grades (``store.load``): a submission whose fingerprint is
+    there is not run again; each grade gets its fingerprint (``Grade.key``). None: no
+    fingerprints. Returns the grades sorted by student; the order and the points do not
+    depend on ``jobs``.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -392,13 +513,34 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     choose(limits.confinement)   # refuse now, not once per student, when the sandbox is required and cannot start
     instructor = load_instructor(solution)
     subs = find_submissions(submissions, solution.name)
-    exercise, modules = solution.stem, test_modules(instructor)
+    exercise, modules, files = solution.stem, test_modules(instructor), assignment_files(files_from)
+    settings = (limits.cell, limits.notebook, repr(limits.confinement))
+    context = store.context(solution, files, settings) if reuse is not None else ""
+
+    def one(sub: Submission) -> Grade:
+        key = _submission_key(context, sub) if reuse is not None else ""
+        if key in (reuse or {}):
+            with contextlib.suppress(TypeError, KeyError):   # a store from another version: grade again
+                return _from_store(reuse[key])
+        g = _grade_safely(instructor, sub, exercise, limits, modules, files)
+        g.key = key
+        return g
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda s: _grade_safely(instructor, s, exercise, limits, modules), subs))
+        return list(pool.map(one, subs))
 
 
 def _points(x: float) -> str:
     return f"{x:g}"
+
+
+def pending_note(g: Grade) -> str:
+    """'3 of 10 points await grading by hand (2 cells)', or '' when none do."""
+    pending = g.pending
+    if not pending:
+        return ""
+    cells = f"{len(pending)} cell{'s' if len(pending) != 1 else ''}"
+    return (f"{_points(sum(t.max_points for t in pending))} of {_points(g.max_points)} points await "
+            f"grading by hand ({cells})")
 
 
 def csv_rows(grades: list[Grade]) -> list[dict]:
@@ -409,8 +551,9 @@ def csv_rows(grades: list[Grade]) -> list[dict]:
                              points=_points(t.points), max_points=_points(t.max_points),
                              status=t.status, flags=";".join(t.flags), detail=t.detail, mode=g.mode))
         rows.append(dict(student=g.student, exercise=g.exercise, test_id="TOTAL",
-                         points=_points(g.points), max_points=_points(g.max_points),
-                         status=g.status, flags=";".join(g.flags), detail=g.detail, mode=g.mode))
+                         points=_points(g.points), max_points=_points(g.max_points), status=g.status,
+                         flags=";".join(g.flags), detail="; ".join(filter(None, (g.detail, pending_note(g)))),
+                         mode=g.mode))
     return rows
 
 
@@ -443,20 +586,41 @@ FLAG_NOTES = {
 }
 
 
+HAND_LABELS = {"needs_manual": "to be graded by hand", "not_answered": "not answered",
+               "graded_by_hand": "graded by hand", "ungraded": "ungraded"}
+
+
+def _hand_lines(g: Grade) -> list[str]:
+    """The feedback's lines for the cells a person grades (none: no lines)."""
+    items = [t for t in g.tests if t.kind != "test"]
+    if not items:
+        return []
+    lines = ["", "Graded by hand"]
+    for t in items:
+        points = "?" if t.status == "needs_manual" else _points(t.points)
+        why = f"\n      {t.detail}" if t.detail and t.status in ("graded_by_hand", "not_answered") else ""
+        lines.append(f"  {HAND_LABELS.get(t.status, t.status):<21} {points:>4} / {_points(t.max_points):<4} "
+                     f"{t.test_id}{' (task)' if t.kind == 'task' else ''}{why}")
+    return lines
+
+
 def feedback_text(g: Grade) -> str:
     """What the student reads: score, each test's result and why; never a hidden test's source."""
+    pending = sum(t.max_points for t in g.pending)
     lines = [f"Feedback for {g.student} on {g.exercise}",
-             f"Score: {_points(g.points)} / {_points(g.max_points)}", ""]
+             f"Score: {_points(g.points)} / {_points(g.max_points)}"
+             + (f" ({_points(pending)} points still to be graded by hand)" if pending else ""), ""]
     if g.status in NOT_GRADED:
         lines += [f"Not graded: {NOT_GRADED[g.status]}" + (f": {g.detail}" if g.detail else ""),
                   "Every test scores 0: none of the tests ran.", ""]
     elif g.status != "graded":
         lines += [f"Grading stopped: {g.status}" + (f": {g.detail}" if g.detail else ""), ""]
     lines.append("Tests")
-    for t in g.tests:
+    for t in (t for t in g.tests if t.kind == "test"):
         hidden = " (includes hidden checks)" if t.hidden else ""
         why = f"\n      {t.detail}" if t.detail and t.status != "passed" else ""
         lines.append(f"  {t.status:<11} {_points(t.points):>4} / {_points(t.max_points):<4} {t.test_id}{hidden}{why}")
+    lines += _hand_lines(g)
     notes = []
     for flag in g.flags:
         kind, _, ident = flag.partition(":")
@@ -469,11 +633,26 @@ def feedback_text(g: Grade) -> str:
 
 
 def write_outputs(out: Path, grades: list[Grade]) -> Path:
-    """``out/grades.csv`` and ``out/feedback/<student>.txt``; returns the CSV's path."""
+    """``out/grades.csv``, ``out/feedback/<student>.txt`` and, where cells are graded by
+    hand, ``out/manual.csv`` (``manual.sheet_text``: rows already there kept as they are);
+    returns the CSV's path."""
     for g in grades:
         write_atomically(feedback_path(out / "feedback", g.student), feedback_text(g))
     write_csv(out / "grades.csv", grades)
+    sheet = out / "manual.csv"
+    if sheet.exists() or any(t.kind != "test" for g in grades for t in g.tests):
+        existing = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+        write_atomically(sheet, manual.sheet_text(grades, existing))
     return out / "grades.csv"
+
+
+def keep_and_merge(out: Path, grades: list[Grade]) -> list[str]:
+    """Store ``grades`` as run (``out/grades.json``, for the next run), then give them the
+    points filled in ``out/manual.csv``; returns what could not be applied."""
+    write_atomically(out / store.STORE, store.dumps([(g.key, asdict(g)) for g in grades
+                                                     if g.key and g.status != "grader_error"]))
+    sheet = out / "manual.csv"
+    return manual.apply_sheet(sheet.read_text(encoding="utf-8"), grades) if sheet.exists() else []
 
 
 def summary(grades: list[Grade]) -> str:
@@ -517,6 +696,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the exercise's name)")
     parser.add_argument("--similarity-threshold", type=similarity.threshold_arg, default=similarity.THRESHOLD,
                         help="list answers at least this similar in similarity.csv, 0 to 1 (default 0.9)")
+    parser.add_argument("--files", type=Path, help="a folder whose files (data, images; not notebooks) every "
+                                                   "kernel's folder gets, as nbgrader copies source/ASSIGNMENT/")
+    parser.add_argument("--regrade", action="store_true",
+                        help="run every notebook again, even one unchanged since the last run (grades.json)")
     return parser
 
 
@@ -541,22 +724,36 @@ def main(argv=None) -> int:
     try:
         roster = read_roster(args.roster) if args.roster else None   # checked before the batch, not after
         grades = grade_all(args.solution, args.submissions, args.jobs,
-                           Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),)))
+                           Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),)),
+                           args.files, reuse={} if args.regrade else store.load(out))
     except (OSError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    problems = keep_and_merge(out, grades)
     csv_path = write_outputs(out, grades)
     for g in grades:
         print(f"{g.student:<24} {_points(g.points):>5} / {_points(g.max_points):<5} {g.status}"
-              + (f"  [{';'.join(g.flags)}]" if g.flags else ""))
+              + (f"  [{';'.join(g.flags)}]" if g.flags else "") + (f"  ({pending_note(g)})" if g.pending else ""))
+    for problem in problems:
+        print(problem, file=sys.stderr)
     if roster is not None:
         max_points = sum(t.max_points for t in test_cells(load_instructor(args.solution)))
         print("\n".join(write_gradebooks(out, grades, roster, args.assignment_name or args.solution.stem,
                                          max_points)))
     print(similarity.write_report(args.solution, args.submissions, csv_path.parent, args.similarity_threshold))
-    print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}")
+    print(f"{summary(grades)}; {time.perf_counter() - start:.0f} s; wrote {csv_path}{_rerun_note(grades, out)}")
     print(mode_line(grades, confinement))
     return 0
+
+
+def _rerun_note(grades: list[Grade], out: Path) -> str:
+    """What the console's last line adds: grades reused, cells awaiting a person."""
+    reused, pending = sum(g.reused for g in grades), [t for g in grades for t in g.pending]
+    note = f"; {reused} unchanged since the last run, not run again (--regrade runs them)" if reused else ""
+    if pending:
+        note += (f"; {len(pending)} cell(s), {_points(sum(t.max_points for t in pending))} points, await grading "
+                 f"by hand: fill in points in {out / 'manual.csv'} and run this again")
+    return note
 
 
 if __name__ == "__main__":

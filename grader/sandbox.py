@@ -131,16 +131,19 @@ class Room:
     and ``HOME``. ``run``: the connection file and the kernel's sockets.
     """
 
-    def __init__(self, root: Path, mode: Mode, env: dict[str, str]):
+    def __init__(self, root: Path, mode: Mode, env: dict[str, str], files: dict[str, Path] | None = None):
         self.root, self.mode = Path(root), mode
         self.scratch, self.run = self.root / "scratch", self.root / "run"
         self.scratch.mkdir(parents=True)
         self.run.mkdir(mode=0o700)
+        for name, source in (files or {}).items():   # the assignment's data files, where the notebook opens them
+            (self.scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, self.scratch / name)
         self.uid = None
         if mode.name == "sandbox" and os.geteuid() == 0:
             with _uid_lock:
                 self.uid = next(_uids)
-            for folder in (self.scratch, self.run):
+            for folder in (self.scratch, self.run, *(p for p in self.scratch.rglob("*"))):
                 os.chown(folder, self.uid, self.uid)
         self.token = f"{os.getpid()}-{id(self)}-{self.root.name}"
         self.env = self._environment(env)

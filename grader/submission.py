@@ -24,6 +24,10 @@ Reading order
    ``duplicate_grade_id:ID``   two cells carry ``ID``: the first one is used
    ``dropped_cells:N``         N cells outside the answer cells are not graded
    ==========================  ==================================================
+
+4. ``hand_graded_answers``: what a person grades, for the manual-grading
+   sheet: each manually graded answer as the student wrote it, and the cells
+   the student wrote under each task.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import nbformat
 
-from grader.build import cell_role, student_cell
+from grader.build import LESSON, cell_role, hand_graded, student_cell
 
 
 @dataclass
@@ -203,3 +207,39 @@ def merge(instructor, student) -> Merged:
     if dropped:
         flags.append(f"dropped_cells:{dropped}")
     return Merged(merged, flags)
+
+
+def hand_graded_answers(instructor, student) -> dict[str, str | None]:
+    """grade_id -> the student's answer, for every cell a person grades; None: no answer.
+
+    A manually graded answer (nbgrader grade and solution) is the student's
+    cell: None when it is missing or still as released, with the kit's stub
+    or nbgrader's (nbgrader's 'No response.': 0 points, nothing for a person
+    to grade; whitespace at line ends does not count as an answer). A task's answer is what the student
+    wrote below the task cell, up to the next cell with a grade_id
+    ('' when nothing): nbgrader leaves every task to a person.
+    """
+    lesson = instructor.metadata.get("course_kit", {}).get("lesson", LESSON)
+    answers: dict[str, str | None] = {}
+    for cell in instructor.cells:
+        key = grade_id(cell)
+        if not hand_graded(cell) or key is None:
+            continue
+        index = next((i for i, c in enumerate(student.cells) if grade_id(c) == key), None)
+        if cell.get("metadata", {}).get("nbgrader", {}).get("task"):
+            answers[key] = "" if index is None else _cells_below(student.cells, index)
+            continue
+        theirs = None if index is None else student.cells[index].get("source", "")
+        released = {_normalized(student_cell(cell, lesson, stub).source) for stub in (False, True)}
+        answers[key] = None if theirs is None or _normalized(theirs) in released else theirs
+    return answers
+
+
+def _cells_below(cells, index: int) -> str:
+    """The sources of the cells after ``cells[index]`` up to the next one with a grade_id."""
+    below = []
+    for cell in cells[index + 1:]:
+        if grade_id(cell) is not None:
+            break
+        below.append(cell.get("source", "").strip())
+    return "\n\n".join(text for text in below if text)
