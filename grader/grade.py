@@ -615,12 +615,13 @@ def feedback_text(g: Grade) -> str:
                   "Every test scores 0: none of the tests ran.", ""]
     elif g.status != "graded":
         lines += [f"Grading stopped: {g.status}" + (f": {g.detail}" if g.detail else ""), ""]
-    lines.append("Tests")
-    for t in (t for t in g.tests if t.kind == "test"):
+    tests = [t for t in g.tests if t.kind == "test"]
+    lines += ["Tests"] if tests else []
+    for t in tests:
         hidden = " (includes hidden checks)" if t.hidden else ""
         why = f"\n      {t.detail}" if t.detail and t.status != "passed" else ""
         lines.append(f"  {t.status:<11} {_points(t.points):>4} / {_points(t.max_points):<4} {t.test_id}{hidden}{why}")
-    lines += _hand_lines(g)
+    lines += _hand_lines(g)[0 if tests else 1:]
     notes = []
     for flag in g.flags:
         kind, _, ident = flag.partition(":")

@@ -288,3 +288,11 @@ def test_the_instructors_guide_describes_grading_by_hand_and_coming_from_nbgrade
                   "--files", "test_nbgrader_parity.py"):
         assert topic in coming, topic
     assert "`--regrade`" in text
+
+
+def test_feedback_of_a_notebook_graded_by_hand_alone_has_no_tests_section():
+    nb = course_notebook()
+    nb.cells = nb.cells[5:]
+    items = grade.graded_cells(nb)
+    text = grade.feedback_text(grade.Grade("ann", "essays", items, "graded"))
+    assert "Tests" not in text and text.splitlines()[2:4] == ["", "Graded by hand"], text
