@@ -436,12 +436,14 @@ async def _run_cells(client, nb, runs, first: int, plan: _Plan, replies: dict) -
             return None
         try:
             await _execute(client, cell, index, plan)
-        except CellTimeoutError:
+        except (CellTimeoutError, DeadKernelError) as err:
+            # nbclient calls a silent time-out whose heartbeat was missed (a loaded machine) a dead kernel:
+            # it died only if its process did
+            if isinstance(err, DeadKernelError) and not await client.km.is_alive():
+                run.status = "died"
+                return index
             run.status, run.limit = "timeout", "cell" if plan.cell_timeout <= plan.left else "notebook"
             return index if run.limit == "cell" else None
-        except DeadKernelError:
-            run.status = "died"
-            return index
         content = (replies.get(index) or {}).get("content", {})
         run.stdout, run.result = _stdout(cell), _result(cell)
         if content.get("status") == "error":

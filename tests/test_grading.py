@@ -11,6 +11,7 @@ marks and its generated exercise zero.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import csv
 import json
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient.exceptions import DeadKernelError
 
 from conftest import ROOT
 from grader import csvsafe, execute, grade, guard, submission
@@ -1165,3 +1167,24 @@ def test_only_cells_marked_timed_take_the_gate_alone():
     assert execute.is_timed(code("x", metadata={"course_kit": {"timed": True}}))
     assert not execute.is_timed(code("x", metadata={"course_kit": {"timed": "yes"}}))
     assert not execute.is_timed(code("x"))
+
+
+@pytest.mark.parametrize("alive, expected", [(True, ("timeout", "cell")), (False, ("died", ""))])
+def test_a_dead_kernel_error_from_a_live_kernel_is_a_time_out(tmp_path, alive, expected):
+    """Under load nbclient reports a silent cell with a missed heartbeat as a dead kernel: only a
+    kernel whose process ended died; a live one ran past its time limit."""
+    class Manager:
+        async def is_alive(self):
+            return alive
+
+    class Client:
+        km, timeout = Manager(), 0
+
+        async def async_execute_cell(self, *args, **kwargs):
+            raise DeadKernelError("Kernel died")
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("while True:\n    pass")])
+    runs = [execute.CellRun()]
+    plan = execute._Plan(None, None, [], cell_timeout=10, notebook_timeout=100, deadline=time.monotonic() + 100)
+    assert asyncio.run(execute._run_cells(Client(), nb, runs, 0, plan, {})) == 0
+    assert (runs[0].status, runs[0].limit) == expected
