@@ -69,6 +69,7 @@ class Mode:
     name: str            # 'sandbox' or 'limited'
     reason: str = ""     # why not the sandbox (limited mode only)
     bwrap: str = ""      # the bwrap binary (sandbox mode only)
+    own_uid: bool = False   # as root: each submission runs as a user id of its own
 
 
 class SandboxUnavailable(RuntimeError):
@@ -105,7 +106,18 @@ def probe() -> Mode:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         return Mode("limited", f"{binary} cannot start a sandbox here ({why}); user namespaces may be "
                                "disabled (Ubuntu 24.04: an AppArmor profile for bwrap, or the system's bubblewrap)")
-    return Mode("sandbox", bwrap=binary)
+    return Mode("sandbox", bwrap=binary, own_uid=os.geteuid() == 0 and _can_switch_user(binary))
+
+
+def _can_switch_user(binary: str) -> bool:
+    """As root: can the sandbox become a user of its own (which RLIMIT_NPROC needs)? Not where
+    root's own user namespace maps few ids (a rootless container)."""
+    trial = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_unshare(), "--die-with-parent",
+             sys.executable, "-c", f"import os; os.setgroups([]); os.setgid({FIRST_UID}); os.setuid({FIRST_UID})"]
+    try:
+        return subprocess.run(trial, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def choose(confinement: Confinement) -> Mode:
@@ -140,7 +152,7 @@ class Room:
             (self.scratch / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, self.scratch / name)
         self.uid = None
-        if mode.name == "sandbox" and os.geteuid() == 0:
+        if mode.name == "sandbox" and mode.own_uid:
             with _uid_lock:
                 self.uid = next(_uids)
             for folder in (self.scratch, self.run, *(p for p in self.scratch.rglob("*"))):
