@@ -5,9 +5,9 @@ An instructor runs the grader, fills in the points given by hand
 second run must not run every notebook again. So each run keeps, in
 ``grades.json`` beside ``grades.csv``, every graded submission's grade (before
 any points given by hand) under a **fingerprint** of all it depends on: the
-grader's own code, the instructor's notebook, the assignment's files, the time
-limits, the student's name and file. A submission whose fingerprint is in the
-store takes the stored grade; any change (a resubmission, a corrected test, a
+grader's own code and the teaching library's, the instructor's notebook, the
+assignment's files, the limits, the student's name and file. A submission
+whose fingerprint is in the store takes the stored grade; any change (a resubmission, a corrected test, a
 new version of the grader) grades it again. ``python -m grader --regrade``
 ignores the store.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 STORE = "grades.json"
 FORMAT = 1
 GRADER = Path(__file__).resolve().parent   # its own code is part of every fingerprint
+LIBRARY = GRADER.parent / "course_lib"     # and so is the teaching library's, which test cells import
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -35,10 +36,12 @@ def fingerprint(*parts: bytes | str) -> str:
     return digest.hexdigest()
 
 
-def context(solution: Path, files: dict[str, Path], limits: tuple[float, float]) -> str:
+def context(solution: Path, files: dict[str, Path], limits: tuple) -> str:
     """The fingerprint of what every submission's grade depends on: the grader's code, the
-    instructor's notebook, the assignment files (name and content) and the limits."""
+    teaching library the tests import, the instructor's notebook, the assignment files (name
+    and content) and the limits (time, memory, processes, file size)."""
     code = [p.read_bytes() for p in sorted(GRADER.glob("*.py"))]
+    code += [p.read_bytes() for p in sorted(LIBRARY.rglob("*.py")) if "__pycache__" not in p.parts]
     extra = [part for name, path in sorted(files.items()) for part in (name, path.read_bytes())]
     return fingerprint(*code, solution.read_bytes(), *extra, repr(tuple(limits)))
 
