@@ -11,6 +11,8 @@ convolve quickly), but the ideas they carry out live in the reading order
 ``transport``           pipes and shared memory that carry a collective's steps; their fault
                         injection (tests) and progress tables (who hung)
 ``launch``              ``allreduce(arrays)`` and ``launch(fn, P)``: collectives on real processes
+``recording``           ``run_recorded(fn, arrays)``: a collective on P threads of one process, and a log
+                        of every transfer (step, sender, receiver, bytes): what the exercises grade
 ``torch_launch``        ``launch_torch`` and ``torch_allreduce``: the same through ``torch.distributed``
 ``downpour_processes``  Downpour SGD's shards and replicas on real processes
 ``backward_log``        when each layer's gradient and each DDP bucket's all-reduce happen (host times)
