@@ -24,8 +24,8 @@ What goes wrong is reported, never hung on: a receive that no send matches, or
 a send that nobody receives, raises ``StepMismatch`` naming the step and the
 ranks; ranks that call ``step`` different numbers of times raise
 ``StepMismatch`` with the counts; an exception raised by ``fn`` on a rank is
-re-raised in the caller (same type, with a note naming the rank; the others
-are released); a rank that neither steps nor returns within ``timeout``
+re-raised in the caller (same type, with a note naming the rank from Python
+3.11 on; the others are released); a rank that neither steps nor returns within ``timeout``
 seconds raises ``TimeoutError`` (its thread cannot be stopped: it is a daemon
 and ends with the interpreter).
 
@@ -223,7 +223,7 @@ def _first_error(errors: dict, endpoints: list) -> BaseException | None:
         found = sorted((r, e) for r, e in errors.items() if kind(e))
         if found:
             rank, err = found[0]
-            if not isinstance(err, (StepMismatch, TimeoutError)):
+            if not isinstance(err, (StepMismatch, TimeoutError)) and hasattr(err, "add_note"):   # Python >= 3.11
                 err.add_note(f"(raised on rank {rank} of {len(endpoints)})")
             return err
     calls = [ep.steps for ep in endpoints]
