@@ -80,11 +80,11 @@ notebooks: setup
 exercises: setup
 	$(PY) -m grader.build solutions exercises
 
-# make grade EXERCISE=01_convolution_exercise SUBMISSIONS=path/to/submitted [J=2] [ROSTER=roster.csv]
+# make grade EXERCISE=02_conv_dilation_groups_exercise SUBMISSIONS=path/to/submitted [J=2] [ROSTER=roster.csv]
 J ?= 2
 grade: setup
 	@if [ -z "$(EXERCISE)" ] || [ -z "$(SUBMISSIONS)" ]; then \
-	    echo "usage: make grade EXERCISE=01_convolution_exercise SUBMISSIONS=folder/ [J=2] [ROSTER=roster.csv]"; \
+	    echo "usage: make grade EXERCISE=02_conv_dilation_groups_exercise SUBMISSIONS=folder/ [J=2] [ROSTER=roster.csv]"; \
 	    echo "  (SUBMISSIONS holds one STUDENT.ipynb or one STUDENT/ folder per student)"; exit 2; fi
 	$(PY) -m grader solutions/$(basename $(notdir $(EXERCISE))).ipynb $(SUBMISSIONS) \
 	    --out grades/$(basename $(notdir $(EXERCISE))) -j $(J) $(if $(ROSTER),--roster $(ROSTER))

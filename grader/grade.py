@@ -1,7 +1,7 @@
 """Grade a class's exercise notebooks: a grades CSV and one feedback file per student.
 
-    python -m grader solutions/01_convolution_exercise.ipynb submitted/ -j 2
-    make grade EXERCISE=01_convolution_exercise SUBMISSIONS=submitted/
+    python -m grader solutions/02_conv_dilation_groups_exercise.ipynb submitted/ -j 2
+    make grade EXERCISE=02_conv_dilation_groups_exercise SUBMISSIONS=submitted/
 
 writes ``grades/<exercise>/grades.csv`` and ``grades/<exercise>/feedback/<student>.txt``,
 and, where cells are graded by hand, ``grades/<exercise>/manual.csv`` for the
@@ -672,7 +672,7 @@ def summary(grades: list[Grade]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
     parser.add_argument("solution", type=Path,
-                        help="the instructor's notebook, e.g. solutions/01_convolution_exercise.ipynb")
+                        help="the instructor's notebook, e.g. solutions/02_conv_dilation_groups_exercise.ipynb")
     parser.add_argument("submissions", type=Path, help="folder: one STUDENT.ipynb or one STUDENT/ folder per student")
     parser.add_argument("--out", type=Path, help="output folder (default grades/<exercise>)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once (default 2)")

@@ -1,6 +1,6 @@
 """Gradebooks for a learning management system: each roster student's total, ready to import.
 
-    python -m grader solutions/01_convolution_exercise.ipynb submitted/01 --roster roster.csv
+    python -m grader solutions/02_conv_dilation_groups_exercise.ipynb submitted/02 --roster roster.csv
 
 writes, beside ``grades.csv``, ``gradebook_canvas.csv`` (the layout Canvas's
 gradebook import reads) and ``gradebook.csv`` (plain, for anything else).
