@@ -57,6 +57,7 @@ from grader import sandbox
 from grader.build import cell_role
 
 KERNEL = "python3"     # this environment's own kernel (the venv's ipykernel)
+STARTUP_TIMEOUT = 120  # seconds a kernel may take to answer its first request (a loaded machine: torch, bwrap)
 MAX_RESTARTS = 3       # fresh kernels after cells that stopped one (a time limit, a crash)
 MAX_OUTPUTS = 50       # outputs kept per cell; errors are always kept
 MAX_OUTPUT_BYTES = 2**20   # bytes of text kept per cell (1 MiB); errors are always kept
@@ -252,6 +253,15 @@ class _CappedClient(NotebookClient):
         super().clear_output(outs, msg, cell_index)
         if not msg["content"].get("wait"):   # cleared now (a wait clears at the next output)
             self.kept_bytes[cell_index] = self.dropped_bytes[cell_index] = 0
+
+    async def _async_check_alive(self) -> None:
+        """Dead means the kernel's process ended (in the sandbox: bwrap, which ends with it).
+
+        nbclient asks the heartbeat instead, every second while a cell runs; on a loaded
+        machine a heartbeat answered more than a second late made it report a quick cell's
+        kernel as dead."""
+        if not await self.km.is_alive():
+            raise DeadKernelError("Kernel died")
 
     async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
         try:
@@ -476,7 +486,8 @@ async def _run(nb, plan: _Plan) -> Execution:
     execution = Execution([CellRun() for _ in nb.cells], plan.room.mode.name)
     replies: dict[int, dict] = {}
     client = _CappedClient(nb, kernel_name=KERNEL, allow_errors=True, shutdown_kernel="immediate",
-                           record_timing=False, resources={"metadata": {"path": str(plan.room.scratch)}})
+                           record_timing=False, resources={"metadata": {"path": str(plan.room.scratch)}},
+                           startup_timeout=STARTUP_TIMEOUT)
     client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update({cell_index: execute_reply})
     await _start_kernel(client, plan)
     plan.deadline, first, skip = time.monotonic() + plan.notebook_timeout, 0, set()

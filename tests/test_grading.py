@@ -1188,3 +1188,18 @@ def test_a_dead_kernel_error_from_a_live_kernel_is_a_time_out(tmp_path, alive, e
     plan = execute._Plan(None, None, [], cell_timeout=10, notebook_timeout=100, deadline=time.monotonic() + 100)
     assert asyncio.run(execute._run_cells(Client(), nb, runs, 0, plan, {})) == 0
     assert (runs[0].status, runs[0].limit) == expected
+
+
+@pytest.mark.slow
+def test_a_missed_heartbeat_does_not_kill_a_running_cell(tmp_path, monkeypatch):
+    """On a loaded machine the heartbeat answers late; only the kernel's process says it died."""
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+
+    async def never_beating(self):
+        return False
+    monkeypatch.setattr(AsyncKernelClient, "_async_is_alive", never_beating, raising=False)
+    monkeypatch.setattr(AsyncKernelClient, "is_alive", never_beating)
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[code("import time\ntime.sleep(2.5)\nprint('done')")])
+    run, = execute.run_notebook(nb, tmp_path, 30, 120).runs
+    assert (run.status, run.stdout) == ("ok", "done\n")
