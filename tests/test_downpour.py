@@ -127,6 +127,30 @@ def test_one_replica_is_plain_sgd(digits):
     np.testing.assert_allclose(res.params, w, rtol=1e-10)
 
 
+def test_a_shard_subclass_changes_the_update_rule(digits):
+    """``simulate(..., shard=...)`` builds every shard with it: the hook an exercise's own update rule uses."""
+    built = []
+
+    class Frozen(Shard):                       # counts its pushes but never moves the parameters
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+        def push(self, grad, fetched_version):
+            self.version += 1
+            self.staleness.append(self.version - 1 - fetched_version)
+            return self.staleness[-1]
+
+    x, y = digits
+    frozen = simulate(TinyNet(), x, y, n_replicas=4, shard=Frozen, **KW)
+    plain = simulate(TinyNet(), x, y, n_replicas=4, **KW)
+    assert len(built) == 3 and all(sh.base_lr == 0.1 for sh in built), "each shard gets optimizer, lr, staleness_lr"
+    np.testing.assert_array_equal(frozen.staleness, plain.staleness)   # the timing does not depend on the rule
+    np.testing.assert_array_equal(frozen.params, TinyNet().init(np.random.default_rng(
+        np.random.SeedSequence(0).spawn(2)[0])))
+    np.testing.assert_array_equal(simulate(TinyNet(), x, y, n_replicas=4, shard=Shard, **KW).params, plain.params)
+
+
 def test_equal_replicas_are_r_minus_1_updates_stale(digits):
     res = simulate(TinyNet(), *digits, n_replicas=5, jitter=0.0, **KW)
     shard0 = res.staleness[res.staleness[:, 0] == 0, 1]

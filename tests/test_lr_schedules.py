@@ -229,6 +229,19 @@ def test_train_digits_start_lr_default_and_cap(few_digits):
     assert (capped.train_error, capped.test_error) == (no_warmup.train_error, no_warmup.test_error)
 
 
+def test_train_digits_takes_another_optimizer(few_digits):
+    kw = dict(batch=64, lr=0.4, epochs=2, data=few_digits)
+    assert train_digits(**kw, optimizer=torch.optim.SGD) == train_digits(**kw), "the default is plain SGD"
+    made = []
+
+    def momentum(params, lr):
+        made.append(lr)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+    other = train_digits(**kw, optimizer=momentum)
+    assert made == [0.4] and other.train_error != train_digits(**kw).train_error
+
+
 def test_test_error_is_measured_on_the_test_images(digits):
     # relabel the test set (every label + 1): a model that learned the digits gets it mostly wrong
     shifted = digits._replace(y_test=(digits.y_test + 1) % 10)

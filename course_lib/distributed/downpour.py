@@ -76,8 +76,7 @@ class Shard:
         self.params = np.array(params, dtype=np.float64)          # our own copy
         self.base_lr, self.staleness_lr = float(lr), bool(staleness_lr)
         self.optimizer = (Adagrad if optimizer == "adagrad" else SGD)([self.params], lr=lr)
-        self.version = 0
-        self.staleness: list[int] = []
+        self.version, self.staleness = 0, []                      # updates applied; the staleness of each
 
     def fetch(self) -> tuple[int, np.ndarray]:
         """The current version and a copy of the parameters."""
@@ -101,10 +100,10 @@ class Shard:
         return staleness
 
 
-def make_shards(w0: np.ndarray, n_shards: int, **shard_kwargs) -> list[Shard]:
-    """Cut the flat vector w0 into ``n_shards`` contiguous shards (``chunk_bounds``)."""
+def make_shards(w0: np.ndarray, n_shards: int, shard=Shard, **kwargs) -> list[Shard]:
+    """w0 cut into ``n_shards`` contiguous shards (``chunk_bounds``): ``shard(s, lo, hi, w0[lo:hi], **kwargs)``."""
     check_int(n_shards, "n_shards", 1, w0.size, why="a shard owns at least one parameter")
-    return [Shard(s, lo, hi, w0[lo:hi], **shard_kwargs)
+    return [shard(s, lo, hi, w0[lo:hi], **kwargs)
             for s, (lo, hi) in enumerate(chunk_bounds(w0.size, n_shards))]
 
 
@@ -212,8 +211,8 @@ class _Simulation:
 def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n_shards: int,
              total_steps: int, optimizer: str = "adagrad", lr: float = 0.1, staleness_lr: bool = False,
              n_fetch: int = 1, n_push: int = 1, batch: int = 16, step_time=1.0, jitter: float = 0.2,
-             network_delay: float = 0.0, replica_failures: dict | None = None,
-             shard_failures: dict | None = None, eval_every: int = 50, seed: int = 0) -> DownpourResult:
+             network_delay: float = 0.0, replica_failures: dict | None = None, shard_failures: dict | None = None,
+             eval_every: int = 50, seed: int = 0, shard=Shard) -> DownpourResult:
     """Run Downpour SGD in virtual time until ``total_steps`` steps are done.
 
     Parameters
@@ -226,9 +225,10 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
     replica_failures : {replica: time} the replica dies then, its step in flight lost
     shard_failures : {shard: time}; a fetch or push reaching it later raises ShardFailure
     eval_every : record the training loss of the server's parameters every so many steps
+    shard : builds each shard (``make_shards``): ``Shard``, or a subclass with another update rule
     """
     init_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # 2 streams
-    shards = make_shards(model.init(init_rng), n_shards, optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
+    shards = make_shards(model.init(init_rng), n_shards, shard, optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
     replicas = [Replica(r, model, xr, yr, batch, n_fetch, n_push, seed)
                 for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]
     sim = _Simulation(shards, replicas, step_time, jitter, network_delay, shard_failures or {}, rng)

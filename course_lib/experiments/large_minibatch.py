@@ -34,8 +34,8 @@ class RunResult:
 
 def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
                  start_lr: float | None = None, hidden: int = 64, seed: int = 0,
-                 data=None) -> RunResult:
-    """Train a 64-``hidden``-10 MLP with plain minibatch SGD on the 8x8 digits.
+                 data=None, optimizer=None) -> RunResult:
+    """Train a 64-``hidden``-10 MLP with plain minibatch SGD (or ``optimizer``) on the 8x8 digits.
 
     A small network stands in for ResNet-50 so that a dozen runs fit in a few
     seconds on a laptop; the effect studied (a fixed number of epochs gives a
@@ -50,6 +50,8 @@ def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
     warmup_epochs : length of the linear warm-up from ``start_lr`` (default lr / 10;
         a start_lr above lr is lowered to lr, i.e. no warm-up is needed)
     data : a ``course_lib.data.Digits`` of 8x8 images, or None to load it
+    optimizer : None for ``torch.optim.SGD``, or a callable ``optimizer(params, lr=lr)`` that
+        returns another ``torch.optim.Optimizer`` (a layer-wise rule such as LARS)
     """
     import torch
     from course_lib.data import load_digits
@@ -61,7 +63,7 @@ def train_digits(batch: int, lr: float, epochs: int, warmup_epochs: float = 0.0,
     with torch.no_grad():                                        # the same start for every run
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1]) ** 0.5)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = (optimizer or torch.optim.SGD)(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(x) // batch)                        # ceil: the last batch may be short
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     start_lr = min(start_lr or lr / 10, lr)
