@@ -97,8 +97,7 @@ PARTS = {
             (_forward(SIZE_NO_DROP, DIV_OK),
              "PyTorch drops a ceil_mode window that would start in the right padding"),
             (_forward(SIZE_OK, DIV_K_WITH_PAD),
-             "a ceil_mode window that hangs past the right padding counts only its rows and columns inside "
-             "the padded input"),
+             "a ceil_mode window that hangs past the right padding counts only its cells in the padded input"),
         ],
     },
     "avg_pool2d_backward": {
