@@ -540,4 +540,6 @@ def run_notebook(nb, workdir: Path, cell_timeout: float = 60, notebook_timeout: 
         except KernelStartError:
             if attempt == attempts:
                 raise
+        finally:
+            room.close()
     raise ValueError(f"attempts must be at least 1, got {attempts}")

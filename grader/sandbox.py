@@ -40,7 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +48,30 @@ GIB = 2**30
 CHECKOUT = Path(__file__).resolve().parents[1]   # holds course_lib/ and grader/
 LIBRARY = ("course_lib", "grader")               # what a test cell may import from the checkout
 TOKEN_VAR = "COURSE_KIT_SUBMISSION"              # marks the limited mode's processes
-FIRST_UID = 1_900_000                            # sandboxed submissions run as FIRST_UID, FIRST_UID + 1, ...
-_uids = itertools.count(FIRST_UID)
-_uid_lock = threading.Lock()
+FIRST_UID = 1_900_000                            # sandboxed submissions run as user ids from here on
+UID_RANGE = 100_000
+UID_LOCKS = Path(tempfile.gettempdir()) / "course-kit-grader-uids"   # one lock file per user id in use
+
+
+def claim_uid() -> tuple[int, int]:
+    """A user id no other sandboxed submission uses now, in this grader or another one running
+    beside it (RLIMIT_NPROC counts every process of a user: a shared id would add up two
+    submissions' threads). Returns ``(uid, fd)``; the id is held while ``fd`` is open (flock)."""
+    import fcntl
+    UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    start = (os.getpid() * 7919 + next(_claims)) % UID_RANGE
+    for offset in range(UID_RANGE):
+        uid = FIRST_UID + (start + offset) % UID_RANGE
+        fd = os.open(UID_LOCKS / str(uid), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    raise RuntimeError(f"no free user id in {FIRST_UID}..{FIRST_UID + UID_RANGE - 1}")
+
+
+_claims = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -152,9 +173,9 @@ class Room:
             (self.scratch / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, self.scratch / name)
         self.uid = None
+        self._uid_fd = None
         if mode.name == "sandbox" and mode.own_uid:
-            with _uid_lock:
-                self.uid = next(_uids)
+            self.uid, self._uid_fd = claim_uid()
             for folder in (self.scratch, self.run, *(p for p in self.scratch.rglob("*"))):
                 os.chown(folder, self.uid, self.uid)
         self.token = f"{os.getpid()}-{id(self)}-{self.root.name}"
@@ -164,6 +185,12 @@ class Room:
     def cwd(self) -> Path:
         """The kernel's working folder as the kernel sees it."""
         return Path("/tmp") if self.mode.name == "sandbox" else self.scratch
+
+    def close(self) -> None:
+        """Give the room's user id back (after its kernel and every process of it ended)."""
+        if self._uid_fd is not None:
+            os.close(self._uid_fd)
+            self._uid_fd = None
 
     def give(self, path: Path) -> None:
         """Make a file the grader wrote (the connection file) the sandbox user's."""

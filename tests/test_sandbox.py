@@ -222,3 +222,21 @@ def test_the_console_ends_with_the_mode(tmp_path, monkeypatch, capsys):
     assert last == "mode: limited 1: NOT sandboxed: no user namespaces (a test)"
     with (tmp_path / "out" / "grades.csv").open(newline="") as f:
         assert {row["mode"] for row in csv.DictReader(f)} == {"limited"}
+
+
+def test_user_ids_are_claimed_across_graders_and_given_back():
+    """Two rooms, here or in another grader beside this one, never share a user id (RLIMIT_NPROC
+    would add up their threads); an id is free again once its room is closed."""
+    first, fd1 = sandbox.claim_uid()
+    second, fd2 = sandbox.claim_uid()
+    other = subprocess.run([sys.executable, "-c", "from grader import sandbox; print(sandbox.claim_uid()[0])"],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert len({first, second, int(other.stdout)}) == 3, (first, second, other.stdout, other.stderr)
+    import fcntl
+    probe = os.open(sandbox.UID_LOCKS / str(first), os.O_RDWR)
+    with pytest.raises(OSError):
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held
+    os.close(fd1)
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)       # given back
+    os.close(probe)
+    os.close(fd2)
