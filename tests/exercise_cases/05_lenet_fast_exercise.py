@@ -48,10 +48,10 @@ def time_breakdown(params, x, y, repeats=5):
     for name in LAYERS:
         runs = []
         for run in range(repeats + 1):
-            start = time.perf_counter()
+            start = time.process_time()
             forward[name]()
             BACKWARD
-            runs.append(time.perf_counter() - start)
+            runs.append(time.process_time() - start)
         seconds[name] = UNIT * float(np.median(runs[1:]))
     return seconds
 '''
@@ -65,9 +65,9 @@ def time_breakdown(params, x, y, repeats=5):
     reference_loss_and_grads(params, x, y)
     runs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         reference_loss_and_grads(params, x, y)
-        runs.append(time.perf_counter() - start)
+        runs.append(time.process_time() - start)
     return {name: float(np.median(runs)) / len(LAYERS) for name in LAYERS}    # the whole step, shared out
 ''',
         "wrong": [
@@ -78,13 +78,13 @@ def time_breakdown(params, x, y, repeats=5):
 def time_breakdown(params, x, y, repeats=5):
     totals = {name: [] for name in LAYERS}
     for run in range(repeats + 1):
-        start = time.perf_counter()                 # checkpoints through one step: a running total
+        start = time.process_time()                 # checkpoints through one step: a running total
         logits, cache = reference_forward(params, x)
         for name in LAYERS[:-1]:
-            totals[name].append(time.perf_counter() - start)
+            totals[name].append(time.process_time() - start)
         loss, dlogits = softmax_cross_entropy(logits, y)
         reference_backward(params, dlogits, cache)
-        totals["out"].append(time.perf_counter() - start)
+        totals["out"].append(time.process_time() - start)
     return {name: float(np.median(times[1:])) for name, times in totals.items()}
 ''', "running total"),
         ],
