@@ -88,6 +88,7 @@ def test_every_part_declares_its_cases(stem):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # the first case of an exercise grades its whole batch
 @pytest.mark.parametrize("stem, name, part, fragment",
                          [(stem, name, part, fragment) for stem in STEMS for name, part, _, fragment in cases(stem)])
 def test_each_attempt_loses_its_part_and_only_its_part(stem, name, part, fragment, tmp_path_factory):
