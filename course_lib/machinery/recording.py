@@ -41,6 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from course_lib.machinery.transport import check_step
+
 
 class StepMismatch(RuntimeError):
     """The ranks disagree about a step: a receive without its send, sizes that differ, or step counts."""
@@ -193,14 +195,7 @@ class RecordingEndpoint:
         """Nothing to wait for: every message was copied when it was sent."""
 
     def _check(self, sends, recvs) -> None:
-        for name, peers in (("send to", [d for d, _, _ in sends]), ("receive from", [s for s, _ in recvs])):
-            if len(set(peers)) != len(peers) or any(p == self.rank or not 0 <= p < self.world_size for p in peers):
-                raise ValueError(f"rank {self.rank}: one step may {name} each other rank at most once, "
-                                 f"got {peers} (world_size {self.world_size})")
-        for d, start, stop in sends:
-            if not 0 <= start <= stop <= self.capacity:
-                raise ValueError(f"rank {self.rank}: send region [{start}:{stop}] to rank {d} is outside "
-                                 f"the buffer of {self.capacity} elements")
+        check_step(self, sends, recvs)   # the process transports' checks, plus one of its own
         for s, count in recvs:
             if count < 0:
                 raise ValueError(f"rank {self.rank}: cannot receive {count} elements from rank {s}")

@@ -115,15 +115,22 @@ class Endpoint:
         """After a collective: wait until peers no longer read this buffer (no-op for pipes)."""
 
     def _check(self, sends, recvs) -> None:
-        dsts, srcs = [d for d, _, _ in sends], [s for s, _ in recvs]
-        for name, peers in (("send to", dsts), ("receive from", srcs)):
-            if len(set(peers)) != len(peers) or any(p == self.rank or not 0 <= p < self.world_size for p in peers):
-                raise ValueError(f"rank {self.rank}: one step may {name} each other rank at most once, "
-                                 f"got {peers} (world_size {self.world_size})")
-        for d, start, stop in sends:
-            if not 0 <= start <= stop <= self.capacity:
-                raise ValueError(f"rank {self.rank}: send region [{start}:{stop}] to rank {d} is outside "
-                                 f"the buffer of {self.capacity} elements")
+        check_step(self, sends, recvs)
+
+
+def check_step(endpoint, sends, recvs) -> None:
+    """Raise ValueError unless one step's ``sends`` and ``recvs`` fit ``endpoint`` (its rank,
+    world_size, capacity): each peer at most once, never itself, send regions inside the buffer."""
+    rank, world_size, capacity = endpoint.rank, endpoint.world_size, endpoint.capacity
+    dsts, srcs = [d for d, _, _ in sends], [s for s, _ in recvs]
+    for name, peers in (("send to", dsts), ("receive from", srcs)):
+        if len(set(peers)) != len(peers) or any(p == rank or not 0 <= p < world_size for p in peers):
+            raise ValueError(f"rank {rank}: one step may {name} each other rank at most once, "
+                             f"got {peers} (world_size {world_size})")
+    for d, start, stop in sends:
+        if not 0 <= start <= stop <= capacity:
+            raise ValueError(f"rank {rank}: send region [{start}:{stop}] to rank {d} is outside "
+                             f"the buffer of {capacity} elements")
 
 
 def _inject(action: str, rank: int, step: int) -> None:
