@@ -118,7 +118,9 @@ def measure_sweep(caps_mb=CAPS_MB, width: int = 64, depth: int = 32, batch_size:
     ``lone``: [(bytes, s)], every repeat of a lone all-reduce, the slower rank's time;
     ``backward``: {cap_mb: (rounds, P) array}, s of backward() under DDP with that cap
     """
+    from course_lib.experiments.comm_hooks import import_what_ddp_imports
     from course_lib.machinery.torch_launch import launch_torch
+    import_what_ddp_imports()
     ranks = launch_torch(sweep_worker, world_size, args=(tuple(caps_mb), width, depth, batch_size, rounds,
                                                           warmup, seed),
                          backend="gloo", timeout=timeout, start_method=start_method)

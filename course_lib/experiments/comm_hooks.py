@@ -162,6 +162,7 @@ def run_hook(source: str, hook_name: str, world_size: int = 2, *, timeout: float
     """
     from course_lib.machinery.procs import CollectiveError
     from course_lib.machinery.torch_launch import launch_torch
+    import_what_ddp_imports()
     try:
         x, y = digits_data()
         return launch_torch(hook_worker, world_size, args=(x, y, source, hook_name, *_ordered(setting)),
@@ -169,6 +170,12 @@ def run_hook(source: str, hook_name: str, world_size: int = 2, *, timeout: float
     except CollectiveError as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise HookFailed(f"rank {err.rank}: {lines[-1].strip() if lines else err}") from None
+
+
+def import_what_ddp_imports() -> None:
+    """Import ``torch._dynamo`` here, once: ``DistributedDataParallel`` imports it when it wraps a model,
+    which takes seconds in every rank (docs/benchmarks.md); forked ranks inherit it from this process."""
+    import torch._dynamo  # noqa: F401
 
 
 class HookFailed(RuntimeError):
