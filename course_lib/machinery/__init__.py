@@ -15,6 +15,8 @@ convolve quickly), but the ideas they carry out live in the reading order
                         of every transfer (step, sender, receiver, bytes): what the exercises grade
 ``torch_launch``        ``launch_torch`` and ``torch_allreduce``: the same through ``torch.distributed``
 ``downpour_processes``  Downpour SGD's shards and replicas on real processes
+``calltrace``           ``first_call_into(banned, fn, *args)``: the first call an answer makes into
+                        torch or the kit (the exercises' "numpy only" rule)
 ``backward_log``        when each layer's gradient and each DDP bucket's all-reduce happen (host times)
 ``ddp_cli``             ``python -m course_lib.ddp``: LeNet-5 under DDP from the command line or torchrun
 """

@@ -98,6 +98,10 @@ PARTS = {
              "PyTorch drops a ceil_mode window that would start in the right padding"),
             (_forward(SIZE_OK, DIV_K_WITH_PAD),
              "a ceil_mode window that hangs past the right padding counts only its cells in the padded input"),
+            ("import torch\n\n\n" + POOL + """\
+    return torch.nn.functional.avg_pool2d(torch.from_numpy(x), kernel_size, stride, padding, ceil_mode,
+                                          count_include_pad).numpy()
+""", "numpy only in this exercise"),
         ],
     },
     "avg_pool2d_backward": {
@@ -139,6 +143,14 @@ PARTS = {
             (RMSPROP + """    square_avg = (1 - alpha) * square_avg + alpha * grad * grad
     return w - lr * grad / (np.sqrt(square_avg) + eps), square_avg
 """, "alpha weights the old average"),
+            ("import torch\n\n\n" + RMSPROP + """\
+    w, s = torch.tensor(w, requires_grad=True), torch.tensor(square_avg)
+    opt = torch.optim.RMSprop([w], lr=lr, alpha=alpha, eps=eps)
+    opt.state[w] = {"step": torch.tensor(0.0), "square_avg": s}
+    w.grad = torch.from_numpy(grad.copy())
+    opt.step()
+    return w.detach().numpy(), s.numpy()
+""", "numpy only in this exercise"),
         ],
     },
     "adam_step": {
