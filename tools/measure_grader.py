@@ -2,12 +2,17 @@
 
     .venv/bin/python tools/measure_grader.py attacks [--grader "python -m grader"] [--pythonpath DIR]
     .venv/bin/python tools/measure_grader.py class N [-j 2] [--grader ...] [--pythonpath DIR]
+    .venv/bin/python tools/measure_grader.py speed N [-j 2]
 
 ``attacks`` grades tests/test_sandbox.py's hostile submissions (all but the
 memory hog, which can wake the machine's OOM killer under a grader without
 limits) plus a student named ``=HYPERLINK("x")``, and prints what each attack
 achieved. ``class N`` grades N fixture submissions (correct, half right, a
-syntax error, in turn) and prints the wall time. ``--grader`` and
+syntax error, in turn) and prints the wall time. ``speed N`` grades, N times,
+the model answer and the deliberately slow variants of every speed-graded part
+(from tests/exercise_cases/) in one batch per exercise, and prints how often
+each passed its speed test, and the seconds per submission (run it beside
+``make test`` to see them on a loaded machine). ``--grader`` and
 ``--pythonpath`` run another grader: the one before the sandbox is
 ``--grader "python -m course_lib.grade" --pythonpath <a checkout of 3dd2469>``.
 """
@@ -49,12 +54,13 @@ def _listener() -> tuple[socket.socket, list[int]]:
     return server, count
 
 
-def _grade(base: Path, grader: str, pythonpath: str, jobs: int) -> tuple[float, str]:
+def _grade(base: Path, grader: str, pythonpath: str, jobs: int,
+           solution: str = "00_fixture_exercise.ipynb") -> tuple[float, str]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath or str(ROOT), "OPENBLAS_THREAD_TIMEOUT": "4",
            "HOME": str(Path.home())}
     command = [sys.executable if word == "python" else word for word in shlex.split(grader)]
     start = time.perf_counter()
-    done = subprocess.run([*command, str(base / "00_fixture_exercise.ipynb"), str(base / "submitted"),
+    done = subprocess.run([*command, str(base / solution), str(base / "submitted"),
                            "--out", str(base / "out"), "-j", str(jobs)], capture_output=True, text=True, env=env,
                           cwd=base)
     return time.perf_counter() - start, (done.stdout.strip().splitlines() or [done.stderr])[-1]
@@ -103,9 +109,41 @@ def grade_class(n: int, jobs: int, grader: str, pythonpath: str) -> None:
     print(f"{n} submissions, -j {jobs}: {seconds:.1f} s ({seconds / n:.2f} s each); last line: {last}")
 
 
+# (exercise, part, the speed test, the fragments naming its deliberately slow variants in the cases module)
+SPEED_PARTS = [("02_conv_dilation_groups_exercise", "im2col_dilated", "test_im2col_dilated_speed",
+                ("not one small copy per window", "nor a gather through index arrays")),
+               ("05_lenet_fast_exercise", "fast_lenet5", "test_fast_lenet5_speed", ("must be at least 1.5x as fast",))]
+
+
+def speed(n: int, jobs: int, grader: str) -> None:
+    from test_exercise_cases import _instructor, _submission, parts
+    for stem, part, test_id, fragments in SPEED_PARTS:
+        wrong = parts(stem)[part]["wrong"]
+        variants = {"model": None} | {f"slow{i}": source for i, (source, fragment) in enumerate(wrong)
+                                      if fragment in fragments}
+        passed, seconds = {name: 0 for name in variants}, []
+        for run in range(n):
+            with tempfile.TemporaryDirectory() as folder:
+                base = Path(folder)
+                (base / "submitted").mkdir()
+                instructor = _instructor(stem)
+                nbformat.write(instructor, base / f"{stem}.ipynb")
+                for name, source in variants.items():
+                    nb = _submission(instructor, {} if source is None else {part: source})
+                    nbformat.write(nb, base / "submitted" / f"{name}.ipynb")
+                took, last = _grade(base, grader, "", jobs, solution=f"{stem}.ipynb")
+                seconds.append(took / len(variants))
+                for row in csv.DictReader((base / "out" / "grades.csv").open(newline="")):
+                    if row["test_id"] == test_id and row["status"] == "passed":
+                        passed[row["student"]] += 1
+            print(f"  {stem} run {run + 1}: {took:.1f} s, load {psutil.getloadavg()[0]:.1f}; {last}", flush=True)
+        print(f"{stem} {test_id}: " + ", ".join(f"{name} passed {k}/{n}" for name, k in passed.items())
+              + f"; grading {min(seconds):.1f} to {max(seconds):.1f} s per submission (-j {jobs})", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["attacks", "class"])
+    parser.add_argument("what", choices=["attacks", "class", "speed"])
     parser.add_argument("n", nargs="?", type=int, default=40)
     parser.add_argument("-j", "--jobs", type=int, default=2)
     parser.add_argument("--grader", default="python -m grader", help="the command, before its arguments")
@@ -113,6 +151,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "attacks":
         attacks(args.grader, args.pythonpath)
+    elif args.what == "speed":
+        speed(args.n, args.jobs, args.grader)
     else:
         grade_class(args.n, args.jobs, args.grader, args.pythonpath)
     return 0

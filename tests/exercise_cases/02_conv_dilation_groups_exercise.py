@@ -1,5 +1,15 @@
 """Exercise 2 (dilated and grouped convolution): what a student would try on each part."""
 
+# the start of every im2col_dilated below: the arguments read, the output size, the padded input
+IM2COL_HEAD = '''
+def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = (pair(a, "arg", 0) for a in (kernel_size, stride, padding, dilation))
+    N, C, H, W = x.shape
+    H_out = dilated_output_size(H, KH, PH, SH, DH)
+    W_out = dilated_output_size(W, KW, PW, SW, DW)
+    xp = pad2d(x, (PH, PW))
+'''
+
 PARTS = {
     "dilated_output_size": {
         "tests": ["test_dilated_output_size"],
@@ -31,7 +41,7 @@ def dilated_output_size(W, F, P, S, D):
         ],
     },
     "im2col_dilated": {
-        "tests": ["test_im2col_dilated"],
+        "tests": ["test_im2col_dilated", "test_im2col_dilated_speed"],
         "nearest": ["course_lib.conv.im2col"],
         "copy": '''
 def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
@@ -39,32 +49,39 @@ def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
     return im2col(x, kernel_size, stride, padding)          # dilation ignored
 ''',
         "wrong": [
-            ('''
-def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = (pair(a, "arg", 0) for a in (kernel_size, stride, padding, dilation))
-    N, C, H, W = x.shape
-    H_out = dilated_output_size(H, KH, PH, SH, DH)
-    W_out = dilated_output_size(W, KW, PW, SW, DW)
-    xp = pad2d(x, (PH, PW))
+            (IM2COL_HEAD + '''\
     cols = np.empty((N, C, KH, KW, H_out, W_out), dtype=x.dtype)
     for u in range(KH):
         for v in range(KW):                                 # the lesson's offsets, unchanged
             cols[:, :, u, v] = xp[:, :, u:u + SH * (H_out - 1) + 1:SH, v:v + SW * (W_out - 1) + 1:SW]
     return cols.reshape(N, C * KH * KW, H_out * W_out)
 ''', "taps of an undilated window"),
-            ('''
-def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = (pair(a, "arg", 0) for a in (kernel_size, stride, padding, dilation))
-    N, C, H, W = x.shape
-    H_out = dilated_output_size(H, KH, PH, SH, DH)
-    W_out = dilated_output_size(W, KW, PW, SW, DW)
-    xp = pad2d(x, (PH, PW))
+            (IM2COL_HEAD + '''\
     cols = np.empty((N, KH, KW, C, H_out, W_out), dtype=x.dtype)     # taps first, then channels
     for u in range(KH):
         for v in range(KW):
             cols[:, u, v] = xp[:, :, u * DH:u * DH + SH * (H_out - 1) + 1:SH, v * DW:v * DW + SW * (W_out - 1) + 1:SW]
     return cols.reshape(N, KH * KW * C, H_out * W_out)
 ''', "ordered (u, v, c)"),
+            (IM2COL_HEAD + '''\
+    cols = np.empty((N, C, KH, KW, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):                                  # one window at a time: correct, and slow
+        for j in range(W_out):
+            top, left = i * SH, j * SW
+            cols[:, :, :, :, i, j] = xp[:, :, top:top + (KH - 1) * DH + 1:DH, left:left + (KW - 1) * DW + 1:DW]
+    return cols.reshape(N, C * KH * KW, H_out * W_out)
+''', "not one small copy per window"),
+            (IM2COL_HEAD + '''\
+    rows = (np.arange(KH) * DH)[:, None, None, None] + (np.arange(H_out) * SH)[None, None, :, None]
+    cols = (np.arange(KW) * DW)[None, :, None, None] + (np.arange(W_out) * SW)[None, None, None, :]
+    return xp[:, :, rows, cols].reshape(N, C * KH * KW, H_out * W_out)     # a gather (CS231n's im2col_indices)
+''', "nor a gather through index arrays"),
+            ('''
+def im2col_dilated(x, kernel_size, stride=1, padding=0, dilation=1):
+    import torch
+    import torch.nn.functional as F
+    return F.unfold(torch.from_numpy(x), kernel_size, dilation, padding, stride).numpy()
+''', "numpy only in this exercise"),
         ],
     },
     "conv2d_grouped": {
