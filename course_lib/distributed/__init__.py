@@ -7,9 +7,10 @@ Reading order (import each name from the module that defines it)
 2. ``simulate``     ``simulate_ring_allreduce``: the ring replayed in one process, every
                     rank's buffer after every step (the step-through widget).
 3. ``cost``         the lecture's formulas: ring 2N(P-1)/P bytes per rank, PS 2N(P-1) at
-                    the server, alpha-beta times and their ratio (lesson 06).
-4. ``collectives``  ``ring_allreduce_`` and ``ps_allreduce_`` written once on a transport's
-                    ``step``; ``ProcessGroup`` for worker functions.
+                    the server, alpha-beta times and their ratio (lesson 06); two levels.
+4. ``collectives``  ``ring_allreduce_``, ``ps_allreduce_`` and ``two_level_allreduce_`` (rings
+                    inside and between nodes) written once on a transport's ``step``;
+                    ``ProcessGroup`` for worker functions.
 5. ``workers``      data-parallel least squares on a ProcessGroup (a worker function).
 6. ``torch_dist``   the PyTorch twin: ``torch.distributed`` and a DistributedDataParallel
                     worker (lesson 08; LeNet-5 under DDP is ``course_lib.ddp``).

@@ -1,8 +1,9 @@
 """All-reduce algorithms, written once against a transport's ``step``.
 
-``ring_allreduce_(endpoint, count)`` and ``ps_allreduce_(endpoint, count, shards)``
-sum ``endpoint.buffer[:count]`` across all ranks, in place, on every rank. They
-run inside worker processes; ``ProcessGroup`` wraps them for worker functions
+``ring_allreduce_(endpoint, count)``, ``ps_allreduce_(endpoint, count, shards)`` and
+``two_level_allreduce_(endpoint, count, local_size)`` (rings inside and between nodes) sum
+``endpoint.buffer[:count]`` across all ranks, in place, on every rank. They run inside worker
+processes (or on threads: ``course_lib.machinery.recording``); ``ProcessGroup`` wraps them for worker functions
 (``pg.allreduce_(grad)``).
 
 All they ask of the transport is one call per step: ``endpoint.step(sends, recvs)``
@@ -24,6 +25,42 @@ import numpy as np
 from .schedule import allgather_step, chunk_bounds, scatter_reduce_step
 
 
+def ring_phase_(endpoint, x: np.ndarray, ring: list[int], bounds: list[tuple[int, int]], reduce: bool) -> None:
+    """One phase of a ring among the ranks ``ring``: ``len(ring) - 1`` steps, right neighbour out, left in.
+
+    x : (N,) a view of ``endpoint.buffer``; bounds : one region ``(start, stop)`` of x per member.
+    At step k the member at position i sends region ``send`` and receives region ``recv`` of
+    ``schedule.py`` (its scatter-reduce or allgather step); ``reduce`` says which phase.
+    """
+    n, i = len(ring), ring.index(endpoint.rank)
+    right, left = ring[(i + 1) % n], ring[(i - 1) % n]
+    schedule = scatter_reduce_step if reduce else allgather_step
+    for k in range(n - 1):
+        send, recv = schedule(i, k, n)
+        a, b = bounds[recv]
+        (got,) = endpoint.step(sends=[(right, *bounds[send])], recvs=[(left, b - a)])
+        if reduce:
+            np.add(x[a:b], got, out=x[a:b])              # scatter-reduce: add the left's partial sum
+        else:
+            x[a:b] = got                                 # allgather: copy the left's complete region
+
+
+def ring_reduce_scatter_(endpoint, x: np.ndarray, ring: list[int], bounds: list[tuple[int, int]]) -> int:
+    """Scatter-reduce among the ranks ``ring``, over the regions ``bounds`` of ``x``, one per member.
+
+    ``x`` is a view of ``endpoint.buffer`` (the regions are sent from it); ``ring[i]`` sends to
+    ``ring[i + 1]`` and receives from ``ring[i - 1]``, ``len(ring) - 1`` steps (``schedule.py``).
+    Returns the index of the region this rank then holds summed over the ring: ``(i + 1) % len(ring)``.
+    """
+    ring_phase_(endpoint, x, ring, bounds, reduce=True)
+    return (ring.index(endpoint.rank) + 1) % len(ring)
+
+
+def ring_allgather_(endpoint, x: np.ndarray, ring: list[int], bounds: list[tuple[int, int]]) -> None:
+    """Allgather among the ranks ``ring``: each member's complete region replaces the others' copies."""
+    ring_phase_(endpoint, x, ring, bounds, reduce=False)
+
+
 def ring_allreduce_(endpoint, count: int) -> None:
     """Ring all-reduce of ``endpoint.buffer[:count]``: scatter-reduce, then allgather.
 
@@ -31,26 +68,50 @@ def ring_allreduce_(endpoint, count: int) -> None:
     and receives only from its left; 2(P - 1) steps of about N/P elements, so
     2N(P-1)/P elements sent per rank. The chunk indices come from ``schedule.py``.
     """
-    P, r = endpoint.world_size, endpoint.rank
+    P = endpoint.world_size
     if P == 1:
         return
     x = endpoint.buffer[:count]                          # (N,) this rank's data, summed in place
-    bounds = chunk_bounds(count, P)                      # P chunks of N/P (+1) elements
-    right, left = (r + 1) % P, (r - 1) % P
+    ring, bounds = list(range(P)), chunk_bounds(count, P)    # P chunks of N/P (+1) elements
+    ring_reduce_scatter_(endpoint, x, ring, bounds)
+    ring_allgather_(endpoint, x, ring, bounds)
+    endpoint.fence()
 
-    def size(c):
-        return bounds[c][1] - bounds[c][0]
 
-    for k in range(P - 1):                               # scatter-reduce: add the left's partial sum
-        send, recv = scatter_reduce_step(r, k, P)
-        (partial,) = endpoint.step(sends=[(right, *bounds[send])], recvs=[(left, size(recv))])
-        a, b = bounds[recv]
-        np.add(x[a:b], partial, out=x[a:b])
-    for k in range(P - 1):                               # allgather: copy the left's complete chunk
-        send, recv = allgather_step(r, k, P)
-        (complete,) = endpoint.step(sends=[(right, *bounds[send])], recvs=[(left, size(recv))])
-        a, b = bounds[recv]
-        x[a:b] = complete
+def two_level_allreduce_(endpoint, count: int, local_size: int) -> None:
+    """Two-level all-reduce of ``endpoint.buffer[:count]``: rings inside each node, rings between nodes.
+
+    Goyal et al. 2017, section 4 ("Communication"): NCCL between the GPUs of a server, then
+    between servers. The P ranks form ``P / local_size`` nodes of L = ``local_size`` ranks
+    (rank r is local rank r % L of node r // L). With M = P / L nodes:
+
+    1. reduce-scatter inside each node (a ring of L): local rank j then holds chunk j' of its
+       node's sum, N/L elements;
+    2. all-reduce of that chunk across the M nodes (a ring of the M ranks with the same local
+       rank, on chunk j' cut in M pieces): M rings in parallel, one per local rank;
+    3. allgather inside each node.
+
+    Sent per rank: inside the node ``2N(L-1)/L`` elements, between nodes ``2(N/L)(M-1)/M``
+    (``cost.two_level_bytes_per_rank``); the flat ring sends 2N(P-1)/P, and with ranks numbered
+    node by node one rank per node sends all of it across the slow link at every step.
+    """
+    P, r, L = endpoint.world_size, endpoint.rank, local_size
+    if not (isinstance(L, (int, np.integer)) and 1 <= L <= P and P % L == 0):
+        raise ValueError(f"local_size = {L!r} must divide world_size = {P} (ranks per node, every node "
+                         f"the same size: P = nodes * local_size)")
+    x = endpoint.buffer[:count]                          # (N,)
+    node, M = r // L, P // L
+    local_ring = list(range(node * L, node * L + L))     # this node's ranks
+    cross_ring = list(range(r % L, P, L))                # the same local rank on every node
+    chunks = chunk_bounds(count, L)                      # L chunks of N/L (+1) elements
+    mine = ring_reduce_scatter_(endpoint, x, local_ring, chunks) if L > 1 else 0
+    if M > 1:
+        start, stop = chunks[mine]                       # this rank's chunk of the node's sum
+        pieces = [(start + a, start + b) for a, b in chunk_bounds(stop - start, M)]
+        ring_reduce_scatter_(endpoint, x, cross_ring, pieces)
+        ring_allgather_(endpoint, x, cross_ring, pieces)
+    if L > 1:
+        ring_allgather_(endpoint, x, local_ring, chunks)
     endpoint.fence()
 
 
@@ -91,7 +152,7 @@ def ps_allreduce_(endpoint, count: int, shards: int = 1) -> None:
     endpoint.fence()
 
 
-ALGORITHMS = {"ring": ring_allreduce_, "ps": ps_allreduce_}
+ALGORITHMS = {"ring": ring_allreduce_, "ps": ps_allreduce_, "two_level": two_level_allreduce_}
 
 
 class ProcessGroup:
@@ -132,8 +193,12 @@ class ProcessGroup:
     def bytes_received(self) -> int:
         return self.endpoint.bytes_received
 
-    def allreduce_(self, x: np.ndarray, algorithm: str = "ring", shards: int = 1) -> np.ndarray:
-        """Replace ``x`` (any shape, this group's dtype) by its elementwise sum over all ranks; return x."""
+    def allreduce_(self, x: np.ndarray, algorithm: str = "ring", shards: int = 1,
+                   local_size: int | None = None) -> np.ndarray:
+        """Replace ``x`` (any shape, this group's dtype) by its elementwise sum over all ranks; return x.
+
+        algorithm : "ring", "ps" (with ``shards``) or "two_level" (with ``local_size`` ranks per node)
+        """
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype:
             raise TypeError(f"allreduce_ needs a numpy array of dtype {self.dtype} (the group's), got "
                             f"{type(x).__name__} {getattr(x, 'dtype', '')}")
@@ -146,6 +211,8 @@ class ProcessGroup:
         self.endpoint.buffer[:n] = x.reshape(-1)
         if algorithm == "ps":
             ps_allreduce_(self.endpoint, n, shards)
+        elif algorithm == "two_level":
+            two_level_allreduce_(self.endpoint, n, local_size)
         else:
             ring_allreduce_(self.endpoint, n)
         x[...] = self.endpoint.buffer[:n].reshape(x.shape)

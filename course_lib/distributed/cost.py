@@ -13,6 +13,9 @@ Lecture 5, "Parameter Server (PS) vs Ring All-Reduce: Communication Cost"
 Byte counts here are exact for any N (chunks of unequal size when P does not
 divide N), so they equal what ``allreduce`` measures on real processes.
 
+Two levels (Goyal et al. 2017: rings inside each server, then between servers):
+``two_level_bytes_per_rank`` and ``two_level_time``.
+
 ``cost_rows`` puts both byte counts side by side for a list of P (lesson 6's table).
 
 The time model is the usual latency-bandwidth ("alpha-beta") one: sending a
@@ -104,6 +107,40 @@ def ring_time(N: int, world_size: int, alpha: float, beta: float, itemsize: int 
     """alpha-beta time of a ring all-reduce: ``2(P-1) * (alpha + (N/P) * itemsize * beta)`` seconds."""
     P = check_int(world_size, "world_size", 1)
     return 2 * (P - 1) * (alpha + N / P * itemsize * beta)
+
+
+def two_level_bytes_per_rank(N: int, world_size: int, local_size: int,
+                             itemsize: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes each rank sends in ``two_level_allreduce_``: (inside its node, to other nodes).
+
+    With L = ``local_size`` ranks per node and M = P / L nodes: inside the node a ring
+    all-reduce of N over L ranks, ``2N(L-1)/L``; between nodes a ring all-reduce of the rank's
+    chunk (N/L) over M ranks, ``2(N/L)(M-1)/M``. Exact for any N (unequal chunks).
+
+    Returns
+    -------
+    (intra, inter) : int64 ndarrays, shape (world_size,), bytes sent by each rank
+    """
+    P, L = check_int(world_size, "world_size", 1), check_int(local_size, "local_size", 1)
+    if P % L:
+        raise ValueError(f"local_size = {L} must divide world_size = {P}")
+    M, size = P // L, [stop - start for start, stop in chunk_bounds(N, L)]
+    intra = np.array([ring_bytes_per_rank(N, L, itemsize)[r % L] for r in range(P)], dtype=np.int64)
+    inter = [ring_bytes_per_rank(size[(r % L + 1) % L], M, itemsize)[r // L] for r in range(P)]
+    return intra, np.array(inter, dtype=np.int64)
+
+
+def two_level_time(N: int, world_size: int, local_size: int, intra: tuple[float, float],
+                   inter: tuple[float, float], itemsize: int = 4) -> float:
+    """alpha-beta time of ``two_level_allreduce_``: a ring of L on the fast link, then of M on the slow.
+
+    ``2(L-1)(alpha_intra + N/L * beta_intra) + 2(M-1)(alpha_inter + N/(L*M) * beta_inter)``
+    (itemsize bytes per element; ``intra``, ``inter`` are ``(alpha, beta)`` pairs). The M
+    rings between nodes run in parallel, one per local rank, each on its own link. The flat ring
+    over the same machines waits at every step for its slowest hop: ``ring_time(N, P, *inter)``.
+    """
+    P, L = check_int(world_size, "world_size", 1), check_int(local_size, "local_size", 1)
+    return ring_time(N, L, *intra, itemsize=itemsize) + ring_time(N / L, P // L, *inter, itemsize=itemsize)
 
 
 def duplex_timeline(world_size: int, mode: str) -> list[tuple[int, str, float, float]]:

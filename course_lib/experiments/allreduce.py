@@ -20,6 +20,8 @@ the methods, and checks each output against the float64 sum as it goes.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from course_lib.distributed.cost import ps_bytes_per_rank, ring_bytes_per_rank
@@ -109,3 +111,45 @@ def sweep(sizes, world_sizes, methods=METHODS, *, seed: int = 0, repeats=None, r
                                  max_error=errors[method], identical=identical[method]))
     return rows
 
+
+
+def flat_vs_two_level(N: int, world_size: int, local_size: int, intra: tuple[float, float],
+                      inter: tuple[float, float], repeats: int = 3, seed: int = 0) -> list[dict]:
+    """The flat ring and the two-level all-reduce on emulated links (lesson 7, section 5).
+
+    Runs both on ``world_size`` threads (``run_recorded``) whose steps sleep for their messages'
+    alpha-beta cost (``machinery.links``): ``intra`` = (alpha, beta) inside a node of
+    ``local_size`` ranks, ``inter`` between nodes. Checks every rank's sum against the float64
+    sum; counts the bytes each rank sent inside its node and across; times ``repeats`` runs.
+
+    Returns
+    -------
+    rows : one dict per method: method, nbytes (4N), measured_s (median), model_s, and the largest
+        intra_bytes / inter_bytes a rank sent (float32 elements)
+    """
+    from course_lib.distributed.collectives import ring_allreduce_, two_level_allreduce_
+    from course_lib.distributed.cost import ring_time, two_level_time
+    from course_lib.machinery.links import with_links
+    from course_lib.machinery.recording import run_recorded
+
+    arrays = list(np.random.default_rng(seed).standard_normal((world_size, N)).astype(np.float32))
+    expected = np.sum(np.array(arrays, dtype=np.float64), axis=0)
+    methods = {"flat ring": (ring_allreduce_, (), ring_time(N, world_size, *inter)),
+               "two-level": (two_level_allreduce_, (local_size,),
+                             two_level_time(N, world_size, local_size, intra, inter))}
+    rows = []
+    for name, (fn, args, model) in methods.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            outputs, log = run_recorded(with_links(fn, local_size, intra, inter), arrays, *args, timeout=60)
+            times.append(time.perf_counter() - start)
+        if not all(np.allclose(out, expected, rtol=1e-4, atol=1e-4 * world_size) for out in outputs):
+            raise AssertionError(f"{name}: a rank's result differs from the float64 sum")
+        same = [t.src // local_size == t.dst // local_size for t in log]
+        per_rank = {kind: np.bincount([t.src for t, s in zip(log, same) if s == want],
+                                      weights=[t.nbytes for t, s in zip(log, same) if s == want],
+                                      minlength=world_size) for kind, want in (("intra", True), ("inter", False))}
+        rows.append({"method": name, "nbytes": 4 * N, "measured_s": float(np.median(times)), "model_s": model,
+                     "intra_bytes": int(per_rank["intra"].max()), "inter_bytes": int(per_rank["inter"].max())})
+    return rows

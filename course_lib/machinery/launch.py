@@ -46,14 +46,18 @@ def _check_transport(transport) -> None:
         raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
 
 
-def _check_options(algorithm, transport, world_size, shards, timeout, repeats) -> None:
+def _check_options(algorithm, transport, world_size, shards, local_size, timeout, repeats) -> None:
     """``allreduce``'s options (timeout in seconds), before any process starts; the arrays: ``check_arrays``."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
     _check_transport(transport)
     check_int(shards, "shards", 1, world_size, why=f"world_size = {world_size}: shard s is served by rank s")
-    if algorithm == "ring" and shards != 1:
+    if algorithm != "ps" and shards != 1:
         raise ValueError("shards only applies to algorithm='ps'")
+    if (algorithm == "two_level") != (local_size is not None):
+        raise ValueError("local_size (ranks per node) is needed by algorithm='two_level', and only by it")
+    if local_size is not None and (check_int(local_size, "local_size", 1, world_size) and world_size % local_size):
+        raise ValueError(f"local_size = {local_size} must divide world_size = {world_size} (nodes of equal size)")
     check_positive(timeout, "timeout")
     check_positive(repeats, "repeats", integer=True)
 
@@ -153,7 +157,7 @@ class AllreduceResult:
         return float(np.median(self.elapsed.max(axis=1)))
 
 
-def _allreduce_worker(pg, io_name, N, dtype, algorithm, shards, repeats):
+def _allreduce_worker(pg, io_name, N, dtype, algorithm, option, repeats):
     """In a worker: copy my input into the transport buffer, run the collective ``repeats`` times."""
     io = shared_memory.SharedMemory(name=io_name)
     try:
@@ -166,7 +170,7 @@ def _allreduce_worker(pg, io_name, N, dtype, algorithm, shards, repeats):
             ep.bytes_sent = ep.bytes_received = 0
             pg.barrier()                                   # start together
             start = time.perf_counter()
-            run(ep, N, shards) if algorithm == "ps" else run(ep, N)
+            run(ep, N, *option)                            # option: (shards,), (local_size,) or ()
             elapsed.append(time.perf_counter() - start)
         x[...] = buf[:N]
         return elapsed, ep.bytes_sent, ep.bytes_received
@@ -200,14 +204,15 @@ def through_shared_rows(arrays: list[np.ndarray], run) -> tuple[list[np.ndarray]
 
 
 def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeout: float = 60.0,
-              shards: int = 1, start_method: str | None = None, repeats: int = 1,
-              _fault=None) -> AllreduceResult:
+              shards: int = 1, local_size: int | None = None, start_method: str | None = None,
+              repeats: int = 1, _fault=None) -> AllreduceResult:
     """Sum P arrays across P real processes; every rank gets the sum.
 
     Parameters
     ----------
     arrays : list of P ndarrays of one shape and dtype (integer or float); arrays[r] is rank r's
-    algorithm : "ring" (scatter-reduce + allgather) or "ps" (parameter server, ``shards`` servers)
+    algorithm : "ring" (scatter-reduce + allgather), "ps" (parameter server, ``shards`` servers) or
+        "two_level" (rings inside nodes of ``local_size`` ranks, then between nodes)
     transport : "shm" (shared memory) or "pipe" (messages through pipes); for the lesson also
         "pipe-pickle", "pipe-oddeven" and "pipe-sendfirst" (see ``transport.PipeTransport``)
     timeout : seconds; a worker that dies or hangs raises ``CollectiveError`` naming its rank
@@ -222,10 +227,11 @@ def allreduce(arrays, *, algorithm: str = "ring", transport: str = "shm", timeou
     """
     arrays = check_arrays(arrays)
     P, shape, dtype = len(arrays), arrays[0].shape, arrays[0].dtype
-    _check_options(algorithm, transport, P, shards, timeout, repeats)
+    _check_options(algorithm, transport, P, shards, local_size, timeout, repeats)
     N = int(np.prod(shape))
+    option = {"ps": (shards,), "two_level": (local_size,)}.get(algorithm, ())
     outputs, results = through_shared_rows(arrays, lambda io_name: launch(
-        _allreduce_worker, P, args=(io_name, N, dtype.str, algorithm, shards, repeats), transport=transport,
+        _allreduce_worker, P, args=(io_name, N, dtype.str, algorithm, option, repeats), transport=transport,
         capacity=N, dtype=dtype, timeout=timeout, start_method=start_method, _fault=_fault))
     elapsed = np.array([res[0] for res in results]).T                              # (repeats, P)
     return AllreduceResult(outputs, np.array([res[1] for res in results], dtype=np.int64),

@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.ticker import FuncFormatter
 
 from course_lib.distributed.cost import duplex_timeline, ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
 from course_lib.viz import print_initial
@@ -410,6 +411,32 @@ def plot_bandwidth(rows: list[dict], world_size: int = 2):
         ax.set_xlabel("message size (bytes, log scale)")
         ax.legend(fontsize=8)
     fig.suptitle(f"All-reduce on P = {world_size} processes (bars: where half the samples fall)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_flat_vs_two_level(rows: list[dict], world_size: int, local_size: int):
+    """Time of one all-reduce against message size: the flat ring and the two-level one, model and measured.
+
+    rows : ``experiments.allreduce.flat_vs_two_level``'s rows for several sizes (method, nbytes,
+    measured_s, model_s). Lines: the alpha-beta model; markers: the run on emulated links.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, colour in (("flat ring", "tab:orange"), ("two-level", "tab:blue")):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nbytes"])
+        kib = [r["nbytes"] / 1024 for r in mine]
+        ax.plot(kib, [1e3 * r["model_s"] for r in mine], "-", color=colour, label=f"{method}: model")
+        ax.plot(kib, [1e3 * r["measured_s"] for r in mine], "o--" if method == "flat ring" else "s--",
+                color=colour, label=f"{method}: measured (emulated links)")
+    ax.set(xscale="log", yscale="log", xlabel="message size (KiB, log scale)",
+           ylabel="time per all-reduce (ms, log scale)",
+           title=f"P = {world_size} in {world_size // local_size} nodes of {local_size}: "
+                 f"a slow link between nodes")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")          # 20, not 2 x 10^1
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
