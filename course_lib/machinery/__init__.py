@@ -10,6 +10,9 @@ convolve quickly), but the ideas they carry out live in the reading order
 ``procs``               start, watch and always clean up P processes (the one process supervisor)
 ``transport``           pipes and shared memory that carry a collective's steps; their fault
                         injection (tests) and progress tables (who hung)
+``sockets``             ``SocketEndpoint``: the same steps over TCP, each rank started by hand on its own
+                        machine (``python -m course_lib.machinery.sockets``)
+``links``               ``with_links``: a fast link inside a node, a slow one between nodes, emulated
 ``launch``              ``allreduce(arrays)`` and ``launch(fn, P)``: collectives on real processes
 ``recording``           ``run_recorded(fn, arrays)``: a collective on P threads of one process, and a log
                         of every transfer (step, sender, receiver, bytes): what the exercises grade
