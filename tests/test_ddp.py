@@ -355,3 +355,14 @@ def test_measured_overlap_has_ddp_buckets_and_both_ranks_on_one_clock(digits):
     for ranks in run["compute"]:                                                 # no_sync: no all-reduce
         assert all(not [e for e in events if e[0] == "allreduce"] for events in ranks)
     assert len(ov.pass_rows(run)) == 2
+
+
+def test_save_writes_rank_0s_weights_and_losses_for_another_run_to_compare(tmp_path):
+    out = {"params": np.arange(5, dtype=np.float64), "losses": np.array([2.3, 2.1])}
+    ddp_cli._save(str(tmp_path / "final.npz"), out)
+    saved = np.load(tmp_path / "final.npz")
+    np.testing.assert_array_equal(saved["params"], out["params"])
+    np.testing.assert_array_equal(saved["losses"], out["losses"])
+    ddp_cli._save(None, out)                                       # no --save: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.npz"]
+    assert ddp_cli._parse(["--save", "w.npz"]).save == "w.npz" and ddp_cli._parse([]).save is None

@@ -6,6 +6,7 @@ process group that torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_POR
 
     python -m course_lib.ddp --steps 20                           # 2 local ranks vs one process
     torchrun --standalone --nproc_per_node=2 -m course_lib.ddp    # one rank of a torchrun job
+    torchrun ... -m course_lib.ddp --save final.npz               # rank 0 also writes its weights
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ def _parse(argv):
     parser.add_argument("--backend", default=None, help=(
         "gloo or nccl (default: under torchrun, nccl when every local rank has a GPU and COURSE_DEVICE "
         "is not cpu, else gloo; alone, gloo, to compare with single-process training on the CPU)"))
+    parser.add_argument("--save", metavar="PATH", default=None, help=(
+        "rank 0 writes its final weights and losses to this .npz file (params: (61706,) float64, "
+        "losses: (steps,)), to compare a run with another, e.g. a multi-node one with train_single"))
     return parser.parse_args(argv)
+
+
+def _save(path: str | None, out: dict) -> None:
+    """Rank 0's ``ddp_worker`` result to ``path`` (.npz: ``params`` (61706,), ``losses`` (steps,))."""
+    if path is not None:
+        np.savez(path, params=out["params"], losses=out["losses"])
 
 
 def _under_torchrun() -> bool:
@@ -57,11 +67,13 @@ def main(argv=None) -> int:
         finally:
             dist.destroy_process_group()
         if int(os.environ["RANK"]) == 0:
+            _save(args.save, out)
             print(f"rank 0 of {world_size}: final loss {out['losses'][-1]:.4f}, "
                   f"parameter checksum {out['params'].sum():.6f}")
         return 0
     ranks = train_ddp(data.x_train, data.y_train, args.steps, args.batch_size, args.world_size,
                       lr=args.lr, backend=args.backend or "gloo")
+    _save(args.save, ranks[0])
     single = train_single(data.x_train, data.y_train, args.steps, args.batch_size, args.lr)
     gap = max(float(np.abs(r["params"] - single["params"]).max()) for r in ranks)
     print(f"{args.world_size} ranks, {args.steps} steps: final loss {ranks[0]['losses'][-1]:.4f} "
