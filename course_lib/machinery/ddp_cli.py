@@ -7,6 +7,9 @@ process group that torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_POR
     python -m course_lib.ddp --steps 20                           # 2 local ranks vs one process
     torchrun --standalone --nproc_per_node=2 -m course_lib.ddp    # one rank of a torchrun job
     torchrun ... -m course_lib.ddp --save final.npz               # rank 0 also writes its weights
+
+Across machines (a torchrun on each, static or c10d rendezvous, the environment that matters,
+SLURM, how failures show up): ``docs/multinode.md``.
 """
 
 from __future__ import annotations
