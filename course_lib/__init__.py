@@ -35,7 +35,8 @@ Reading order
    ``data`` and ``lenet`` (LeNet-5 in numpy and in PyTorch; lesson 5).
 6. ``distributed`` the second half of the lecture (its own reading order):
    the ring schedule, its simulation, the cost formulas, the collectives
-   (lessons 6, 7), Downpour SGD (lesson 9), gradient compression (lesson 12);
+   (lessons 6, 7), Downpour SGD (lesson 9), gradient compression (lesson 12),
+   model parallelism by layers, GPipe's pipeline (lesson 13);
    ``models`` holds the small network they train.
 7. ``ddp``: LeNet-5 under DistributedDataParallel and its single-process twin
    (lesson 8); ``lr_schedules`` (linear scaling rule, warm-up; lesson 10);
@@ -70,6 +71,7 @@ k, n, kn       lesson 10: k workers (GPUs) of n images each; kn, the global batc
 S, E, P0       lesson 11: S the speed-up (there never a stride), E = S / (P / P0)
                the scaling efficiency, P the GPUs used, P0 the baseline's GPUs
 k, tau         elements top-k sends; Strom's threshold (compression, lesson 12)
+S, M           lesson 13: S pipeline stages (there never a stride), M micro-batches
 =============  ====================================================================
 
 A row naming a lesson gives that lesson's own meaning of a letter, as the

@@ -18,6 +18,9 @@ Reading order (import each name from the module that defines it)
                     asynchronous replicas, staleness, a seeded simulation (lesson 09).
 8. ``compression``  sign / threshold / top-k with error feedback; bytes through ring and PS
                     (lesson 12).
+9. ``pipeline``     model parallelism by layers (Dean et al.'s partitions, GPipe): the schedule,
+                    its bubble (S-1)/(M+S-1), an alpha-beta time and speed-up model, one stage's
+                    step on send/recv (lesson 13).
 
 Symbols: ``world_size`` is the lecture's P, ``rank`` is 0 .. P-1, N is the number
 of elements (model parameters) being summed, ``n_shards`` a parameter server's shards.
@@ -25,6 +28,6 @@ of elements (model parameters) being summed, ``n_shards`` a parameter server's s
 Not the lecture, and not in the reading order: running all this on real
 processes (``course_lib.machinery``: ``launch.allreduce(arrays)``,
 ``launch.launch(fn, P)``, ``torch_launch.launch_torch``,
-``downpour_processes.train_on_processes``) and the lessons' measurements
+``downpour_processes.train_on_processes``, ``pipeline_processes.run_pipeline``) and the lessons' measurements
 (``course_lib.experiments.allreduce``, ``course_lib.experiments.downpour``).
 """

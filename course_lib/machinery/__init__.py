@@ -18,6 +18,7 @@ convolve quickly), but the ideas they carry out live in the reading order
                         of every transfer (step, sender, receiver, bytes): what the exercises grade
 ``torch_launch``        ``launch_torch`` and ``torch_allreduce``: the same through ``torch.distributed``
 ``downpour_processes``  Downpour SGD's shards and replicas on real processes
+``pipeline_processes``  GPipe's stages on S processes: ``torch.distributed`` send/recv (lesson 13)
 ``calltrace``           ``first_call_into(banned, fn, *args)``: the first call an answer makes into
                         torch or the kit (the exercises' "numpy only" rule)
 ``backward_log``        when each layer's gradient and each DDP bucket's all-reduce happen (host times)
