@@ -115,8 +115,19 @@ def test_messages_make_the_speedup_flatten_and_fall():
     assert bigger_model.max() > costly.max(), "more compute per message must scale further"
 
 
-def test_shared_cores_slow_the_ticks():
-    assert np.isclose(pipeline_time(4, 8, 1.0, 0, 0, 0, cores=2), 2 * pipeline_time(4, 8, 1.0, 0, 0, 0))
+@FEW
+@given(S=st.integers(1, 8), M=st.integers(1, 12), alpha=st.floats(0, 1e-3))
+def test_the_formula_is_the_sum_over_the_schedules_ticks(S, M, alpha):
+    """With as many cores as stages, summing tick by tick over gpipe_schedule gives the closed form."""
+    assert np.isclose(pipeline_time(S, M, 0.1, alpha, 1e-9, 1e4, cores=S), pipeline_time(S, M, 0.1, alpha, 1e-9, 1e4))
+
+
+def test_shared_cores_slow_only_the_ticks_where_more_stages_than_cores_work():
+    """4 stages on 2 cores: M = 1 never has two stages busy at once (no slower); with M = 64 almost every
+    tick has 4 busy stages (about twice as slow); 2 stages on 2 cores are never slowed."""
+    assert np.isclose(pipeline_time(4, 1, 1.0, 0, 0, 0, cores=2), pipeline_time(4, 1, 1.0, 0, 0, 0))
+    ratio = pipeline_time(4, 64, 1.0, 0, 0, 0, cores=2) / pipeline_time(4, 64, 1.0, 0, 0, 0)
+    assert 1.9 < ratio < 2.0, f"4 stages on 2 cores, M = 64: {ratio:.3f}x the time with 4 cores"
     assert np.isclose(pipeline_time(2, 8, 1.0, 0, 0, 0, cores=2), pipeline_time(2, 8, 1.0, 0, 0, 0))
 
 
@@ -167,3 +178,32 @@ def test_a_stage_that_dies_is_named_and_nothing_is_left_behind(rng):
         run_pipeline(WIDTHS, X, y, 3, (2,), timeout=60, die_stage=1)
     assert info.value.rank == 1 and info.value.reason == "died" and info.value.exitcode == -9
     assert time.monotonic() - start < 30, "the death must be seen at once, not at the timeout"
+
+
+# ---------------------------------------------------------------- the lesson's figures and widget
+
+def test_the_gantt_chart_shows_the_bubble_and_is_labelled():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib.viz.pipeline import plot_schedule
+    fig = plot_schedule(3, 4)
+    ax = fig.axes[0]
+    assert "bubble (S-1)/(M+S-1) = 33%" in ax.get_title() and "tick" in ax.get_xlabel() and ax.get_ylabel()
+    grey = [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == (0.9, 0.9, 0.9)]
+    assert len(grey) == 3 * 12 - 2 * 3 * 4, "one grey box per idle (stage, tick) slot"
+    plt.close(fig)
+
+
+def test_the_widget_redraws_its_report_when_a_slider_moves(capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from course_lib.viz.pipeline import schedule_explorer, schedule_report
+    box = schedule_explorer(S=2, M=2)
+    assert "bubble (S-1)/(M+S-1) = 1/3 = 33.3%" in capsys.readouterr().out      # printed once, for the notebook
+    first = box.image.value
+    box.micro.value = 6
+    assert "bubble (S-1)/(M+S-1) = 1/7 = 14.3%" in box.report.value and box.image.value != first
+    assert "B5" in schedule_report(2, 6) and "too wide" in schedule_report(8, 16)

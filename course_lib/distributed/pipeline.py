@@ -103,16 +103,18 @@ def pipeline_time(S: int, M: int, t_micro: float, alpha: float, beta: float, mes
         backward tick computes ``t_micro / (2S)`` (forward and backward taken as equal)
     alpha, beta : seconds per message and per byte (lesson 6's model)
     message_bytes : b, the bytes of one activation (= its gradient) sent between stages
-    cores : None (a core per stage); else S stages share ``cores`` cores and a
-        tick's compute is ``max(1, S / cores)`` times longer (all stages busy)
+    cores : None (a core per stage: the formula); else the S stages share ``cores``
+        cores and each tick of ``gpipe_schedule`` computes ``max(1, busy / cores)``
+        times longer, busy being the stages that work at that tick
 
     Every tick lasts as long as its slowest stage: one compute plus one message.
     S = 1 gives ``M * t_micro``, the single machine.
     """
     S, M = check_int(S, "S (stages)", 1), check_int(M, "M (micro-batches)", 1)
-    share = 1.0 if cores is None else max(1.0, S / cores)
-    message = alpha + message_bytes * beta if S > 1 else 0.0
-    return 2 * (M + S - 1) * (t_micro / (2 * S) * share + message)
+    compute, message = t_micro / (2 * S), (alpha + message_bytes * beta if S > 1 else 0.0)
+    if cores is None:
+        return 2 * (M + S - 1) * (compute + message)
+    return sum(compute * max(1.0, len(tick) / cores) + message for tick in gpipe_schedule(S, M))
 
 
 def speedup_curve(S_values, M: int, t_micro: float, alpha: float, beta: float, message_bytes: float,

@@ -36,12 +36,15 @@ class PipelineRun:
     outputs[M] : (N, widths[-1]) ndarray, the last stage's outputs, micro-batches in order
     grads[M]   : list of ndarrays, d loss/d p for every parameter of the whole model, in model order
     times[M]   : (repeats,) seconds per batch, the slowest stage's (barrier to barrier)
+    cpu[M]     : (repeats,) CPU seconds per batch, summed over the S stages (more than times[M]:
+                 stages computed at once; equal: they took turns)
     link       : {message bytes: one-way seconds between stages 0 and 1}, empty unless asked
     """
     S: int
     outputs: dict = field(default_factory=dict)
     grads: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)
     link: dict = field(default_factory=dict)
 
 
@@ -64,12 +67,13 @@ def _transport(dtype, die_on_send: bool):
 
 
 def _pingpong(rank, sizes, repeats) -> dict:
-    """Stages 0 and 1 bounce messages of each size; half the best round trip is one message's time."""
+    """Stages 0 and 1 bounce messages of each size; half the median round trip is one message's time
+    (the median, not the best: on a loaded machine a message often waits for its receiver to be scheduled)."""
     import torch
     import torch.distributed as dist
     one_way = {}
     for size in sizes:
-        buf, best = torch.zeros(max(1, size // 4), dtype=torch.float32), float("inf")
+        buf, trips = torch.zeros(max(1, size // 4), dtype=torch.float32), []
         for _ in range(1 + repeats):                         # the first connects the pair
             start = time.perf_counter()
             if rank == 0:
@@ -78,8 +82,8 @@ def _pingpong(rank, sizes, repeats) -> dict:
             elif rank == 1:
                 dist.recv(buf, 0)
                 dist.send(buf, 0)
-            best = min(best, time.perf_counter() - start)
-        one_way[size] = best / 2
+            trips.append(time.perf_counter() - start)
+        one_way[size] = float(np.median(trips[1:])) / 2
     dist.barrier()
     return one_way if rank == 0 else {}
 
@@ -87,7 +91,7 @@ def _pingpong(rank, sizes, repeats) -> dict:
 def pipeline_worker(rank, S, widths, X, y, M_values, repeats, seed, dtype, pingpong_sizes=(), die_stage=None):
     """In a worker: stage ``rank`` of S runs ``pipeline.run_stage`` for every M, ``repeats`` times each.
 
-    Returns {"link": ..., M: (outputs or None, [grads of my parameters], [seconds per repeat])}.
+    Returns {"link": ..., M: (outputs or None, [grads of my parameters], [seconds, CPU seconds per repeat])}.
     """
     import torch
     import torch.distributed as dist
@@ -103,12 +107,12 @@ def pipeline_worker(rank, S, widths, X, y, M_values, repeats, seed, dtype, pingp
         for _ in range(1 + repeats):                         # the first is a warm-up: gloo connects lazily
             block.zero_grad(set_to_none=True)
             dist.barrier()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             outs = run_stage(rank, S, block, Xt, yt, M, torch.nn.functional.cross_entropy, send, recv, in_shapes)
             dist.barrier()                                   # the batch ends when every stage is done
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start, time.process_time() - cpu_start))
         out = torch.cat(outs).numpy() if rank == S - 1 else None
-        result[M] = (out, [p.grad.numpy().copy() for p in block.parameters()], times[1:])
+        result[M] = (out, [p.grad.numpy().copy() for p in block.parameters()], np.array(times[1:]).T)
     return result
 
 
@@ -127,5 +131,6 @@ def run_pipeline(widths, X: np.ndarray, y: np.ndarray, S: int, M_values=(1,), *,
     for M in M_values:
         run.outputs[M] = per_rank[-1][M][0]
         run.grads[M] = [g for r in per_rank for g in r[M][1]]                # stage order = model order
-        run.times[M] = np.max([r[M][2] for r in per_rank], axis=0)           # (repeats,), slowest stage
+        run.times[M] = np.max([r[M][2][0] for r in per_rank], axis=0)        # (repeats,), slowest stage
+        run.cpu[M] = np.sum([r[M][2][1] for r in per_rank], axis=0)          # (repeats,), all stages
     return run
