@@ -105,14 +105,14 @@ def plot_times(rows: list[dict], cores: int):
 
 
 def plot_speedup(S_values, M: int, t_micro: float, alpha: float, beta: float, message_bytes: float,
-                 widen=(1, 4, 16), measured: dict | None = None):
+                 widen=(0.25, 1, 4), measured: dict | None = None):
     """Speed-up against partitions (Dean et al.'s axes) from the alpha-beta model, for the measured
-    model and models k times wider (compute k^2 times, messages k times); ``measured``: {S: speed-up}."""
+    model and models k times as wide (compute k^2 times, messages k times); ``measured``: {S: speed-up}."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     S_values = np.asarray(S_values)
     for i, k in enumerate(widen):
         curve = speedup_curve(S_values, M, t_micro * k * k, alpha, beta, message_bytes * k)
-        label = "this MLP (calibrated)" if k == 1 else f"{k}x wider: {k * k}x compute, {k}x bytes per message"
+        label = "this MLP (calibrated)" if k == 1 else f"width x{k:g}: compute x{k * k:g}, bytes per message x{k:g}"
         ax.plot(S_values, curve, "-", color=f"C{i}", label=label)
     ax.plot(S_values, S_values * M / (M + S_values - 1), "k:", label="no communication: S M / (M+S-1)")
     if measured:
