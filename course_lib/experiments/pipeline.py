@@ -55,14 +55,17 @@ def measure(widths, N: int, S_values=(1, 2, 3, 4), M_values=(1, 2, 4, 8), repeat
 
 
 def calibrate(sweep: Sweep) -> dict:
-    """The model's numbers: ``t_micro[M]`` = T(S=1, M) / M (the fastest repeat: the least disturbed by
-    other jobs on the machine), alpha, beta, ``message_bytes[M]``."""
+    """The model's numbers: ``t_micro[M]`` = T(S=1, M) / M, alpha, beta, ``message_bytes[M]``.
+
+    T(S=1, M) is the one-stage run's least CPU time of a batch: one process computing alone uses
+    its core all the time, so its CPU seconds are its time on an idle machine, which another job
+    on a shared one does not inflate (its wall-clock time it does)."""
     link = next(run.link for run in sweep.runs.values() if run.link)
     alpha = link[SMALL]
     beta = max(0.0, (link[LARGE] - link[SMALL]) / (LARGE - SMALL))
     one, width = sweep.runs[1], max(sweep.widths[1:-1])     # the widest boundary: every hidden layer's here
     itemsize = 4                                             # float32 activations
-    return {"t_micro": {M: float(np.min(t)) / M for M, t in one.times.items()}, "alpha": alpha, "beta": beta,
+    return {"t_micro": {M: float(np.min(t)) / M for M, t in one.cpu.items()}, "alpha": alpha, "beta": beta,
             "message_bytes": {M: -(-sweep.N // M) * width * itemsize for M in one.times}}
 
 
