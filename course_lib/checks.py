@@ -7,6 +7,7 @@ modules that read like the slides call these first and then do the math.
 ``pair``             ``3 -> (3, 3)``, ``(1, 2) -> (1, 2)`` for kernel size, stride, padding
 ``check_int``        a plain int >= a lower bound, <= an upper one if given (``N``, ``world_size``, ``rank``)
 ``check_positive``   a count >= 1 (``integer=True``: filters, a batch) or a real number > 0 (seconds, a rate)
+``check_nonnegative`` a finite real number >= 0 (seconds that may be zero: an emulated delay)
 ``check_array``      a floating-point ndarray of a given number of dimensions
 ``check_conv``       a convolution's x, w, b: shapes, dtypes, channels that match
 ``check_arrays``     one numeric array per rank, all of one shape and dtype
@@ -67,6 +68,15 @@ def check_positive(value, name: str, integer: bool = False):
     if not value > 0:                                  # NaN is not > 0 either
         raise ValueError(f"{name} must be a positive int, got {value!r}" if integer
                          else f"{name} must be positive ({name} > 0), got {value!r}")
+    return value
+
+
+def check_nonnegative(value, name: str, why: str = "") -> float:
+    """``value`` as a finite float >= 0 (0 allowed: "none"), else a teaching error; ``why`` ends the message."""
+    value = _number(value, name, integer=False)
+    if not 0 <= value < np.inf:                        # NaN and inf fail this too
+        because = f" ({why})" if why else ""
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}{because}")
     return value
 
 

@@ -16,7 +16,10 @@ Reading order (import each name from the module that defines it)
                     worker (lesson 08; LeNet-5 under DDP is ``course_lib.ddp``).
 7. ``downpour``     Downpour SGD: sharded parameter server with per-shard Adagrad,
                     asynchronous replicas, staleness, a seeded simulation (lesson 09).
-8. ``compression``  sign / threshold / top-k with error feedback; bytes through ring and PS
+8. ``downpour_throughput``  steps per second of R replicas and n_shards shards: replica-
+                    and server-bound, the shards R replicas need, the runtime-resource
+                    trade-off (lesson 09).
+9. ``compression``  sign / threshold / top-k with error feedback; bytes through ring and PS
                     (lesson 12).
 9. ``pipeline``     model parallelism by layers (Dean et al.'s partitions, GPipe): the schedule,
                     its bubble (S-1)/(M+S-1), an alpha-beta time and speed-up model, one stage's

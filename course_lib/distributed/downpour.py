@@ -1,30 +1,27 @@
 """Downpour SGD: a sharded parameter server and asynchronous model replicas.
 
-Lecture 5, "Downpour SGD" (Dean et al. 2012, "Large Scale Distributed Deep
-Networks"): the parameter server is cut into ``n_shards`` shards, each owning a
-slice of the parameters and updating it on its own, with its own optimizer
-state ("Adagrad implemented locally within each parameter server shard"); the
-shards never talk to each other. ``n_replicas`` model replicas train
-independently on their own part of the data: every ``n_fetch`` steps a replica
-fetches fresh parameters, every ``n_push`` steps it pushes its accumulated gradient.
+Lecture 5, "Downpour SGD" (Dean et al. 2012, "Large Scale Distributed Deep Networks"): the
+parameter server is cut into ``n_shards`` shards, each owning a slice of the parameters and
+updating it on its own, with its own optimizer state ("Adagrad implemented locally within each
+parameter server shard"); the shards never talk to each other. ``n_replicas`` model replicas
+train independently on their own part of the data: every ``n_fetch`` steps a replica fetches
+fresh parameters, every ``n_push`` steps it pushes its accumulated gradient.
 
 Reading order
 -------------
-1. ``stale_lr`` and ``Shard``: one parameter-server shard. ``Shard.push`` is the
-   heart of Downpour: staleness = updates this shard applied since the replica
-   fetched, then one optimizer step (``course_lib.optim``'s SGD or Adagrad),
-   optionally with lr / staleness ("Gupta et al. 2016" in the lecture: Zhang et
-   al., "Staleness-aware Async-SGD for Distributed Deep Learning", IJCAI 2016).
+1. ``stale_lr`` and ``Shard``: one parameter-server shard. ``Shard.push`` is the heart of Downpour:
+   staleness = updates this shard applied since the replica fetched, then one optimizer step
+   (``course_lib.optim``'s SGD or Adagrad), optionally with lr / staleness ("Gupta et al. 2016" in
+   the lecture: Zhang et al., "Staleness-aware Async-SGD for Distributed Deep Learning", IJCAI 2016).
 2. ``Replica``: fetch/compute/push bookkeeping; ``split_data`` gives each its data.
-3. ``simulate``: a seeded, event-driven simulation in virtual time; replica speeds,
-   network delays and failures are parameters: the same call, the same answer.
+3. ``simulate``: a seeded, event-driven simulation in virtual time; replica speeds, network
+   delays and failures are parameters: the same call, the same answer.
 4. ``train_synchronous``: the baseline, synchronous SGD over the replicas.
 
-The model is ``course_lib.models.TinyNet`` (one flat parameter vector: a shard
-is a slice of it); the same ``Shard`` and ``Replica`` run on real processes in
-``course_lib.machinery.downpour_processes`` (not the lecture). A *step* is one
-minibatch gradient of one replica, an *update* one push applied by one shard;
-``version`` counts a shard's updates.
+The model is ``course_lib.models.TinyNet`` (one flat parameter vector: a shard is a slice of
+it); the same ``Shard`` and ``Replica`` run on real processes in
+``course_lib.machinery.downpour_processes`` (not the lecture). A *step* is one minibatch gradient
+of one replica, an *update* one push applied by one shard; ``version`` counts a shard's updates.
 """
 
 from __future__ import annotations
@@ -212,8 +209,8 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
              total_steps: int, optimizer: str = "adagrad", lr: float = 0.1, staleness_lr: bool = False,
              n_fetch: int = 1, n_push: int = 1, batch: int = 16, step_time=1.0, jitter: float = 0.2,
              network_delay: float = 0.0, replica_failures: dict | None = None, shard_failures: dict | None = None,
-             eval_every: int = 50, seed: int = 0, shard=Shard) -> DownpourResult:
-    """Run Downpour SGD in virtual time until ``total_steps`` steps are done.
+             eval_every: int = 50, target_loss: float | None = None, seed: int = 0, shard=Shard) -> DownpourResult:
+    """Run Downpour SGD in virtual time until ``total_steps`` steps are done (or ``target_loss`` is reached).
 
     Parameters
     ----------
@@ -225,6 +222,7 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
     replica_failures : {replica: time} the replica dies then, its step in flight lost
     shard_failures : {shard: time}; a fetch or push reaching it later raises ShardFailure
     eval_every : record the training loss of the server's parameters every so many steps
+    target_loss : stop at the first of those records at or below it (None: run all ``total_steps``)
     shard : builds each shard (``make_shards``): ``Shard``, or a subclass with another update rule
     """
     init_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # 2 streams
@@ -254,6 +252,8 @@ def simulate(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replicas: int, n
             sim.push(r, grad, now)
         if done % eval_every == 0 or done == total_steps:
             curve.append((done, now, model.loss(np.concatenate([sh.params for sh in shards]), x, y)))
+            if target_loss is not None and curve[-1][2] <= target_loss:
+                break                                              # reached: the time to the target
         if done < total_steps:
             sim.start_step(r, now)
     failed = set(failed) | {r for r, t in dies.items() if t <= now}     # died, even if between steps
@@ -276,9 +276,9 @@ def train_synchronous(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replica
                       seed: int = 0) -> DownpourResult:
     """Synchronous data-parallel SGD with the same budget of ``total_steps`` gradients.
 
-    Each round every replica computes one gradient at the same parameters;
-    their mean is applied once (no staleness). A round lasts as long as its
-    slowest replica: the straggler problem Downpour avoids.
+    Each round every replica computes one gradient at the same parameters; their mean is
+    applied once (no staleness). A round lasts as long as its slowest replica: the straggler
+    problem Downpour avoids.
     """
     init_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))  # 2 streams
     shard = make_shards(model.init(init_rng), 1, optimizer=optimizer, lr=lr)[0]

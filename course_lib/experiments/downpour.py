@@ -8,6 +8,13 @@ over seeds and summarizes each arm's final loss (median and range,
 ``course_lib.experiments.seeds``); ``runs_over_seeds`` repeats one
 ``simulate`` call. ``course_lib.viz.downpour`` draws the results.
 
+The trade-offs: ``throughput_sweep`` runs Downpour on real processes at every
+(n_shards, n_replicas), with emulated compute and service times, and puts the
+model's bounds (``course_lib.distributed.downpour_throughput``) beside each
+``measured_throughput``; ``steps_to_target_over_seeds`` counts, in the
+simulation, the steps R replicas need to reach a target loss, and
+``runtime_resource`` turns them into seconds and machine-seconds.
+
 What a seed sets in ``simulate``: the initial weights, every replica's
 minibatches (replica r draws from its own stream, ``[seed, r]``), and the
 timing noise and network delays of the simulation, hence the staleness of
@@ -19,7 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from course_lib.distributed.downpour import DownpourResult, simulate, train_synchronous
+from course_lib.distributed.downpour_throughput import (replica_bound, runtime_and_resources, server_bound,
+                                                        throughput_bound)
 from course_lib.experiments.seeds import summarize
+from course_lib.machinery.downpour_processes import train_on_processes
 from course_lib.models import TinyNet
 
 
@@ -63,3 +73,78 @@ def runs_over_seeds(model: TinyNet, x: np.ndarray, y: np.ndarray, seeds=range(5)
 def final_losses(runs: list[DownpourResult]) -> np.ndarray:
     """(n_seeds,) the final training loss of each run."""
     return np.array([r.final_loss for r in runs])
+
+
+# ---- The ratio of shards to replicas, on real processes ----------------------
+
+def measured_throughput(result: DownpourResult) -> float:
+    """Steps per second of a run on processes (``train_on_processes``), start-up and shut-down left out.
+
+    From the parent's samples of the step counter (``result.curve`` rows of steps, seconds, loss)
+    taken while steps were still being claimed (0 < steps < total): steps between the first and
+    the last such sample over the seconds between them. Fewer than two: all steps over the whole run.
+    """
+    total = result.curve[-1, 0]
+    inside = result.curve[:-1][(result.curve[:-1, 0] > 0) & (result.curve[:-1, 0] < total)]
+    if len(inside) < 2 or inside[-1, 1] <= inside[0, 1]:
+        return float(total / result.curve[-1, 1])
+    return float((inside[-1, 0] - inside[0, 0]) / (inside[-1, 1] - inside[0, 1]))
+
+
+def throughput_sweep(model: TinyNet, x: np.ndarray, y: np.ndarray, shards, replicas, *, compute_time: float,
+                     service_time: float, seconds: float = 0.3, min_steps: int = 20, **train_kwargs) -> dict:
+    """Downpour on real processes at every (n_shards, n_replicas), with emulated costs, beside the model.
+
+    compute_time, service_time : the emulated t_compute and t_service (``train_on_processes``)
+    seconds, min_steps : each run gets max(min_steps, seconds * bound) steps, about ``seconds`` of work
+    train_kwargs : for ``train_on_processes`` (optimizer, lr, start_method, ...)
+
+    Returns ``{"measured", "bound", "replica_bound", "server_bound": (n_S, n_R) steps per second,
+    "runs": [[DownpourResult]]}``, n_S = len(shards), n_R = len(replicas); row i is shards[i].
+    """
+    train_kwargs.setdefault("eval_interval", 0.02)
+    out = {k: np.zeros((len(shards), len(replicas))) for k in ("measured", "bound", "replica_bound", "server_bound")}
+    out["runs"] = [[None] * len(replicas) for _ in shards]
+    for i, S in enumerate(shards):
+        for j, R in enumerate(replicas):
+            out["replica_bound"][i, j] = replica_bound(R, S, compute_time, service_time)
+            out["server_bound"][i, j] = server_bound(S, service_time)
+            out["bound"][i, j] = bound = throughput_bound(R, S, compute_time, service_time)
+            res = train_on_processes(model, x, y, n_replicas=R, n_shards=S,
+                                     total_steps=max(min_steps, round(seconds * bound)),
+                                     compute_time=compute_time, service_time=service_time, **train_kwargs)
+            out["runs"][i][j], out["measured"][i, j] = res, measured_throughput(res)
+    return out
+
+
+# ---- The runtime-resource trade-off -------------------------------------------
+
+def steps_to_target(result: DownpourResult, target: float) -> float:
+    """Gradient steps done at the first record of ``result.curve`` at or below ``target``; inf if none."""
+    hit = result.curve[result.curve[:, 2] <= target, 0]
+    return float(hit[0]) if len(hit) else np.inf
+
+
+def steps_to_target_over_seeds(model: TinyNet, x: np.ndarray, y: np.ndarray, replicas, target: float,
+                               total_steps: int, seeds=range(5), **simulate_kwargs) -> dict[str, np.ndarray]:
+    """Steps the simulation needs to reach a training loss of ``target``, per number of replicas and seed.
+
+    Each run stops at the target (``simulate``'s ``target_loss``), or after ``total_steps`` (then inf).
+    Returns ``summarize`` of the (n_seeds, n_R) steps: median, min, max over seeds, and all.
+    """
+    return summarize([[steps_to_target(simulate(model, x, y, n_replicas=R, total_steps=total_steps,
+                                                target_loss=target, seed=s, **simulate_kwargs), target)
+                       for R in replicas] for s in seeds])
+
+
+def runtime_resource(steps: dict, replicas, shards, throughput) -> dict[str, dict[str, np.ndarray]]:
+    """Seconds and machine-seconds to the target, per number of replicas (``runtime_and_resources``).
+
+    steps : ``steps_to_target_over_seeds``' summary; shards, throughput : one per number of replicas
+    (n_shards used, steps per second: measured, or the model's bound).
+    Returns ``{"seconds": summary, "machine_seconds": summary}``, each ``summarize`` of (n_seeds, n_R).
+    """
+    both = [[runtime_and_resources(n, R, S, X) for n, R, S, X in zip(row, replicas, shards, throughput)]
+            for row in steps["all"]]
+    return {"seconds": summarize([[t for t, _ in row] for row in both]),
+            "machine_seconds": summarize([[m for _, m in row] for row in both])}

@@ -16,6 +16,24 @@ and cleaned up by the kit's one process supervisor, ``procs.run_processes``:
   one more pipe per shard, for the loss curve, and once every replica is done it
   tells the shards to stop.
 
+Emulated costs (lesson 9's throughput sweep). On a laptop every process shares
+the same few cores, so the real costs (a TinyNet gradient, an Adagrad step on a
+slice) are tiny and mostly CPU contention: neither a server-bound nor a
+replica-bound regime would show. Two options make the costs explicit, as
+``time.sleep`` (which holds no core, so each process behaves as if it had a
+machine of its own):
+
+* ``compute_time``: seconds a replica adds to every step, as if its model were
+  bigger (the gradient's time, t_compute);
+* ``service_time``: seconds a server holding the *whole* model would spend on
+  one replica's request (a fetch or a push); shard s, owning ``w[lo:hi]`` of N
+  parameters, spends ``service_time * (hi - lo) / N`` (its share: sharding the
+  server splits its work). The parent's own fetches, for the loss curve, cost nothing.
+
+Both are emulations, not measurements of anything: they stand in for a bigger
+model and a slower or busier server. ``course_lib.distributed.downpour_throughput``
+is the model they are compared with.
+
 Every child dies with its parent (a killed or restarted notebook kernel) and
 is joined with a timeout; every pipe is closed in ``finally``.
 """
@@ -30,21 +48,25 @@ from multiprocessing import connection, get_context
 
 import numpy as np
 
-from course_lib.checks import check_int
+from course_lib.checks import check_int, check_nonnegative
 from course_lib.distributed.downpour import DownpourResult, Replica, Shard, ShardFailure, split_data
 from course_lib.distributed.schedule import chunk_bounds
 from course_lib.models import TinyNet
 
 from .procs import CollectiveError, run_processes
 
+_EMULATED = "emulated seconds of sleep: 0 for none, e.g. 0.01 for 10 ms"
 
-def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, die_after) -> None:
+
+def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, die_after,
+                 busy: float = 0.0) -> None:
     """A shard process: answer fetches, apply pushes, until the parent says "stop".
 
     replica_conns : one pipe end per replica; control : the parent's pipe end,
     used to fetch (for the loss curve) and to stop: the shard then applies the
     pushes still in the pipes and answers with ``(params, staleness)``.
     ``die_after``: SIGKILL ourselves after that many updates (a failure, for the lesson), or None.
+    ``busy``: emulated seconds of work per replica request, fetch or push (``service_time``'s share).
     """
     shard = Shard(index, lo, hi, params, **shard_kwargs)
     conns = list(replica_conns) + [control]
@@ -55,6 +77,8 @@ def shard_worker(index, lo, hi, params, shard_kwargs, replica_conns, control, di
             except (EOFError, OSError):                 # that replica is gone: forget it
                 conns.remove(conn)
                 continue
+            if busy and conn is not control and msg[0] in ("fetch", "push"):
+                time.sleep(busy)                        # emulated service time (module docstring)
             if msg[0] == "fetch":
                 conn.send(shard.fetch())
             elif msg[0] == "push":
@@ -99,6 +123,8 @@ def replica_worker(rank, model, x, y, settings, shard_conns, bounds, counter, st
                 conn.send(("fetch",))
             rep.set_params([conn.recv() for conn in shard_conns])   # a dead shard: the parent stops us
         grad = rep.compute()
+        if settings["compute_time"]:
+            time.sleep(settings["compute_time"])        # emulated: a bigger model's gradient (module docstring)
         steps[rank] = rep.steps
         if grad is not None:
             for conn, (lo, hi), version in zip(shard_conns, bounds, rep.versions):
@@ -167,6 +193,7 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
                        total_steps: int, optimizer: str = "adagrad", lr: float = 0.1,
                        staleness_lr: bool = False, n_fetch: int = 1, n_push: int = 1, batch: int = 16,
                        kill_replicas: dict | None = None, kill_shards: dict | None = None,
+                       compute_time: float = 0.0, service_time: float = 0.0,
                        eval_interval: float = 0.05, timeout: float = 60.0, start_method: str | None = None,
                        seed: int = 0) -> DownpourResult:
     """Downpour SGD on n_shards + n_replicas real processes; returns when ``total_steps`` steps are done.
@@ -175,6 +202,9 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
     kill_replicas : {replica: its step count at which it is SIGKILLed}; the
         others go on and finish the budget
     kill_shards : {shard: update count at which it is SIGKILLed}; raises ShardFailure
+    compute_time : emulated seconds every replica step takes on top of its gradient (t_compute)
+    service_time : emulated seconds of one request, fetch or push, at a server holding the whole
+        model; each shard spends its share (module docstring)
     eval_interval : seconds between the parent's fetches for the loss curve
     timeout : seconds for the whole run (``CollectiveError`` after it)
     start_method : "fork", "spawn", "forkserver" or None (the platform default)
@@ -186,8 +216,9 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
     shard_kwargs = dict(optimizer=optimizer, lr=lr, staleness_lr=staleness_lr)
     Shard(0, 0, 1, w0[:1], **shard_kwargs)                          # check the settings here, once
     Replica(0, model, x, y, batch, n_fetch, n_push, seed)           # and the replicas' (n_fetch, n_push)
-    settings = dict(batch=batch, n_fetch=n_fetch, n_push=n_push, seed=seed,
-                    total_steps=total_steps, timeout=timeout)
+    settings = dict(batch=batch, n_fetch=n_fetch, n_push=n_push, seed=seed, total_steps=total_steps,
+                    timeout=timeout, compute_time=check_nonnegative(compute_time, "compute_time", _EMULATED))
+    busy = [check_nonnegative(service_time, "service_time", _EMULATED) * (hi - lo) / w0.size for lo, hi in bounds]
     links, controls = [], []                    # created inside the try: closed in finally whatever fails
 
     def who_hung(late):                         # run_processes' diagnose, on a timeout
@@ -197,7 +228,7 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
         controls += [ctx.Pipe() for _ in range(n_shards)]
         counter, steps, start = ctx.Value("q", 0), ctx.Array("q", n_replicas), ctx.Barrier(n_replicas)
         ranks = [(shard_worker, s, lo, hi, w0[lo:hi], shard_kwargs, [links[r][s][1] for r in range(n_replicas)],
-                  controls[s][1], (kill_shards or {}).get(s)) for s, (lo, hi) in enumerate(bounds)]
+                  controls[s][1], (kill_shards or {}).get(s), busy[s]) for s, (lo, hi) in enumerate(bounds)]
         ranks += [(replica_worker, r, model, xr, yr, settings, [links[r][s][0] for s in range(n_shards)],
                    bounds, counter, steps, start, (kill_replicas or {}).get(r))
                   for r, (xr, yr) in enumerate(split_data(x, y, n_replicas))]

@@ -4,8 +4,12 @@ Reading order: ``plot_architecture`` (shards, replicas, data shards, fetch
 and push), ``plot_staleness`` (histograms), ``plot_curves`` (loss against
 steps or time, events marked; a list of runs over seeds is drawn one faint
 line per seed), ``plot_robustness`` (final loss against replicas, median over
-seeds and its range: ``course_lib.experiments.downpour.robustness_over_seeds``).
-Tested in ``tests/test_downpour.py``.
+seeds and its range: ``course_lib.experiments.downpour.robustness_over_seeds``),
+``plot_throughput`` (steps per second against replicas, one colour per number
+of shards: measured on processes beside the model's bound) and
+``plot_runtime_resource`` (seconds and machine-seconds to a target loss against
+replicas, the lecture's runtime-resource trade-off).
+Tested in ``tests/test_downpour.py`` and ``tests/test_downpour_tradeoffs.py``.
 """
 
 from __future__ import annotations
@@ -134,5 +138,59 @@ def plot_robustness(replicas, summary: dict, total_steps: int | None = None):
            ylabel="final training loss (log scale)",
            title=f"Downpour SGD, {budget} for every R: median of {n_seeds} seeds, band min to max")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_throughput(replicas, shards, sweep: dict, compute_time: float, service_time: float):
+    """Steps per second of all replicas against R: per number of shards, the measured
+    throughput on processes (markers), the model's bound min(replica, server) (line) and
+    its server bound n_shards / (2 t_service) (dotted).
+
+    sweep : ``course_lib.experiments.downpour.throughput_sweep``'s result, row i for shards[i]
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (S, marker) in enumerate(zip(shards, itertools.cycle("osd^v"))):
+        color, name = f"C{i}", f"{S} shard{'s' * (S > 1)}"
+        ax.plot(replicas, sweep["bound"][i], "-", color=color, alpha=0.7, label=f"{name}: model bound")
+        ax.axhline(sweep["server_bound"][i, 0], color=color, ls=":", lw=1)
+        ax.plot(replicas, sweep["measured"][i], marker, color=color, ms=8, label=f"{name}: measured")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(replicas, [str(R) for R in replicas])
+    ax.set(xlabel="model replicas R (processes)", ylabel="throughput (steps per second, all replicas)",
+           title=f"Downpour on processes, emulated t_compute = {1e3 * compute_time:g} ms, "
+                 f"t_service = {1e3 * service_time:g} ms\n(dotted: a shard 100% busy, n_shards / (2 t_service))")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_runtime_resource(replicas, arms: dict, target: float, measured: dict | None = None):
+    """The runtime-resource trade-off: seconds (left) and machine-seconds (right) to reach a
+    training loss of ``target``, against the number of replicas; median over seeds, band min to max.
+
+    arms : {label: ``course_lib.experiments.downpour.runtime_resource``'s result, one value per R}
+    measured : {label: (replicas, the same kind of result)}, drawn as markers (measured throughput)
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    n_seeds = len(next(iter(arms.values()))["seconds"]["all"])
+    for ax, key, ylabel in zip(axes, ("seconds", "machine_seconds"),
+                               ("time to the target (s)", "machine-seconds to the target (s x machines)")):
+        for i, (label, res) in enumerate(arms.items()):
+            s = res[key]
+            ax.plot(replicas, s["median"], "-", color=f"C{i}", label=label)
+            ax.fill_between(replicas, s["min"], s["max"], color=f"C{i}", alpha=0.12, lw=0)
+        for i, (label, (reps, res)) in enumerate((measured or {}).items(), start=len(arms)):
+            s = res[key]
+            ax.errorbar(reps, s["median"], yerr=[s["median"] - s["min"], s["max"] - s["median"]], fmt="o",
+                        color=f"C{i}", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(replicas, [str(R) for R in replicas])
+        ax.set(xlabel="model replicas R (machines: R + n_shards)", ylabel=ylabel)
+    axes[0].set_title(f"time to training loss {target}")
+    axes[1].set_title("resources used (machines x seconds)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Runtime-resource trade-off: median of {n_seeds} seeds, band min to max")
     fig.tight_layout()
     return fig
