@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from course_lib.checks import check_conv, check_int, check_positive
+from course_lib.checks import check_conv, check_int, check_nonnegative, check_positive
 
 
 def test_check_int_bounds_and_reason():
@@ -35,6 +35,17 @@ def test_check_positive_counts_and_real_numbers():
         check_positive(3.0, "K", integer=True)
     with pytest.raises(TypeError, match=r"timeout must be a number, got True \(bool\)"):
         check_positive(True, "timeout")
+
+
+def test_check_nonnegative_allows_zero_not_nan_or_inf():
+    assert check_nonnegative(0, "service_time") == 0.0 and check_nonnegative(0.01, "service_time") == 0.01
+    with pytest.raises(ValueError, match=r"^delay must be a finite number >= 0, got -1.0 \(seconds\)$"):
+        check_nonnegative(-1.0, "delay", why="seconds")
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="delay must be a finite number >= 0"):
+            check_nonnegative(bad, "delay")
+    with pytest.raises(TypeError, match=r"delay must be a number, got '5 ms' \(str\)"):
+        check_nonnegative("5 ms", "delay")
 
 
 def test_check_conv_names_what_does_not_match():

@@ -160,7 +160,7 @@ def plot_throughput(replicas, shards, sweep: dict, compute_time: float, service_
     ax.set(xlabel="model replicas R (processes)", ylabel="throughput (steps per second, all replicas)",
            title=f"Downpour on processes, emulated t_compute = {1e3 * compute_time:g} ms, "
                  f"t_service = {1e3 * service_time:g} ms\n(dotted: a shard 100% busy, n_shards / (2 t_service))")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -170,20 +170,22 @@ def plot_runtime_resource(replicas, arms: dict, target: float, measured: dict | 
     training loss of ``target``, against the number of replicas; median over seeds, band min to max.
 
     arms : {label: ``course_lib.experiments.downpour.runtime_resource``'s result, one value per R}
-    measured : {label: (replicas, the same kind of result)}, drawn as markers (measured throughput)
+    measured : {label of an arm: (replicas, the same kind of result)}: markers in that arm's colour,
+        its steps over seeds at a throughput measured on processes (median, bars min to max)
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     n_seeds = len(next(iter(arms.values()))["seconds"]["all"])
+    colour = {label: f"C{i}" for i, label in enumerate(arms)}
     for ax, key, ylabel in zip(axes, ("seconds", "machine_seconds"),
                                ("time to the target (s)", "machine-seconds to the target (s x machines)")):
-        for i, (label, res) in enumerate(arms.items()):
+        for label, res in arms.items():
             s = res[key]
-            ax.plot(replicas, s["median"], "-", color=f"C{i}", label=label)
-            ax.fill_between(replicas, s["min"], s["max"], color=f"C{i}", alpha=0.12, lw=0)
-        for i, (label, (reps, res)) in enumerate((measured or {}).items(), start=len(arms)):
+            ax.plot(replicas, s["median"], "-", color=colour[label], label=f"{label}: model throughput")
+            ax.fill_between(replicas, s["min"], s["max"], color=colour[label], alpha=0.12, lw=0)
+        for label, (reps, res) in (measured or {}).items():
             s = res[key]
             ax.errorbar(reps, s["median"], yerr=[s["median"] - s["min"], s["max"] - s["median"]], fmt="o",
-                        color=f"C{i}", capsize=3, label=label)
+                        color=colour[label], capsize=3, label=f"{label}: measured throughput")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(replicas, [str(R) for R in replicas])
