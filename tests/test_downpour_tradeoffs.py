@@ -205,7 +205,7 @@ def test_steps_to_target_over_seeds_is_one_simulate_per_seed_and_replica(digits)
 @pytest.mark.slow
 def test_throughput_sweep_returns_a_run_and_the_model_per_setting(digits):
     out = throughput_sweep(TinyNet(), *digits, [1, 2], [1, 2], compute_time=0.002, service_time=0.001,
-                           seconds=0.05, min_steps=10, optimizer="adagrad", lr=0.03, start_method="fork")
+                           seconds=0.05, min_steps=10, repeats=2, optimizer="adagrad", lr=0.03, start_method="fork")
     assert {k: out[k].shape for k in ("measured", "bound", "replica_bound", "server_bound")} == \
         dict.fromkeys(("measured", "bound", "replica_bound", "server_bound"), (2, 2))
     for i, S in enumerate([1, 2]):
@@ -214,8 +214,14 @@ def test_throughput_sweep_returns_a_run_and_the_model_per_setting(digits):
             assert out["bound"][i, j] == throughput_bound(R, S, 0.002, 0.001)
             assert len(res.steps_per_replica) == R and sum(res.steps_per_replica) >= 10
             assert len(np.unique(res.staleness[:, 0])) == S
-            assert np.isfinite(out["measured"][i, j]) and out["measured"][i, j] > 0
+            assert np.isfinite(out["measured"][i, j]) and out["measured"][i, j] == measured_throughput(res) > 0
     assert not mp.active_children(), "every child was joined"
+
+
+def test_a_sweep_needs_at_least_one_pass(digits, monkeypatch):
+    monkeypatch.setattr("course_lib.experiments.downpour.train_on_processes", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(ValueError, match="repeats = 0 must be >= 1"):
+        throughput_sweep(TinyNet(), *digits, [1], [1], compute_time=0.01, service_time=0.005, repeats=0)
 
 
 def test_tradeoff_figures_label_everything():
