@@ -218,7 +218,8 @@ def train_on_processes(model: TinyNet, x: np.ndarray, y: np.ndarray, *, n_replic
     Replica(0, model, x, y, batch, n_fetch, n_push, seed)           # and the replicas' (n_fetch, n_push)
     settings = dict(batch=batch, n_fetch=n_fetch, n_push=n_push, seed=seed, total_steps=total_steps,
                     timeout=timeout, compute_time=check_nonnegative(compute_time, "compute_time", _EMULATED))
-    busy = [check_nonnegative(service_time, "service_time", _EMULATED) * (hi - lo) / w0.size for lo, hi in bounds]
+    service_time = check_nonnegative(service_time, "service_time", _EMULATED)
+    busy = [service_time * (hi - lo) / w0.size for lo, hi in bounds]      # each shard's share of the work
     links, controls = [], []                    # created inside the try: closed in finally whatever fails
 
     def who_hung(late):                         # run_processes' diagnose, on a timeout
