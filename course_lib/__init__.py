@@ -25,20 +25,19 @@ from solutions/ and grades notebooks.
 
 Reading order
 -------------
-1. ``device``      where PyTorch runs: cuda, then mps, then cpu.
-2. ``checks``      the input checks every module shares (errors that teach).
-3. ``gradcheck``   numerical gradients and relative error, used by every test
+1. ``checks``      the input checks every module shares (errors that teach).
+2. ``gradcheck``   numerical gradients and relative error, used by every test
                    of a backward pass.
-4. ``conv``        output size, padding, im2col/col2im, ``conv2d_naive`` and
+3. ``conv``        output size, padding, im2col/col2im, ``conv2d_naive`` and
                    ``conv2d_im2col``, their backward passes (lessons 1, 2).
-5. ``pooling`` (lesson 3), ``optim`` (SGD, Adagrad; lesson 4), ``layers``,
+4. ``pooling`` (lesson 3), ``optim`` (SGD, Adagrad; lesson 4), ``layers``,
    ``data`` and ``lenet`` (LeNet-5 in numpy and in PyTorch; lesson 5).
-6. ``distributed`` the second half of the lecture (its own reading order):
+5. ``distributed`` the second half of the lecture (its own reading order):
    the ring schedule, its simulation, the cost formulas, the collectives
    (lessons 6, 7), Downpour SGD (lesson 9), gradient compression (lesson 12),
    model parallelism by layers, GPipe's pipeline (lesson 13);
    ``models`` holds the small network they train.
-7. ``ddp``: LeNet-5 under DistributedDataParallel and its single-process twin
+6. ``ddp``: LeNet-5 under DistributedDataParallel and its single-process twin
    (lesson 8); ``lr_schedules`` (linear scaling rule, warm-up; lesson 10);
    ``scaling`` (speed-up, efficiency, the lecture's tables, the overlap
    timeline; lesson 11).

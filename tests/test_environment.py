@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from course_lib import device as course_device
+from course_lib.machinery import device as course_device
 
 KERNEL = "dlsys-perf"
 

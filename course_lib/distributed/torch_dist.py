@@ -22,12 +22,12 @@ import numpy as np
 def default_backend(world_size: int) -> str:
     """"nccl" when NCCL is built in and there is one GPU per rank, else "gloo".
 
-    ``COURSE_DEVICE=cpu`` (``course_lib.device``) means gloo, as on a laptop.
+    ``COURSE_DEVICE=cpu`` (``course_lib.machinery.device``) means gloo, as on a laptop.
     """
     import torch
     import torch.distributed as dist
 
-    from course_lib.device import get_device
+    from course_lib.machinery.device import get_device
     if get_device().type == "cuda" and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
         return "nccl"
     return "gloo"

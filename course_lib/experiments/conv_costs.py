@@ -87,7 +87,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones.
 
     ``sync`` is called before reading the clock (a GPU queues work and returns
-    at once; ``course_lib.device.synchronize`` waits for it).
+    at once; ``course_lib.machinery.device.synchronize`` waits for it).
     """
     for _ in range(warmup):
         fn()
@@ -174,7 +174,7 @@ def _implementations(x, w, b, stride, padding, device) -> tuple[dict, dict]:
     import torch
     import torch.nn.functional as F
 
-    from course_lib.device import synchronize
+    from course_lib.machinery.device import synchronize
 
     xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
     workspace = Workspace()                                  # the tuned conv2d's, reused as in LeNet5

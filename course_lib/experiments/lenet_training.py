@@ -199,7 +199,7 @@ def epoch_timings(data: Digits, batch_size: int = 32, n_batches: int = 10, devic
     of ``repeats``, and scales to a full epoch of ``data.x_train``. Keys:
     'numpy', 'PyTorch CPU' and, when ``device`` is a GPU, 'PyTorch GPU'.
     """
-    from course_lib.device import synchronize
+    from course_lib.machinery.device import synchronize
 
     n = batch_size * n_batches
     warmup = Digits(data.x_train[:batch_size], data.y_train[:batch_size], data.x_test[:1], data.y_test[:1])

@@ -4,6 +4,7 @@ The lessons call into these modules (to run a collective on P processes, to
 convolve quickly), but the ideas they carry out live in the reading order
 (``course_lib/__init__.py``). Nothing here is needed to follow a slide.
 
+``device``              where PyTorch runs: cuda, then mps, then cpu (``COURSE_DEVICE`` overrides)
 ``fast_conv``           the tuned convolution paths (how ``conv`` is made fast)
 ``fast_pool``           the tuned max-pooling paths
 ``threads``             split a memory-bound numpy pass over the cores
