@@ -14,15 +14,15 @@ export OPENBLAS_THREAD_TIMEOUT ?= 4
 NBVAL   := --nbval --nbval-current-env --nbval-cell-timeout=300 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab lint test test-cpu-kernels test-unit test-notebooks notebooks bench exercises grade clean
+.PHONY: setup lab lint test test-cpu-kernels test-unit test-notebooks notebooks bench exercises grade site clean
 
 # The environment: rebuilt only when the pins or the package metadata change,
 # so a second `make lab` starts in seconds.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-site.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 10) <= v[:2] <= (3, 13) else "This course needs Python 3.10 to 3.13; found %d.%d. Set PYTHON=/path/to/python3.x" % v[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-site.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -89,5 +89,11 @@ grade: setup
 	$(PY) -m grader solutions/$(basename $(notdir $(EXERCISE))).ipynb $(SUBMISSIONS) \
 	    --out grades/$(basename $(notdir $(EXERCISE))) -j $(J) $(if $(ROSTER),--roster $(ROSTER))
 
+# The course as a static website in site/ (README as home page, the lessons from their stored
+# outputs, the exercises, docs/): offline, any static host serves it. docs/instructors.md says how.
+SITE ?= site
+site: setup
+	$(PY) tools/build_site.py $(SITE)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info site _build
