@@ -61,6 +61,7 @@ PAGE_JS = """() => ({
 })"""
 MATHJAX_DONE_JS = """() => new Promise(done => {
   if (!window.MathJax || !window.MathJax.Hub) { done(false); return; }
+  setTimeout(() => done(false), 30000);     // then the math test says what is not typeset
   window.MathJax.Hub.Queue(() => done(true));
 })"""
 
