@@ -6,6 +6,7 @@ and crawled from its home page by Debian's ``chromium`` through Playwright. Ever
 another host is blocked and recorded: the site must work offline. Checked:
 
 * every page loads without a console error, and every ``<img>`` loaded (naturalWidth > 0);
+* every figure a lesson stores has a title, which its image on the site carries as alt text;
 * no internal link is broken: every href/src of every page answers 200, and every ``#fragment``
   names an element of its page;
 * each lesson shows at least as many figures as its notebook stores, its saved widgets are drawn
@@ -52,6 +53,8 @@ PAGE_JS = """() => ({
   broken_images: Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)
                       .map(i => i.getAttribute('src')),
   output_images: document.querySelectorAll('.cell_output img').length,
+  figure_alts: Array.from(document.querySelectorAll('.cell_output img'))
+                    .map(i => i.getAttribute('alt') || '').filter(a => a.startsWith('Figure: ')).length,
   widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
   widgets_drawn: Array.from(document.querySelectorAll('.widget-subarea')).filter(e => e.children.length).length,
   math: document.querySelectorAll('.math').length,
@@ -226,6 +229,8 @@ def _stored(path: Path) -> dict:
     nb = json.loads(path.read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     return {"images": sum("image/png" in o.get("data", {}) for o in outputs),
+            "titled": sum("image/png" in o.get("data", {}) and bool(((o.get("metadata") or {}).get("course_kit")
+                                                                     or {}).get("title")) for o in outputs),
             "widget_state": bool(nb["metadata"].get("widgets")),
             "math": any(c["cell_type"] == "markdown" and re.search(r"\$[^$\s]", "".join(c["source"]))
                         for c in nb["cells"])}
@@ -286,6 +291,11 @@ def test_each_lesson_shows_its_figures_widgets_and_math(crawl, lesson):
     stored, shown = _stored(lesson), crawl.page(_lesson_url(lesson)).info
     assert shown["output_images"] >= stored["images"], (
         f"{lesson.name} stores {stored['images']} figures; its page shows {shown['output_images']}")
+    assert stored["titled"] == stored["images"], (
+        f"{lesson.name}: {stored['images'] - stored['titled']} of its {stored['images']} figures carry no title "
+        f"(course_lib.viz records each shown figure's titles; re-run the notebook: make notebooks)")
+    assert shown["figure_alts"] >= stored["titled"], (
+        f"{lesson.name}: {shown['figure_alts']} of its {stored['titled']} titled figures have their title as alt text")
     if stored["widget_state"]:
         assert shown["widget_views"] and shown["widgets_drawn"] >= shown["widget_views"], (
             f"{lesson.name}: {shown['widgets_drawn']} of {shown['widget_views']} saved widgets drawn")

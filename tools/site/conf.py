@@ -8,8 +8,13 @@ no page loads anything from another host.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import shutil
 from pathlib import Path
+
+from docutils import nodes
 
 import jupyter_server_mathjax
 
@@ -96,7 +101,27 @@ def _copy_mathjax(app, exception) -> None:
                         ignore=shutil.ignore_patterns("localization", "*.eot", "*.otf", "*.svg"))
 
 
+def _figure_alt_texts(app, doctree) -> None:
+    """Each notebook figure's alt text: the titles its kernel stored with it (``course_lib.viz.figure_title``,
+    output metadata ``course_kit.title``), matched by the image's content hash, the name MyST-NB gives its file."""
+    path = Path(app.env.doc2path(app.env.docname))
+    if path.suffix != ".ipynb":
+        return
+    titles = {}
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        for output in cell.get("outputs", []):
+            title = ((output.get("metadata") or {}).get("course_kit") or {}).get("title")
+            png = output.get("data", {}).get("image/png")
+            if title and png:
+                titles[hashlib.sha256(base64.b64decode(png)).hexdigest()] = title
+    for node in doctree.findall(nodes.image):
+        title = titles.get(Path(node["uri"]).stem)
+        if title:
+            node["alt"] = f"Figure: {title}"
+
+
 def setup(app):
     app.connect("source-read", _add_navigation)
+    app.connect("doctree-read", _figure_alt_texts)
     app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
