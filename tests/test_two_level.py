@@ -17,14 +17,6 @@ def _arrays(P, N, seed=0, dtype=np.float64):
     return list(np.random.default_rng(seed).standard_normal((P, N)).astype(dtype))
 
 
-def _split(log, L):
-    """Bytes each rank sent inside its node and to other nodes, from the recorded transfers."""
-    intra, inter = np.zeros(log.world_size, np.int64), np.zeros(log.world_size, np.int64)
-    for t in log:
-        (intra if t.src // L == t.dst // L else inter)[t.src] += t.nbytes
-    return intra, inter
-
-
 @pytest.mark.parametrize("P, L, N", [(8, 4, 1000), (8, 2, 37), (6, 3, 5), (6, 2, 4), (4, 2, 1), (9, 3, 100),
                                      (4, 4, 10), (4, 1, 10), (2, 1, 3)])
 def test_sums_bytes_and_steps(P, L, N):
@@ -34,7 +26,7 @@ def test_sums_bytes_and_steps(P, L, N):
     assert all(np.array_equal(out, outputs[0]) for out in outputs), "every rank holds the same bits"
     M = P // L
     assert log.steps == 2 * (L - 1) + 2 * (M - 1)
-    intra, inter = _split(log, L)
+    intra, inter = log.sent_within_and_across(L)
     want_intra, want_inter = two_level_bytes_per_rank(N, P, L, itemsize=8)
     assert intra.tolist() == want_intra.tolist() and inter.tolist() == want_inter.tolist()
     for t in log:                                   # between nodes: only to the same local rank

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from course_lib.checks import check_int
+
 from .schedule import allgather_step, chunk_bounds, scatter_reduce_step
 
 
@@ -95,9 +97,10 @@ def two_level_allreduce_(endpoint, count: int, local_size: int) -> None:
     (``cost.two_level_bytes_per_rank``); the flat ring sends 2N(P-1)/P, and with ranks numbered
     node by node one rank per node sends all of it across the slow link at every step.
     """
-    P, r, L = endpoint.world_size, endpoint.rank, local_size
-    if not (isinstance(L, (int, np.integer)) and 1 <= L <= P and P % L == 0):
-        raise ValueError(f"local_size = {L!r} must divide world_size = {P} (ranks per node, every node "
+    P, r = endpoint.world_size, endpoint.rank
+    L = check_int(local_size, "local_size", 1, P, why="ranks per node")
+    if P % L:
+        raise ValueError(f"local_size = {L} must divide world_size = {P} (ranks per node, every node "
                          f"the same size: P = nodes * local_size)")
     x = endpoint.buffer[:count]                          # (N,)
     node, M = r // L, P // L

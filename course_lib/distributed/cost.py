@@ -125,9 +125,11 @@ def two_level_bytes_per_rank(N: int, world_size: int, local_size: int,
     if P % L:
         raise ValueError(f"local_size = {L} must divide world_size = {P}")
     M, size = P // L, [stop - start for start, stop in chunk_bounds(N, L)]
-    intra = np.array([ring_bytes_per_rank(N, L, itemsize)[r % L] for r in range(P)], dtype=np.int64)
-    inter = [ring_bytes_per_rank(size[(r % L + 1) % L], M, itemsize)[r // L] for r in range(P)]
-    return intra, np.array(inter, dtype=np.int64)
+    ranks = np.arange(P)
+    inside = ring_bytes_per_rank(N, L, itemsize)                                  # (L,) by local rank
+    between = np.array([ring_bytes_per_rank(size[(j + 1) % L], M, itemsize)      # (L, M): local rank j
+                        for j in range(L)])                                      # holds chunk j + 1
+    return inside[ranks % L], between[ranks % L, ranks // L]
 
 
 def two_level_time(N: int, world_size: int, local_size: int, intra: tuple[float, float],

@@ -24,8 +24,11 @@ import time
 
 import numpy as np
 
-from course_lib.distributed.cost import ps_bytes_per_rank, ring_bytes_per_rank
+from course_lib.distributed.collectives import ring_allreduce_, two_level_allreduce_
+from course_lib.distributed.cost import ps_bytes_per_rank, ring_bytes_per_rank, ring_time, two_level_time
 from course_lib.machinery.launch import allreduce
+from course_lib.machinery.links import with_links
+from course_lib.machinery.recording import run_recorded
 
 METHODS = ("ring/shm", "ring/pipe", "ps/shm", "ps/pipe", "gloo")
 
@@ -127,11 +130,6 @@ def flat_vs_two_level(N: int, world_size: int, local_size: int, intra: tuple[flo
     rows : one dict per method: method, nbytes (4N), measured_s (median), model_s, and the largest
         intra_bytes / inter_bytes a rank sent (float32 elements)
     """
-    from course_lib.distributed.collectives import ring_allreduce_, two_level_allreduce_
-    from course_lib.distributed.cost import ring_time, two_level_time
-    from course_lib.machinery.links import with_links
-    from course_lib.machinery.recording import run_recorded
-
     arrays = list(np.random.default_rng(seed).standard_normal((world_size, N)).astype(np.float32))
     expected = np.sum(np.array(arrays, dtype=np.float64), axis=0)
     methods = {"flat ring": (ring_allreduce_, (), ring_time(N, world_size, *inter)),
@@ -146,10 +144,7 @@ def flat_vs_two_level(N: int, world_size: int, local_size: int, intra: tuple[flo
             times.append(time.perf_counter() - start)
         if not all(np.allclose(out, expected, rtol=1e-4, atol=1e-4 * world_size) for out in outputs):
             raise AssertionError(f"{name}: a rank's result differs from the float64 sum")
-        same = [t.src // local_size == t.dst // local_size for t in log]
-        per_rank = {kind: np.bincount([t.src for t, s in zip(log, same) if s == want],
-                                      weights=[t.nbytes for t, s in zip(log, same) if s == want],
-                                      minlength=world_size) for kind, want in (("intra", True), ("inter", False))}
+        within, across = log.sent_within_and_across(local_size)
         rows.append({"method": name, "nbytes": 4 * N, "measured_s": float(np.median(times)), "model_s": model,
-                     "intra_bytes": int(per_rank["intra"].max()), "inter_bytes": int(per_rank["inter"].max())})
+                     "intra_bytes": int(within.max()), "inter_bytes": int(across.max())})
     return rows

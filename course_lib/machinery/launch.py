@@ -56,7 +56,7 @@ def _check_options(algorithm, transport, world_size, shards, local_size, timeout
         raise ValueError("shards only applies to algorithm='ps'")
     if (algorithm == "two_level") != (local_size is not None):
         raise ValueError("local_size (ranks per node) is needed by algorithm='two_level', and only by it")
-    if local_size is not None and (check_int(local_size, "local_size", 1, world_size) and world_size % local_size):
+    if local_size is not None and world_size % check_int(local_size, "local_size", 1, world_size):
         raise ValueError(f"local_size = {local_size} must divide world_size = {world_size} (nodes of equal size)")
     check_positive(timeout, "timeout")
     check_positive(repeats, "repeats", integer=True)

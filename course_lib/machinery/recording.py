@@ -85,6 +85,14 @@ class TransferLog(list):
             received[t.dst] += t.nbytes
         return received
 
+    def sent_within_and_across(self, local_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bytes each rank sent inside its node and to other nodes, int64 (P,) each; rank r is in node
+        r // local_size (lesson 7's two levels)."""
+        within, across = np.zeros(self.world_size, dtype=np.int64), np.zeros(self.world_size, dtype=np.int64)
+        for t in self:
+            (within if t.src // local_size == t.dst // local_size else across)[t.src] += t.nbytes
+        return within, across
+
     def at(self, step: int) -> list[Transfer]:
         """The transfers of one step."""
         return [t for t in self if t.step == step]

@@ -267,8 +267,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         print(err if str(err).startswith(f"rank {r}:") else f"rank {r}: {err}", file=sys.stderr)
         return 1
+    inputs = _inputs(P, N)                               # every rank's, to check the sum
     try:
-        ep.buffer[:] = _inputs(P, N)[r]
+        ep.buffer[:] = inputs[r]
         ep.barrier()
         start = time.perf_counter()
         if args.local_size:
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
             ring_allreduce_(ep, N)
             formula = int(ring_bytes_per_rank(N, P, itemsize=4)[r])
         seconds = time.perf_counter() - start
-        error = float(np.abs(ep.buffer - np.sum(np.array(_inputs(P, N), dtype=np.float64), axis=0)).max())
+        error = float(np.abs(ep.buffer - np.sum(np.array(inputs, dtype=np.float64), axis=0)).max())
     except (OSError, RuntimeError) as err:
         print(err if str(err).startswith(f"rank {r}:") else f"rank {r}: {err}", file=sys.stderr)
         return 1
