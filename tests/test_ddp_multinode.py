@@ -23,7 +23,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from course_lib import ddp
 from course_lib.data import load_digits
 from procfs import IS_LINUX, kill_left, leaves_nothing_behind, still_alive, workers_of  # noqa: F401
@@ -41,13 +40,6 @@ pytestmark = pytest.mark.skipif(not IS_LINUX, reason="finds torchrun's ranks (ow
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 STEPS, BATCH = 3, 16
 TAIL = 3000                           # characters of each launcher's stderr in a failure message
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the OS picks it for a socket bound to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_command(rendezvous: str, node_rank: int, port: int, script_args: list[str],

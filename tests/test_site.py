@@ -36,7 +36,7 @@ from urllib.parse import urldefrag, urlsplit
 import pytest
 
 from conftest import ROOT
-from test_browser import LAUNCH_ARGS, _require_chromium
+from test_browser import CHROMIUM, LAUNCH_ARGS, _require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -191,7 +191,7 @@ def crawl(server) -> Crawl:
     result = Crawl(server)
     queue, queued = deque([server + "index.html"]), {server + "index.html"}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(_chromium()), args=LAUNCH_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             context = browser.new_context()
             while queue:
@@ -214,11 +214,6 @@ def crawl(server) -> Crawl:
         finally:
             browser.close()
     return result
-
-
-def _chromium() -> Path:
-    from test_browser import CHROMIUM
-    return CHROMIUM
 
 
 def _lesson_url(path: Path) -> str:
@@ -308,7 +303,7 @@ def test_search_finds_lesson_7(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(_chromium()), args=LAUNCH_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             page = browser.new_page()
             page.goto(server + "search.html", wait_until="load")

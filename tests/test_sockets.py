@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -11,20 +10,15 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import free_port
 from course_lib.distributed.collectives import ring_allreduce_, two_level_allreduce_
 from course_lib.machinery.recording import run_recorded
 from course_lib.machinery.sockets import SocketEndpoint
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(world_size: int, *extra: str, started=None, timeout: float = 60) -> list[subprocess.CompletedProcess]:
     """Start each rank as its own process, as on separate machines; wait for all (each with a timeout)."""
-    master = f"127.0.0.1:{_free_port()}"
+    master = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
     procs = [subprocess.Popen([sys.executable, "-m", "course_lib.machinery.sockets", "--rank", str(r),
                                "--world-size", str(world_size), "--master", master, *extra],
@@ -60,7 +54,7 @@ def test_a_rank_that_never_joins_is_named_within_the_timeout():
 
 def _on_threads(fn, arrays, *args):
     """fn on P SocketEndpoints, one thread each, in this process: every rank's buffer afterwards."""
-    P, N, master = len(arrays), arrays[0].size, f"127.0.0.1:{_free_port()}"
+    P, N, master = len(arrays), arrays[0].size, f"127.0.0.1:{free_port()}"
     outputs, errors = [None] * P, []
 
     def rank(r):
@@ -92,7 +86,7 @@ def test_the_same_bits_and_bytes_as_the_recording_transport(fn, args, P):
 
 
 def test_a_peer_that_closes_is_named():
-    master = f"127.0.0.1:{_free_port()}"
+    master = f"127.0.0.1:{free_port()}"
 
     def quitter():
         SocketEndpoint(1, 2, master, 4, timeout=20).close()
