@@ -76,7 +76,7 @@ from grader import manual, similarity, store
 from grader.build import BEGIN_HIDDEN, BEGIN_MARK_SCHEME, BEGIN_SOLUTION, END_HIDDEN, END_MARK_SCHEME, \
     END_SOLUTION, cell_role, hand_graded, has_block, student_notebook
 from grader.csvsafe import csv_text, feedback_path, write_atomically
-from grader.execute import ROLE_KEY, CellRun, instrument, run_notebook, test_modules
+from grader.execute import ROLE_KEY, CellRun, cores_per_process, instrument, run_notebook, test_modules
 from grader.gradebook import read_roster, write_gradebooks
 from grader.sandbox import GIB, Confinement, SandboxUnavailable, choose
 from grader.submission import Submission, find_submissions, grade_id, hand_graded_answers, merge, \
@@ -110,11 +110,14 @@ GUARD_NAMES = ("_course_kit_guard", "grader.guard", "check_and_restore", "SNAPSH
 class Limits:
     """Time limits in seconds (one cell; all cells of one notebook together), what else one
     submission may use (``confinement``: memory, processes, file size, sandbox or not) and
-    the folders it must not see (``hidden``: the solution's, the submissions, the grades)."""
+    the folders it must not see (``hidden``: the solution's, the submissions, the grades).
+    ``threads``: the threads its kernel's libraries start (torch, OpenMP, BLAS); 0: one per
+    core, or in ``grade_all`` the cores shared among the kernels running at once."""
     cell: float = 60.0
     notebook: float = 600.0
     confinement: Confinement = field(default_factory=Confinement)
     hidden: tuple[Path, ...] = ()
+    threads: int = 0
 
 
 @dataclass
@@ -427,7 +430,8 @@ def grade_submission(instructor, sub: Submission, exercise: str, limits: Limits,
     runnable = instrument(merged.nb, test_modules(instructor) if modules is None else modules)
     with tempfile.TemporaryDirectory(prefix="course-kit-grade-") as workdir:
         execution = run_notebook(runnable, Path(workdir), limits.cell, limits.notebook,
-                                 confinement=limits.confinement, hidden=list(limits.hidden), files=files or {})
+                                 confinement=limits.confinement, hidden=list(limits.hidden), files=files or {},
+                                 threads=limits.threads)
     runs = execution.runs
     status, detail, patched = score(runnable, runs, tests, limits)
     errors = answer_errors(runnable, runs)
@@ -509,7 +513,8 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     limits = limits or Limits()
-    limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()))
+    limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()),
+                     threads=limits.threads or cores_per_process(jobs))   # else -j 2 runs tens of times slower
     choose(limits.confinement)   # refuse now, not once per student, when the sandbox is required and cannot start
     instructor = load_instructor(solution)
     subs = find_submissions(submissions, solution.name)

@@ -11,7 +11,8 @@ for each notebook: open it, Run All Cells, wait, save, then assert
   shows (text or figure), not only the slider's own readout.
 
 A screenshot of each notebook goes to ``screenshots/`` (gitignored).
-Notebooks run two at a time; BROWSER_NOTEBOOKS="01_*,05_*" picks some lessons
+Notebooks run two at a time (the next opens as soon as one ends), each kernel
+with half the cores' threads; BROWSER_NOTEBOOKS="01_*,05_*" picks some lessons
 (the fixtures always run). Without /usr/bin/chromium the tests skip and
 say how to install it, except under ``CI=true``, where they fail.
 """
@@ -33,6 +34,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
+from grader.execute import cores_per_process, threads_env
 
 BROWSER = [pytest.mark.browser, pytest.mark.timeout(900)]   # the whole run, server start-up included
 
@@ -95,8 +97,10 @@ def lab(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
     token = secrets.token_hex(16)
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(base / "ws"),
-               JUPYTER_RUNTIME_DIR=str(base / "runtime"), COURSE_DEVICE="cpu")
+    # AT_ONCE kernels share the cores: each starts its share of threads (threads_env says why)
+    env = threads_env(cores_per_process(AT_ONCE), dict(
+        os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(base / "ws"),
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"), COURSE_DEVICE="cpu"))
     # port 0: the server asks the OS for a free port itself (no port chosen here and bound later)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
            "--ServerApp.port=0", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
@@ -246,29 +250,43 @@ def open_and_run_all(context, url: str, token: str, name: str):
     return page
 
 
-def wait_until_done(page, timeout: float = RUN_TIMEOUT_S, retry_after: float | None = 30) -> None:
-    """Until no cell is queued or running and the kernel has been idle for 2 s.
+class Progress:
+    """Whether Run All has finished in ``page``: no cell queued or running, the kernel idle for 2 s.
 
-    If no cell has started ``retry_after`` seconds in, Run All is asked for once more.
+    ``done()`` looks once and returns at once (several notebooks are watched
+    in turn); it raises TimeoutError after ``timeout`` seconds. If no cell has
+    started ``retry_after`` seconds in, Run All is asked for once more.
     """
-    start = time.monotonic()
-    deadline, idle_since = start + timeout, None
-    while time.monotonic() < deadline:
+
+    def __init__(self, page, timeout: float = RUN_TIMEOUT_S, retry_after: float | None = 30):
+        self.page, self.retry_after = page, retry_after
+        self.start = time.monotonic()
+        self.deadline, self.idle_since = self.start + timeout, None
+
+    def done(self) -> bool:
+        page, now = self.page, time.monotonic()
+        if now > self.deadline:
+            raise TimeoutError(f"cells still running after {self.deadline - self.start:.0f} s: "
+                               f"{page.evaluate(STATE_JS)['prompts']}")
         _accept_kernel_dialog(page)
         state = page.evaluate(STATE_JS)
         started = not state["prompts"] or any(re.fullmatch(r"\[(\d+|\*)\]:", p) for p in state["prompts"])
-        if not started and retry_after is not None and time.monotonic() - start > retry_after:
+        if not started and self.retry_after is not None and now - self.start > self.retry_after:
             _run_all(page)
-            retry_after = None
+            self.retry_after = None
         busy = any("*" in p for p in state["prompts"]) or state["status"] != "idle"
-        if started and not busy:
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since >= 2.0:
-                return
-        else:
-            idle_since = None
+        if not started or busy:
+            self.idle_since = None
+            return False
+        self.idle_since = self.idle_since or now
+        return now - self.idle_since >= 2.0
+
+
+def wait_until_done(page, timeout: float = RUN_TIMEOUT_S, retry_after: float | None = 30) -> None:
+    """Until Run All has finished in ``page`` (``Progress``)."""
+    progress = Progress(page, timeout, retry_after)
+    while not progress.done():
         time.sleep(0.5)
-    raise TimeoutError(f"cells still running after {timeout:.0f} s: {page.evaluate(STATE_JS)['prompts']}")
 
 
 def save_and_read(page, path: Path) -> nbformat.NotebookNode:
@@ -320,11 +338,10 @@ def move_first_slider(page, timeout: float = 30) -> dict | None:
 
 
 def finish(page, root: Path, run: LabRun, started: float) -> LabRun:
-    """Wait for Run All, save, check the saved file, try a slider, take screenshots."""
+    """Run All has finished: save, check the saved file, try a slider, take screenshots."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     stem = Path(run.name).stem
     try:
-        wait_until_done(page)
         run.seconds = time.monotonic() - started
         page.screenshot(path=str(SCREENSHOTS / f"{stem}.png"))
         run.problems += notebook_problems(save_and_read(page, root / run.name))
@@ -332,34 +349,52 @@ def finish(page, root: Path, run: LabRun, started: float) -> LabRun:
         if run.slider:
             page.screenshot(path=str(SCREENSHOTS / f"{stem}-slider-moved.png"))
     except Exception as err:  # noqa: BLE001 - reported by this notebook's test, the others go on
-        run.problems.append(f"browser harness: {type(err).__name__}: {str(err).splitlines()[0]}")
-        page.screenshot(path=str(SCREENSHOTS / f"{stem}-failed.png"))
+        harness_failed(page, run, err)
     finally:
         page.close()
     return run
 
 
+def harness_failed(page, run: LabRun, err: Exception) -> None:
+    """Report ``err`` (the harness's, not the notebook's) in ``run``, with a screenshot."""
+    run.problems.append(f"browser harness: {type(err).__name__}: {str(err).splitlines()[0]}")
+    page.screenshot(path=str(SCREENSHOTS / f"{Path(run.name).stem}-failed.png"))
+
+
 @pytest.fixture(scope="module")
 def lab_runs(lab) -> dict[str, LabRun]:
-    """Every notebook, run in the browser, AT_ONCE at a time."""
+    """Every notebook, run in the browser, AT_ONCE at a time: as soon as one finishes the next
+    one opens (loading JupyterLab in a tab takes seconds: it overlaps the other's run)."""
     from playwright.sync_api import sync_playwright
     url, token, root = lab
-    runs: dict[str, LabRun] = {}
+    runs = {path.name: LabRun(path.name) for path in NOTEBOOKS}
+    waiting, running = list(runs.values()), []          # running: (page, run, started, progress)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
-            for first in range(0, len(NOTEBOOKS), AT_ONCE):
-                group = []
-                for path in NOTEBOOKS[first:first + AT_ONCE]:
-                    run = LabRun(path.name)
+            while waiting or running:
+                while waiting and len(running) < AT_ONCE:
+                    run = waiting.pop(0)
                     try:
-                        group.append((open_and_run_all(context, url, token, path.name), run, time.monotonic()))
+                        page = open_and_run_all(context, url, token, run.name)
+                        running.append((page, run, time.monotonic(), Progress(page)))
                     except Exception as err:  # noqa: BLE001
                         run.problems.append(f"browser harness: could not open and run: {type(err).__name__}: {err}")
-                    runs[path.name] = run
-                for page, run, started in group:
-                    finish(page, root, run, started)
+                for entry in list(running):
+                    page, run, started, progress = entry
+                    try:
+                        finished = progress.done()
+                    except Exception as err:  # noqa: BLE001 - reported by this notebook's test
+                        running.remove(entry)
+                        harness_failed(page, run, err)
+                        page.close()
+                        continue
+                    if finished:
+                        running.remove(entry)
+                        finish(page, root, run, started)
+                time.sleep(0.5)
         finally:
             browser.close()
     (SCREENSHOTS / "browser_times.txt").write_text(

@@ -630,25 +630,17 @@ def test_kit_solution_scores_full_marks_and_exercise_zero(solution, tmp_path):
     assert empty.status == "graded" and empty.points == 0, [(t.test_id, t.status) for t in empty.tests]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
-def test_kit_solution_is_a_valid_nbgrader_source(solution, tmp_path):
-    """nbgrader (an optional extra) generates the student version from our solution notebooks."""
+@pytest.fixture(scope="module")
+def nbgrader_released(tmp_path_factory) -> Path:
+    """nbgrader's student versions of every kit solution and of the fixture, made in ONE run
+    of ``nbgrader generate_assignment`` (each run costs seconds of start-up)."""
     pytest.importorskip("nbgrader", reason="nbgrader is optional: pip install -e '.[nbgrader]'")
-    _nbgrader_generate(solution, tmp_path)
-
-
-def test_fixture_is_a_valid_nbgrader_source(tmp_path):
-    pytest.importorskip("nbgrader", reason="nbgrader is optional: pip install -e '.[nbgrader]'")
-    path = tmp_path / f"{EXERCISE}.ipynb"
-    nbformat.write(solution_notebook(), path)
-    _nbgrader_generate(path, tmp_path / "course")
-
-
-def _nbgrader_generate(solution: Path, course: Path) -> None:
+    course = tmp_path_factory.mktemp("nbgrader")
     source = course / "source" / "ps1"
     source.mkdir(parents=True)
-    shutil.copy(solution, source / solution.name)
+    for solution in SOLUTIONS:
+        shutil.copy(solution, source / solution.name)
+    nbformat.write(solution_notebook(), source / f"{EXERCISE}.ipynb")
     proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "ps1", "--force",
                            "--CourseDirectory.root=" + str(course), "--CourseDirectory.db_url=sqlite:///"
                            + str(course / "gradebook.db")],
@@ -656,12 +648,27 @@ def _nbgrader_generate(solution: Path, course: Path) -> None:
                           env=dict(os.environ, COURSE_DEVICE="cpu",  # nbgrader runs `alembic` from PATH
                                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    released = (course / "release" / "ps1" / solution.name).read_text()
-    assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
-    ours = student_notebook(nbformat.read(solution, as_version=4))
-    theirs = nbformat.reads(released, as_version=4)
+    return course / "release" / "ps1"
+
+
+def _released_as_nbgrader_does(solution: nbformat.NotebookNode, released: Path) -> None:
+    text = released.read_text()
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+    ours = student_notebook(solution)
+    theirs = nbformat.reads(text, as_version=4)
     assert [submission.grade_id(c) for c in theirs.cells] == [submission.grade_id(c) for c in ours.cells], \
         "nbgrader and grader.build release different graded cells"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_kit_solution_is_a_valid_nbgrader_source(solution, nbgrader_released):
+    """nbgrader (an optional extra) generates the student version from our solution notebooks."""
+    _released_as_nbgrader_does(nbformat.read(solution, as_version=4), nbgrader_released / solution.name)
+
+
+def test_fixture_is_a_valid_nbgrader_source(nbgrader_released):
+    _released_as_nbgrader_does(solution_notebook(), nbgrader_released / f"{EXERCISE}.ipynb")
 
 
 def test_a_kernel_that_cannot_start_is_reported_not_fatal(tmp_path, monkeypatch):
@@ -1203,3 +1210,35 @@ def test_a_missed_heartbeat_does_not_kill_a_running_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook(cells=[code("import time\ntime.sleep(2.5)\nprint('done')")])
     run, = execute.run_notebook(nb, tmp_path, 30, 120).runs
     assert (run.status, run.stdout) == ("ok", "done\n")
+
+
+def test_kernels_graded_at_once_share_the_cores(monkeypatch, tmp_path):
+    """-j kernels each start their share of threads: two kernels each with a thread per core
+    run small torch calls tens of times slower (threads_env). A variable the instructor set is kept."""
+    monkeypatch.setattr(execute.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert [execute.cores_per_process(n) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    for name in execute.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not set(execute.THREAD_VARIABLES) & set(execute.kernel_env())           # 0: the libraries choose
+    assert {name: execute.kernel_env(2)[name] for name in execute.THREAD_VARIABLES} == \
+        dict.fromkeys(execute.THREAD_VARIABLES, "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert execute.kernel_env(2)["OMP_NUM_THREADS"] == "3"
+
+    asked = []
+    monkeypatch.setattr(grade, "run_notebook", lambda *args, **kwargs: asked.append(kwargs["threads"]) or 1 / 0)
+    nbformat.write(solution_notebook(), tmp_path / f"{EXERCISE}.ipynb")
+    (tmp_path / "in").mkdir()
+    for student in ("amy", "bob"):
+        nbformat.write(fake_submissions()["perfect"], tmp_path / "in" / f"{student}.ipynb")
+    grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=2, limits=TEST_LIMITS)
+    grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=2, limits=Limits(threads=1))
+    assert asked == [2, 2, 1, 1]
+
+
+def test_a_kernel_given_one_thread_runs_torch_on_one(tmp_path, monkeypatch):
+    for name in execute.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cell = nbformat.v4.new_code_cell("import torch\nprint(torch.get_num_threads())")
+    run, = execute.run_notebook(nbformat.v4.new_notebook(cells=[cell]), tmp_path, 60, 120, threads=1).runs
+    assert run.stdout.strip() == "1", run
