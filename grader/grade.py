@@ -512,6 +512,8 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if limits is not None and limits.threads < 0:
+        raise ValueError(f"threads must be 0 (the cores divided among the jobs) or more, got {limits.threads}")
     limits = limits or Limits()
     limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()),
                      threads=limits.threads or cores_per_process(jobs))   # else -j 2 runs tens of times slower
@@ -681,6 +683,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("submissions", type=Path, help="folder: one STUDENT.ipynb or one STUDENT/ folder per student")
     parser.add_argument("--out", type=Path, help="output folder (default grades/<exercise>)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded at once (default 2)")
+    parser.add_argument("--threads", type=int, default=0, help="threads each kernel's torch and BLAS start "
+                        "(default: the cores divided among the jobs; OMP_NUM_THREADS and the like, if set, win)")
     parser.add_argument("--cell-timeout", type=float, default=Limits.cell, help="seconds per cell (default 60)")
     parser.add_argument("--timeout", type=float, default=Limits.notebook, help="seconds per notebook (default 600)")
     default = Confinement()
@@ -730,7 +734,7 @@ def main(argv=None) -> int:
     try:
         roster = read_roster(args.roster) if args.roster else None   # checked before the batch, not after
         grades = grade_all(args.solution, args.submissions, args.jobs,
-                           Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),)),
+                           Limits(args.cell_timeout, args.timeout, confinement, (out.resolve(),), args.threads),
                            args.files, reuse={} if args.regrade else store.load(out))
     except (OSError, ValueError, SandboxUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -936,6 +936,8 @@ def test_details_are_squashed_and_cut_to_max_detail():
 def test_grade_all_and_the_cli_refuse_bad_arguments_before_running_anything(tmp_path, capsys):
     with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
         grade_all(tmp_path / "nope.ipynb", tmp_path, jobs=0)
+    with pytest.raises(ValueError, match="threads must be 0 .* or more, got -1"):
+        grade_all(tmp_path / "nope.ipynb", tmp_path, limits=Limits(threads=-1))
     nb = solution_notebook()
     nb.cells = [c for c in nb.cells if not submission.grade_id(c) or not submission.grade_id(c).startswith("test_")]
     nbformat.write(nb, tmp_path / "no_tests.ipynb")
@@ -1233,7 +1235,9 @@ def test_kernels_graded_at_once_share_the_cores(monkeypatch, tmp_path):
         nbformat.write(fake_submissions()["perfect"], tmp_path / "in" / f"{student}.ipynb")
     grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=2, limits=TEST_LIMITS)
     grade_all(tmp_path / f"{EXERCISE}.ipynb", tmp_path / "in", jobs=2, limits=Limits(threads=1))
-    assert asked == [2, 2, 1, 1]
+    grade.main([str(tmp_path / f"{EXERCISE}.ipynb"), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                "-j", "1", "--threads", "3"])
+    assert asked == [2, 2, 1, 1, 3, 3]
 
 
 def test_a_kernel_given_one_thread_runs_torch_on_one(tmp_path, monkeypatch):
