@@ -55,11 +55,21 @@ test: setup $(VENV)/.nbgrader lint
 	$(PY) -m pytest -q tests notebooks solutions $(NBVAL)
 	$(MAKE) --no-print-directory test-cpu-kernels
 
+# The instruction sets run side by side, a core each (OMP_NUM_THREADS=1: two runs that each start a
+# thread per core slow each other's small torch calls many times over); each prints its log when done.
 test-cpu-kernels: setup
-	@for cap in $(CPU_KERNELS); do \
-	    echo "== the float-dependent tests again with ATEN_CPU_CAPABILITY=$$cap"; \
-	    ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -p no:cacheprovider $(FLOAT_TESTS) -m "not browser" || exit 1; \
-	done
+	@logs=$$(mktemp -d); pids=""; \
+	for cap in $(CPU_KERNELS); do \
+	    ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
+	        --basetemp=$$logs/tmp-$$cap $(FLOAT_TESTS) -m "not browser" > $$logs/$$cap.log 2>&1 & \
+	    pids="$$pids $$!"; \
+	done; \
+	status=0; set -- $(CPU_KERNELS); \
+	for pid in $$pids; do \
+	    wait $$pid || status=1; \
+	    echo "== the float-dependent tests again with ATEN_CPU_CAPABILITY=$$1"; cat $$logs/$$1.log; shift; \
+	done; \
+	rm -rf $$logs; exit $$status
 
 # ruff (configured in pyproject.toml) over the code, the tests and every notebook
 lint: setup
