@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, median_time, same_threads
 from course_lib.conv import conv2d_naive, conv_geometry
-from course_lib.machinery.fast_conv import Workspace, conv2d, conv2d_backward, unfold_batched
+from course_lib.machinery.fast_conv import (ROW_SHIFT_MIN_DEPTH, Workspace, conv2d, conv2d_backward,
+                                            row_shift_columns, row_shift_products, unfold_batched)
 
 # name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding,
 # forward target, backward target (None: reported beside its floor, not held)
@@ -37,15 +38,22 @@ def _torch_backward(dout, x, w, stride, padding):
         [True, True, True])
 
 
-def _gemm_alone(x, w, stride, padding) -> float:
-    """Seconds for conv2d's one batched GEMM by itself, its columns already built: the floor
-    under ``conv2d`` as it is built (reported beside the forward ratio: what is left for the
-    copies around it). Per-image products (``conv2d_im2col``'s) can be faster on small layers."""
-    K, _, KH, KW = w.shape
+def _gemm_alone(x, w, stride, padding) -> tuple[float, str]:
+    """Seconds for conv2d's matrix multiplies by themselves, their columns already built: the floor
+    under ``conv2d`` as it is built (reported beside the forward ratio: what is left for the copies
+    around them), and which route it is. One batched GEMM on narrow layers; on wide ones
+    (``conv2d_row_shift``) KH GEMMs adding into one output. Per-image products
+    (``conv2d_im2col``'s) can be faster on small layers."""
+    K, C, KH, KW = w.shape
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
+    if C * KW >= ROW_SHIFT_MIN_DEPTH:
+        cols = [c.copy() for c in row_shift_columns(x, KH, KW, SH, SW, PH, PW, H_out, W_out)]
+        workspace = Workspace()
+        return median_time(lambda: row_shift_products(cols, w, SH, W_out, workspace), min_time=0.05), \
+            f"{KH} GEMMs adding up (row shift)"
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out).copy()   # (C*KH*KW, N*L)
     w_row, out = w.reshape(K, -1), np.empty((K, cols.shape[1]), dtype=np.float32)
-    return median_time(lambda: np.matmul(w_row, cols, out=out), min_time=0.05)
+    return median_time(lambda: np.matmul(w_row, cols, out=out), min_time=0.05), "one GEMM"
 
 
 def run() -> list[Result]:
@@ -66,11 +74,11 @@ def run() -> list[Result]:
             t_ours = median_time(lambda: conv2d(x, w, b, stride, padding, workspace), min_time=0.05)
             tb_torch = median_time(lambda: _torch_backward(doutt, xt, wt, stride, padding), min_time=0.05)
             tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding, workspace), min_time=0.05)
-        t_gemm = _gemm_alone(x, w, stride, padding)
+        t_gemm, route = _gemm_alone(x, w, stride, padding)
         note = f"torch {t_torch * 1e3:.2f} ms, ours {t_ours * 1e3:.2f} ms, {threads} threads"
         results.append(Result("conv forward", name, t_ours / t_torch, target, note=note))
-        results.append(Result("conv forward", name + ": numpy's GEMM alone", t_gemm / t_torch,
-                              note=f"GEMM {t_gemm * 1e3:.2f} ms of ours {t_ours * 1e3:.2f} ms; the rest is copies"))
+        results.append(Result("conv forward", name + ": its GEMMs alone", t_gemm / t_torch,
+                              note=f"{route}: {t_gemm * 1e3:.2f} ms of ours {t_ours * 1e3:.2f} ms; the rest is copies"))
         note = f"torch {tb_torch * 1e3:.2f} ms, ours {tb_ours * 1e3:.2f} ms"
         results.append(Result("conv backward", name, tb_ours / tb_torch, backward_target, note=note))
 

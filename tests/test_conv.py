@@ -16,7 +16,7 @@ from course_lib.conv import (LECTURE_PADDING_EXAMPLE, ParamCount, col2im, conv2d
                              conv2d_backward_naive, conv2d_im2col, conv2d_naive, conv_geometry, conv_output_size,
                              conv_param_count, im2col, pad2d, receptive_field_1d, receptive_field_sizes)
 from course_lib.gradcheck import check_gradient
-from course_lib.machinery import threads
+from course_lib.machinery import fast_conv, threads
 from course_lib.machinery.fast_conv import Workspace, conv2d, conv2d_backward, unfold_batched
 
 FORWARDS = [conv2d_naive, conv2d_im2col, conv2d]
@@ -416,6 +416,40 @@ def test_splitting_over_threads_changes_no_bit(case):
         np.testing.assert_array_equal(conv2d(x, w, b, stride, padding), out)
         for got, expected in zip(conv2d_backward(dout, x, w, stride, padding), grads):
             np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_the_row_shift_forward_equals_torch_on_every_shape(case):
+    """conv2d_row_shift (conv2d's route on wide layers), forced onto every shape by a threshold of 1;
+    the same bits with threads and a workspace."""
+    x, w, b, stride, padding = case
+    expected = _torch_conv(x, w, b, stride, padding)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(fast_conv, "ROW_SHIFT_MIN_DEPTH", 1)
+        got = conv2d(x, w, b, stride, padding)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(conv2d(x, w, None, stride, padding), expected - b[:, None, None],
+                                   rtol=1e-10, atol=1e-10)
+        with _forced_threads(3):
+            np.testing.assert_array_equal(conv2d(x, w, b, stride, padding, Workspace()), got)
+
+
+def test_a_wide_float32_layer_takes_the_row_shift_route_and_matches_torch(rng, monkeypatch):
+    x = rng.standard_normal((4, 64, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    routes = []
+    monkeypatch.setattr(fast_conv, "conv2d_row_shift",
+                        lambda *args, real=fast_conv.conv2d_row_shift: routes.append(1) or real(*args))
+    for stride in (1, 2):
+        expected = F.conv2d(*(torch.from_numpy(a) for a in (x, w, b)), stride=stride, padding=1).numpy()
+        got = conv2d(x, w, b, stride, 1, Workspace())
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert routes == [1, 1], "a 64-channel 3x3 layer should take conv2d_row_shift"
+    conv2d(x[:, :8], w[:, :8], b, 1, 1)                       # C*KW = 24: the one-GEMM route
+    assert routes == [1, 1]
 
 
 def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, monkeypatch):

@@ -2,10 +2,13 @@
 
 Not the lecture. ``course_lib.conv`` holds the algorithm (im2col, one matrix
 multiply, its transposes for the backward pass); this module computes the same
-thing, faster, in three ways a student need not read:
+thing, faster, in four ways a student need not read:
 
 * the whole batch in the columns of ONE matrix, so one large GEMM covers it
   (``unfold_batched``), instead of ``conv2d_im2col``'s N small ones;
+* on wide layers (C*KW >= ``ROW_SHIFT_MIN_DEPTH``) the forward pass copies
+  each pixel KW times instead of KH*KW times (``conv2d_row_shift``): im2col
+  along the width only, then KH matrix multiplies that add into one output;
 * the copies before and after the GEMM split over the cores
   (``course_lib.machinery.threads``): numpy would do them on one core while
   the GEMM uses them all;
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from scipy.linalg.blas import get_blas_funcs
 
 from course_lib.checks import check_conv
 from course_lib.conv import check_conv_backward, conv_geometry
 from course_lib.machinery.threads import for_each_slice
+
+ROW_SHIFT_MIN_DEPTH = 64   # C*KW from which conv2d takes conv2d_row_shift (LeNet's 5 and 30 stay below)
 
 
 class Workspace:
@@ -181,8 +187,9 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
       3. swap the K and N axes back to NCHW, adding the bias on the way.
     Steps 1 and 3 are copies that numpy would do on one core while the GEMM
     uses them all; they are split between the cores, the images shared out
-    among them (``course_lib.machinery.threads``).
-    Equal to ``F.conv2d`` (float32: to rounding).
+    among them (``course_lib.machinery.threads``). On wide layers (C*KW at least
+    ``ROW_SHIFT_MIN_DEPTH``, float32 or float64) ``conv2d_row_shift`` computes the
+    same with a third of the copying. Equal to ``F.conv2d`` (float32: to rounding).
 
     Parameters
     ----------
@@ -199,6 +206,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     x, w, b = check_conv(x, w, b)
     N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
+    if x.shape[1] * KW >= ROW_SHIFT_MIN_DEPTH and x.dtype == w.dtype and x.dtype in (np.float32, np.float64):
+        return conv2d_row_shift(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace)
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L), the copy
     w_row = w.reshape(K, -1)                                                     # (K, C*KH*KW)
     out_mat = _temporary(workspace, "out", (K, cols.shape[1]), np.result_type(w, cols))
@@ -246,3 +255,94 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
     np.matmul(w_row.T, dout_mat, out=dcols)                                     # (C*KH*KW, N*L)
     dx = _fold_batched(dcols.reshape(C, KH, KW, N, H_out, W_out), H, W, SH, SW, PH, PW, workspace)
     return dx, dw, db
+
+
+
+def row_shift_columns(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, PW: int,
+                      H_out: int, W_out: int, workspace: Workspace | None = None) -> list[np.ndarray]:
+    """im2col along the width only, in channels-last order: one matrix per row phase.
+
+    x : (N, C, H, W)
+    returns : min(SH, KH) matrices ``cols[a]``, each (N*Hq*W_out, KW*C), Hq = H_out + (KH-1)//SH;
+              row (n, q, j), column (v, c) holds xp[n, c, SH*q + a, SW*j + v] (xp: x zero-padded,
+              zero past its bottom edge too). Each row is KW*C numbers that lie side by side in
+              a channels-last copy of xp, so every window row is one contiguous copy.
+    """
+    N, C, H, W = x.shape
+    Hq = H_out + (KH - 1) // SH
+    Hx, Wx = SH * Hq, SW * (W_out - 1) + KW          # the padded rows and columns some tap reads
+    rows, columns = max(0, min(H, Hx - PH)), max(0, min(W, Wx - PW))
+    xh = _temporary(workspace, "channels_last", (N, Hx, Wx, C), x.dtype)
+    sN, sH, sW, sC = xh.strides
+    windows = [as_strided(xh[:, a:], shape=(N, Hq, W_out, KW, C), strides=(sN, sH * SH, sW * SW, sW, sC),
+                          writeable=False) for a in range(min(SH, KH))]
+    cols = [_temporary(workspace, f"row_phase_{a}", view.shape, x.dtype) for a, view in enumerate(windows)]
+
+    def copy(s: slice) -> None:
+        for n in range(s.start, s.stop):   # one image at a time: its channels-last copy is still in cache
+            xh[n, :PH] = 0                 # zero the border, copy the inside channels-last
+            xh[n, PH + rows:] = 0
+            xh[n, PH:PH + rows, :PW] = 0
+            xh[n, PH:PH + rows, PW + columns:] = 0
+            xh[n, PH:PH + rows, PW:PW + columns] = x[n, :, :rows, :columns].transpose(1, 2, 0)
+            for phase, view in zip(cols, windows):
+                phase[n] = view[n]
+    for_each_slice(copy, N, 2 * sum(phase.nbytes for phase in cols))
+    cols = [phase.reshape(N * Hq * W_out, KW * C) for phase in cols]
+    return cols
+
+
+def row_shift_products(cols: list[np.ndarray], w: np.ndarray, SH: int, W_out: int,
+                       workspace: Workspace | None = None) -> np.ndarray:
+    """The KH matrix multiplies of ``conv2d_row_shift``, added into one (K, M) matrix by BLAS itself.
+
+    cols : from ``row_shift_columns``;  w : (K, C, KH, KW), cols' dtype
+    returns : acc (K, M), M = N*Hq*W_out - (KH-1)//SH * W_out, in ``workspace`` when one is lent;
+              acc[k, (n, i, j)] is output (n, k, i, j) less the bias, for i < H_out
+
+    Tap row u reads phase u % SH, u // SH rows further down: W_u (K, KW*C) times the
+    columns shifted by (u // SH) * W_out positions. numpy's matmul cannot add into
+    its output; BLAS's GEMM can (beta = 1), through scipy's interface to it.
+    """
+    K, C, KH, KW = w.shape
+    M = cols[0].shape[0] - (KH - 1) // SH * W_out
+    acc = _temporary(workspace, "acc", (K, M), cols[0].dtype)
+    gemm = get_blas_funcs("gemm", (cols[0],))
+    for u in range(KH):
+        shifted = cols[u % SH][(u // SH) * W_out:(u // SH) * W_out + M]          # (M, KW*C), contiguous
+        w_u = np.ascontiguousarray(w[:, :, u, :].transpose(0, 2, 1)).reshape(K, KW * C)   # (K, (v, c))
+        # acc.T (M, K), Fortran order, += shifted @ w_u.T: the same memory as acc
+        done = gemm(1.0, shifted.T, w_u.T, trans_a=1, beta=0.0 if u == 0 else 1.0, c=acc.T, overwrite_c=1)
+        if not np.shares_memory(done, acc):
+            raise RuntimeError("BLAS wrote the product to a copy of the output: scipy's GEMM interface changed")
+    return acc
+
+
+def conv2d_row_shift(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, SH: int, SW: int, PH: int, PW: int,
+                     H_out: int, W_out: int, workspace: Workspace | None = None) -> np.ndarray:
+    """``conv2d`` on wide layers: each pixel copied KW times instead of KH*KW times.
+
+        out[n, :, i, j] = sum over u of  W_u @ (row SH*i + u of the padded image, windows of width KW)
+
+    The KH rows of a window differ only by which image row they start at, so one
+    width-only im2col (``row_shift_columns``) serves every tap row u, shifted by
+    u rows; the KH products add up in one output matrix (``row_shift_products``),
+    which is then turned back into NCHW with the bias added. Measured against
+    the one-GEMM path in docs/benchmarks.md. Same arguments as ``conv2d`` after
+    its checks (x and w of one float dtype); returns new (N, K, H_out, W_out).
+    """
+    N, K, KH, KW = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    cols = row_shift_columns(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)
+    acc = row_shift_products(cols, w, SH, W_out, workspace)                   # (K, M)
+    item, Hq = acc.itemsize, H_out + (KH - 1) // SH
+    valid = as_strided(acc, shape=(K, N, H_out, W_out),                        # positions (n, i < H_out, j)
+                       strides=(acc.strides[0], Hq * W_out * item, W_out * item, item), writeable=False)
+    out = np.empty((N, K, H_out, W_out), dtype=acc.dtype)
+
+    def back(s: slice) -> None:
+        if b is None:
+            out[s] = valid[:, s].transpose(1, 0, 2, 3)
+        else:
+            np.add(valid[:, s].transpose(1, 0, 2, 3), b[:, None, None], out=out[s])
+    for_each_slice(back, N, 2 * out.nbytes)
+    return out
