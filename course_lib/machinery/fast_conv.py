@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from scipy.linalg.blas import get_blas_funcs
 
 from course_lib.checks import check_conv
 from course_lib.conv import check_conv_backward, conv_geometry
@@ -304,6 +303,7 @@ def row_shift_products(cols: list[np.ndarray], w: np.ndarray, SH: int, W_out: in
     columns shifted by (u // SH) * W_out positions. numpy's matmul cannot add into
     its output; BLAS's GEMM can (beta = 1), through scipy's interface to it.
     """
+    from scipy.linalg.blas import get_blas_funcs   # here: importing scipy.linalg takes 0.16 s
     K, C, KH, KW = w.shape
     M = cols[0].shape[0] - (KH - 1) // SH * W_out
     acc = _temporary(workspace, "acc", (K, M), cols[0].dtype)
