@@ -55,12 +55,12 @@ test: setup $(VENV)/.nbgrader lint
 	$(PY) -m pytest -q tests notebooks solutions $(NBVAL)
 	$(MAKE) --no-print-directory test-cpu-kernels
 
-# The instruction sets run side by side, a core each (OMP_NUM_THREADS=1: two runs that each start a
-# thread per core slow each other's small torch calls many times over); each prints its log when done.
+# The instruction sets run side by side, a core each (two runs that each start a thread per core
+# slow each other's small torch calls many times over); each prints its log when done.
 test-cpu-kernels: setup
 	@logs=$$(mktemp -d); pids=""; \
 	for cap in $(CPU_KERNELS); do \
-	    ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
+	    ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=1 COURSE_LIB_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
 	        --basetemp=$$logs/tmp-$$cap $(FLOAT_TESTS) -m "not browser" > $$logs/$$cap.log 2>&1 & \
 	    pids="$$pids $$!"; \
 	done; \

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import Result, median_time, same_threads
 from course_lib.conv import conv2d_naive, conv_geometry
-from course_lib.machinery.fast_conv import (ROW_SHIFT_MIN_DEPTH, Workspace, conv2d, conv2d_backward,
-                                            row_shift_columns, row_shift_products, unfold_batched)
+from course_lib.machinery.fast_conv import (Workspace, conv2d, conv2d_backward, row_shift_columns,
+                                            row_shift_products, takes_row_shift, unfold_batched)
 
 # name, x shape (N, C, H, W), w shape (K, C, KH, KW), stride, padding,
 # forward target, backward target (None: reported beside its floor, not held)
@@ -46,7 +46,7 @@ def _gemm_alone(x, w, stride, padding) -> tuple[float, str]:
     (``conv2d_im2col``'s) can be faster on small layers."""
     K, C, KH, KW = w.shape
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    if C * KW >= ROW_SHIFT_MIN_DEPTH:
+    if takes_row_shift(x, w, SH):
         cols = [c.copy() for c in row_shift_columns(x, KH, KW, SH, SW, PH, PW, H_out, W_out)]
         workspace = Workspace()
         return median_time(lambda: row_shift_products(cols, w, SH, W_out, workspace), min_time=0.05), \

@@ -323,7 +323,7 @@ def threads_env(threads: int, env: dict[str, str] | None = None) -> dict[str, st
     """
     env = dict(os.environ if env is None else env)
     for name in THREAD_VARIABLES:
-        env.setdefault(name, str(threads))
+        env.setdefault(name, str(min(threads, 8) if name == "COURSE_LIB_THREADS" else threads))  # its own cap
     return env
 
 

@@ -515,11 +515,12 @@ def grade_all(solution: Path, submissions: Path, jobs: int = 2, limits: Limits |
     if limits is not None and limits.threads < 0:
         raise ValueError(f"threads must be 0 (the cores divided among the jobs) or more, got {limits.threads}")
     limits = limits or Limits()
-    limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()),
-                     threads=limits.threads or cores_per_process(jobs))   # else -j 2 runs tens of times slower
+    limits = replace(limits, hidden=(*limits.hidden, solution.resolve().parent, submissions.resolve()))
     choose(limits.confinement)   # refuse now, not once per student, when the sandbox is required and cannot start
     instructor = load_instructor(solution)
     subs = find_submissions(submissions, solution.name)
+    # the kernels running at once share the cores (threads_env: else -j 2 runs tens of times slower)
+    limits = replace(limits, threads=limits.threads or cores_per_process(min(jobs, max(1, len(subs)))))
     exercise, modules, files = solution.stem, test_modules(instructor), assignment_files(files_from)
     settings = (limits.cell, limits.notebook, repr(limits.confinement))
     context = store.context(solution, files, settings) if reuse is not None else ""

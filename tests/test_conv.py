@@ -449,6 +449,10 @@ def test_a_wide_float32_layer_takes_the_row_shift_route_and_matches_torch(rng, m
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert routes == [1, 1], "a 64-channel 3x3 layer should take conv2d_row_shift"
     conv2d(x[:, :8], w[:, :8], b, 1, 1)                       # C*KW = 24: the one-GEMM route
+    conv2d(x, w[:, :, :1, :1], b)                             # 1x1: no kernel rows to share
+    conv2d(x, w[:, :, :2], b, 2, 1)                           # KH = 2 = SH: none either
+    empty = conv2d(x[:0], w, b, 1, 1)                         # an empty batch, like F.conv2d
+    assert empty.shape == (0, 32, 12, 12) and empty.dtype == np.float32
     assert routes == [1, 1]
 
 

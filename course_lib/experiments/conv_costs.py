@@ -141,8 +141,9 @@ def im2col_gemm_timings(layers, repeats: int = 5, warmup: int = 1, seed: int = 0
     For each ``ConvLayer`` (random input and filters, no bias), with L = H_out*W_out:
 
     - copy: the im2col matrix cols (C*KH*KW, N*L), written by the tuned
-      ``conv2d``'s own copy (``unfold_batched``, into a reused ``Workspace``,
-      split over the cores): N*C*KH*KW*L numbers, about KH*KW/S^2 times the input;
+      one-GEMM route's copy (``unfold_batched``, into a reused ``Workspace``,
+      split over the cores; ``conv2d`` copies less on wide layers, ``takes_row_shift``):
+      N*C*KH*KW*L numbers, about KH*KW/S^2 times the input;
     - gemm: numpy's GEMM alone, W_row (K, C*KH*KW) @ cols -> (K, N*L), its
       columns already built: 2*K*C*KH*KW*N*L flops (one multiply, one add each);
     - torch: PyTorch's whole ``F.conv2d`` on the CPU (oneDNN): the same flops.

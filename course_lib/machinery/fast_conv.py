@@ -6,9 +6,9 @@ thing, faster, in four ways a student need not read:
 
 * the whole batch in the columns of ONE matrix, so one large GEMM covers it
   (``unfold_batched``), instead of ``conv2d_im2col``'s N small ones;
-* on wide layers (C*KW >= ``ROW_SHIFT_MIN_DEPTH``) the forward pass copies
-  each pixel KW times instead of KH*KW times (``conv2d_row_shift``): im2col
-  along the width only, then KH matrix multiplies that add into one output;
+* on wide layers (C*KW >= ``ROW_SHIFT_MIN_DEPTH``, KH > SH) the forward pass
+  copies each pixel KW times instead of KH*KW times (``conv2d_row_shift``):
+  im2col along the width only, then KH matrix multiplies that add into one output;
 * the copies before and after the GEMM split over the cores
   (``course_lib.machinery.threads``): numpy would do them on one core while
   the GEMM uses them all;
@@ -186,9 +186,10 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
       3. swap the K and N axes back to NCHW, adding the bias on the way.
     Steps 1 and 3 are copies that numpy would do on one core while the GEMM
     uses them all; they are split between the cores, the images shared out
-    among them (``course_lib.machinery.threads``). On wide layers (C*KW at least
-    ``ROW_SHIFT_MIN_DEPTH``, float32 or float64) ``conv2d_row_shift`` computes the
-    same with a third of the copying. Equal to ``F.conv2d`` (float32: to rounding).
+    among them (``course_lib.machinery.threads``). On wide layers whose kernel rows
+    share image rows (``takes_row_shift``: C*KW at least ``ROW_SHIFT_MIN_DEPTH``, KH > SH)
+    ``conv2d_row_shift`` computes the same copying each window row once for all KH
+    kernel rows. Equal to ``F.conv2d`` (float32: to rounding).
 
     Parameters
     ----------
@@ -205,7 +206,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     x, w, b = check_conv(x, w, b)
     N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    if x.shape[1] * KW >= ROW_SHIFT_MIN_DEPTH and x.dtype == w.dtype and x.dtype in (np.float32, np.float64):
+    if takes_row_shift(x, w, SH):
         return conv2d_row_shift(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace)
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L), the copy
     w_row = w.reshape(K, -1)                                                     # (K, C*KH*KW)
@@ -257,12 +258,21 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
 
 
 
+def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int) -> bool:
+    """Whether ``conv2d`` takes ``conv2d_row_shift``: kernel rows that share image rows (KH > SH:
+    else there is nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH``
+    deep (C*KW), x and w of one float dtype, and a batch and filters to compute."""
+    (N, C), (K, _, KH, KW) = x.shape[:2], w.shape
+    return (KH > SH and C * KW >= ROW_SHIFT_MIN_DEPTH and N > 0 and K > 0
+            and x.dtype == w.dtype and x.dtype in (np.float32, np.float64))
+
+
 def row_shift_columns(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, PW: int,
                       H_out: int, W_out: int, workspace: Workspace | None = None) -> list[np.ndarray]:
     """im2col along the width only, in channels-last order: one matrix per row phase.
 
     x : (N, C, H, W)
-    returns : min(SH, KH) matrices ``cols[a]``, each (N*Hq*W_out, KW*C), Hq = H_out + (KH-1)//SH;
+    returns : min(SH, KH) matrices ``cols[a]`` (one per row phase a), each (N*Hq*W_out, KW*C), Hq = H_out + (KH-1)//SH;
               row (n, q, j), column (v, c) holds xp[n, c, SH*q + a, SW*j + v] (xp: x zero-padded,
               zero past its bottom edge too). Each row is KW*C numbers that lie side by side in
               a channels-last copy of xp, so every window row is one contiguous copy.
@@ -313,7 +323,7 @@ def row_shift_products(cols: list[np.ndarray], w: np.ndarray, SH: int, W_out: in
         w_u = np.ascontiguousarray(w[:, :, u, :].transpose(0, 2, 1)).reshape(K, KW * C)   # (K, (v, c))
         # acc.T (M, K), Fortran order, += shifted @ w_u.T: the same memory as acc
         done = gemm(1.0, shifted.T, w_u.T, trans_a=1, beta=0.0 if u == 0 else 1.0, c=acc.T, overwrite_c=1)
-        if not np.shares_memory(done, acc):
+        if not np.may_share_memory(done, acc):
             raise RuntimeError("BLAS wrote the product to a copy of the output: scipy's GEMM interface changed")
     return acc
 
