@@ -44,7 +44,7 @@ def _gemm_alone(x, w, stride, padding) -> tuple[float, str]:
     around them), and which route it is. One batched GEMM on narrow layers; on wide ones
     (``conv2d_row_shift``) KH GEMMs adding into one output. Per-image products
     (``conv2d_im2col``'s) can be faster on small layers."""
-    K, C, KH, KW = w.shape
+    K, _, KH, KW = w.shape
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
     if takes_row_shift(x, w, SH):
         cols = [c.copy() for c in row_shift_columns(x, KH, KW, SH, SW, PH, PW, H_out, W_out)]

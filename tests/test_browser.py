@@ -338,7 +338,6 @@ def move_first_slider(page, timeout: float = 30) -> dict | None:
 
 def finish(page, root: Path, run: LabRun, started: float) -> LabRun:
     """Run All has finished: save, check the saved file, try a slider, take screenshots."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     stem = Path(run.name).stem
     try:
         run.seconds = time.monotonic() - started

@@ -75,6 +75,20 @@ def _temporary(workspace: Workspace | None, role: str, shape: tuple, dtype) -> n
     return workspace.array(role, shape, dtype)
 
 
+def _pad_into(dst: np.ndarray, src: np.ndarray, PH: int, PW: int) -> None:
+    """Zero padding into memory that exists: dst[..., PH:PH+h, PW:PW+w] = src, zeros around it.
+
+    dst : (..., Hd, Wd), any strides;  src : (..., h, w), the rest of the shape as dst's
+    (``conv.pad2d`` does the same into a new array, with np.pad)
+    """
+    h, w = src.shape[-2:]
+    dst[..., :PH, :] = 0
+    dst[..., PH + h:, :] = 0
+    dst[..., PH:PH + h, :PW] = 0
+    dst[..., PH:PH + h, PW + w:] = 0
+    dst[..., PH:PH + h, PW:PW + w] = src
+
+
 def window_view(xp: np.ndarray, KH: int, KW: int, SH: int, SW: int, H_out: int, W_out: int) -> np.ndarray:
     """A read-only *view* of every window of a padded input: no data is copied.
 
@@ -107,14 +121,7 @@ def unfold_batched(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int, P
     xp = x
     if PH or PW:
         xp = _temporary(workspace, "padded", (N, C, H + 2 * PH, W + 2 * PW), x.dtype)
-
-        def pad(s: slice) -> None:               # zero the border, copy the inside
-            xp[s, :, :PH] = 0
-            xp[s, :, PH + H:] = 0
-            xp[s, :, PH:PH + H, :PW] = 0
-            xp[s, :, PH:PH + H, PW + W:] = 0
-            xp[s, :, PH:PH + H, PW:PW + W] = x[s]
-        for_each_slice(pad, N, 2 * xp.nbytes)
+        for_each_slice(lambda s: _pad_into(xp[s], x[s], PH, PW), N, 2 * xp.nbytes)
     windows = window_view(xp, KH, KW, SH, SW, H_out, W_out).transpose(1, 2, 3, 0, 4, 5)  # a view [c, u, v, n, i, j]
     cols = _temporary(workspace, "cols", windows.shape, x.dtype)
 
@@ -257,7 +264,6 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
     return dx, dw, db
 
 
-
 def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int) -> bool:
     """Whether ``conv2d`` takes ``conv2d_row_shift``: kernel rows that share image rows (KH > SH:
     else there is nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH``
@@ -289,16 +295,11 @@ def row_shift_columns(x: np.ndarray, KH: int, KW: int, SH: int, SW: int, PH: int
 
     def copy(s: slice) -> None:
         for n in range(s.start, s.stop):   # one image at a time: its channels-last copy is still in cache
-            xh[n, :PH] = 0                 # zero the border, copy the inside channels-last
-            xh[n, PH + rows:] = 0
-            xh[n, PH:PH + rows, :PW] = 0
-            xh[n, PH:PH + rows, PW + columns:] = 0
-            xh[n, PH:PH + rows, PW:PW + columns] = x[n, :, :rows, :columns].transpose(1, 2, 0)
+            _pad_into(xh[n].transpose(2, 0, 1), x[n, :, :rows, :columns], PH, PW)   # (C, Hx, Wx) view
             for phase, view in zip(cols, windows):
                 phase[n] = view[n]
     for_each_slice(copy, N, 2 * sum(phase.nbytes for phase in cols))
-    cols = [phase.reshape(N * Hq * W_out, KW * C) for phase in cols]
-    return cols
+    return [phase.reshape(N * Hq * W_out, KW * C) for phase in cols]
 
 
 def row_shift_products(cols: list[np.ndarray], w: np.ndarray, SH: int, W_out: int,
