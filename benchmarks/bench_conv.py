@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Result, median_time, same_threads
+from benchmarks.common import Result, faults_per_call, median_time, same_threads
 from course_lib.conv import conv2d_naive, conv_geometry
 from course_lib.machinery.fast_conv import (Workspace, conv2d, conv2d_backward, row_shift_columns,
                                             row_shift_products, takes_row_shift, unfold_batched)
@@ -69,17 +69,23 @@ def run() -> list[Result]:
         out = conv2d(x, w, b, stride, padding)
         dout = rng.standard_normal(out.shape, dtype=np.float32)
         doutt = torch.from_numpy(dout)
+        calls = {"torch": lambda: F.conv2d(xt, wt, bt, stride, padding),
+                 "ours": lambda: conv2d(x, w, b, stride, padding, workspace),
+                 "torch backward": lambda: _torch_backward(doutt, xt, wt, stride, padding),
+                 "ours backward": lambda: conv2d_backward(dout, x, w, stride, padding, workspace)}
         with torch.no_grad():
-            t_torch = median_time(lambda: F.conv2d(xt, wt, bt, stride, padding), min_time=0.05)
-            t_ours = median_time(lambda: conv2d(x, w, b, stride, padding, workspace), min_time=0.05)
-            tb_torch = median_time(lambda: _torch_backward(doutt, xt, wt, stride, padding), min_time=0.05)
-            tb_ours = median_time(lambda: conv2d_backward(dout, x, w, stride, padding, workspace), min_time=0.05)
+            t = {who: median_time(call, min_time=0.05) for who, call in calls.items()}
+            faults = {who: faults_per_call(call) for who, call in calls.items()}
+        t_torch, t_ours, tb_torch, tb_ours = t.values()
         t_gemm, route = _gemm_alone(x, w, stride, padding)
-        note = f"torch {t_torch * 1e3:.2f} ms, ours {t_ours * 1e3:.2f} ms, {threads} threads"
+
+        def timed(who: str) -> str:
+            return f"{who.split()[0]} {t[who] * 1e3:.2f} ms ({faults[who]:.0f} page faults a call)"
+        note = f"{timed('torch')}, {timed('ours')}, {threads} threads"
         results.append(Result("conv forward", name, t_ours / t_torch, target, note=note))
         results.append(Result("conv forward", name + ": its GEMMs alone", t_gemm / t_torch,
                               note=f"{route}: {t_gemm * 1e3:.2f} ms of ours {t_ours * 1e3:.2f} ms; the rest is copies"))
-        note = f"torch {tb_torch * 1e3:.2f} ms, ours {tb_ours * 1e3:.2f} ms"
+        note = f"{timed('torch backward')}, {timed('ours backward')}"
         results.append(Result("conv backward", name, tb_ours / tb_torch, backward_target, note=note))
 
     x = rng.standard_normal((4, 3, 16, 16))

@@ -61,6 +61,20 @@ def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2,
     return statistics.median(samples)
 
 
+def faults_per_call(fn: Callable[[], object], calls: int = 5) -> float:
+    """Page faults per call of ``fn()`` (minor faults: fresh memory mapped in 4 KiB at a time), after one
+    untimed call: nonzero when a call gets its memory from the operating system again each time."""
+    try:
+        import resource          # POSIX only
+    except ImportError:
+        return float("nan")
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def same_threads(n: int | None = None) -> int:
     """Give torch the thread count numpy's BLAS uses (all cores), so ratios are fair."""
     import os
