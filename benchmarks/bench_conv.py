@@ -46,7 +46,7 @@ def _gemm_alone(x, w, stride, padding) -> tuple[float, str]:
     (``conv2d_im2col``'s) can be faster on small layers."""
     K, _, KH, KW = w.shape
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    if takes_row_shift(x, w, SH):
+    if takes_row_shift(x, w, SH, H_out):
         cols = [c.copy() for c in row_shift_columns(x, KH, KW, SH, SW, PH, PW, H_out, W_out)]
         workspace = Workspace()
         return median_time(lambda: row_shift_products(cols, w, SH, W_out, workspace), min_time=0.05), \

@@ -426,7 +426,9 @@ def test_the_row_shift_forward_equals_torch_on_every_shape(case):
     x, w, b, stride, padding = case
     expected = _torch_conv(x, w, b, stride, padding)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(pytest.MonkeyPatch.context()).setattr(fast_conv, "ROW_SHIFT_MIN_DEPTH", 1)
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(fast_conv, "ROW_SHIFT_MIN_DEPTH", 1)
+        patch.setattr(fast_conv, "ROW_SHIFT_MIN_ROWS", 1)
         got = conv2d(x, w, b, stride, padding)
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(conv2d(x, w, None, stride, padding), expected - b[:, None, None],
@@ -436,7 +438,7 @@ def test_the_row_shift_forward_equals_torch_on_every_shape(case):
 
 
 def test_a_wide_float32_layer_takes_the_row_shift_route_and_matches_torch(rng, monkeypatch):
-    x = rng.standard_normal((4, 64, 12, 12)).astype(np.float32)
+    x = rng.standard_normal((2, 64, 32, 32)).astype(np.float32)
     w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
     b = rng.standard_normal(32).astype(np.float32)
     routes = []
@@ -448,12 +450,59 @@ def test_a_wide_float32_layer_takes_the_row_shift_route_and_matches_torch(rng, m
         assert got.dtype == np.float32 and got.flags.c_contiguous
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert routes == [1, 1], "a 64-channel 3x3 layer should take conv2d_row_shift"
-    conv2d(x[:, :8], w[:, :8], b, 1, 1)                       # C*KW = 24: the one-GEMM route
+    conv2d(x[:, :32], w[:, :32], b, 1, 1)                     # C*KW = 96: the one-GEMM route
+    conv2d(x[:, :, :14], w, b, 1, 1)                          # 14 output rows: the one-GEMM route
     conv2d(x, w[:, :, :1, :1], b)                             # 1x1: no kernel rows to share
     conv2d(x, w[:, :, :2], b, 2, 1)                           # KH = 2 = SH: none either
     empty = conv2d(x[:0], w, b, 1, 1)                         # an empty batch, like F.conv2d
-    assert empty.shape == (0, 32, 12, 12) and empty.dtype == np.float32
+    assert empty.shape == (0, 32, 32, 32) and empty.dtype == np.float32
     assert routes == [1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_cases())
+def test_the_row_shift_backward_equals_torch_autograd_on_every_stride_1_shape(case):
+    """conv2d_backward_row_shift (conv2d_backward's route on wide stride-1 layers), forced onto every
+    shape by a threshold of 1: taken exactly where its rule holds (KH > 1, PH < KH, PW < KW); the
+    same bits with threads and a workspace."""
+    x, w, b, _, padding = case
+    dout = np.random.default_rng(1).standard_normal(_torch_conv(x, w, b, 1, padding).shape)
+    expected = _torch_conv(x, w, b, 1, padding, dout)
+    (PH, PW), (KH, KW) = ((padding, padding) if isinstance(padding, int) else padding), w.shape[2:]
+    routes = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fast_conv, "ROW_SHIFT_MIN_DEPTH", 1)
+        patch.setattr(fast_conv, "ROW_SHIFT_MIN_ROWS", 1)
+        patch.setattr(fast_conv, "conv2d_backward_row_shift",
+                      lambda *args, real=fast_conv.conv2d_backward_row_shift: routes.append(1) or real(*args))
+        got = conv2d_backward(dout, x, w, 1, padding)
+        for name, g, e in zip(("dx", "dw", "db"), got, expected):
+            assert g.shape == e.shape and g.flags.c_contiguous, name
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=name)
+        with _forced_threads(3):
+            for g, again in zip(got, conv2d_backward(dout, x, w, 1, padding, Workspace())):
+                np.testing.assert_array_equal(again, g)
+    assert len(routes) == 2 * (KH > 1 and PH < KH and PW < KW)
+
+
+def test_a_wide_float32_stride_1_layer_takes_the_row_shift_backward_and_matches_torch(rng, monkeypatch):
+    x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
+    routes = []
+    monkeypatch.setattr(fast_conv, "conv2d_backward_row_shift",
+                        lambda *args, real=fast_conv.conv2d_backward_row_shift: routes.append(1) or real(*args))
+    for stride, padding in ((1, 1), (2, 1), (1, 3)):          # only the first: stride 2; padding 3 >= KH
+        out = F.conv2d(*(torch.from_numpy(a) for a in (x, w)), stride=stride, padding=padding)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        expected = _torch_conv(x, w, np.zeros(32, np.float32), stride, padding, dout)
+        for name, got, exp in zip(("dx", "dw", "db"), conv2d_backward(dout, x, w, stride, padding, Workspace()),
+                                  expected):
+            assert got.dtype == np.float32, name
+            np.testing.assert_allclose(got, exp, rtol=1e-3, atol=1e-3 * np.abs(exp).max(), err_msg=name)
+    assert routes == [1], "a 64-channel 3x3 stride-1 layer should take conv2d_backward_row_shift"
+    dout = rng.standard_normal((2, 32, 16, 16))               # float64 beside a float32 x: the im2col route
+    conv2d_backward(dout, x, w, 1, 1)
+    assert routes == [1]
 
 
 def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, monkeypatch):

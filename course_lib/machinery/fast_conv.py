@@ -6,9 +6,10 @@ thing, faster, in four ways a student need not read:
 
 * the whole batch in the columns of ONE matrix, so one large GEMM covers it
   (``unfold_batched``), instead of ``conv2d_im2col``'s N small ones;
-* on wide layers (C*KW >= ``ROW_SHIFT_MIN_DEPTH``, KH > SH) the forward pass
-  copies each pixel KW times instead of KH*KW times (``conv2d_row_shift``):
-  im2col along the width only, then KH matrix multiplies that add into one output;
+* on wide, tall layers (``takes_row_shift``) each pixel is copied KW times instead
+  of KH*KW times (``conv2d_row_shift``): im2col along the width only, then KH
+  matrix multiplies that add into one output; at stride 1 the backward pass
+  too (``conv2d_backward_row_shift``), with no column matrix of its gradient;
 * the copies before and after the GEMM split over the cores
   (``course_lib.machinery.threads``): numpy would do them on one core while
   the GEMM uses them all;
@@ -30,7 +31,8 @@ from course_lib.checks import check_conv
 from course_lib.conv import check_conv_backward, conv_geometry
 from course_lib.machinery.threads import for_each_slice
 
-ROW_SHIFT_MIN_DEPTH = 64   # C*KW from which conv2d takes conv2d_row_shift (LeNet's 5 and 30 stay below)
+ROW_SHIFT_MIN_DEPTH = 128  # C*KW from which conv2d may take conv2d_row_shift (LeNet's 5, 30 and 80 stay below)
+ROW_SHIFT_MIN_ROWS = 16    # output rows H_out it needs: each image adds (KH-1)//SH rows no output uses
 
 
 class Workspace:
@@ -194,7 +196,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     Steps 1 and 3 are copies that numpy would do on one core while the GEMM
     uses them all; they are split between the cores, the images shared out
     among them (``course_lib.machinery.threads``). On wide layers whose kernel rows
-    share image rows (``takes_row_shift``: C*KW at least ``ROW_SHIFT_MIN_DEPTH``, KH > SH)
+    share image rows (``takes_row_shift``: deep and tall enough, KH > SH)
     ``conv2d_row_shift`` computes the same copying each window row once for all KH
     kernel rows. Equal to ``F.conv2d`` (float32: to rounding).
 
@@ -213,7 +215,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     x, w, b = check_conv(x, w, b)
     N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    if takes_row_shift(x, w, SH):
+    if takes_row_shift(x, w, SH, H_out):
         return conv2d_row_shift(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace)
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L), the copy
     w_row = w.reshape(K, -1)                                                     # (K, C*KH*KW)
@@ -250,6 +252,8 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
     """
     dout, x, w, ((SH, SW), (PH, PW), (H_out, W_out)) = check_conv_backward(dout, x, w, stride, padding)
     (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    if takes_row_shift(x, w, SH, H_out) and SH == SW == 1 and PH < KH and PW < KW and dout.dtype == x.dtype:
+        return conv2d_backward_row_shift(dout, x, w, PH, PW, workspace)
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L)
     L = H_out * W_out
     dout_mat = _swap_batch_and_channels(dout.reshape(N, K, L),                  # (K, N*L)
@@ -264,12 +268,16 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
     return dx, dw, db
 
 
-def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int) -> bool:
-    """Whether ``conv2d`` takes ``conv2d_row_shift``: kernel rows that share image rows (KH > SH:
-    else there is nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH``
-    deep (C*KW), x and w of one float dtype, and a batch and filters to compute."""
+def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int, H_out: int) -> bool:
+    """Whether ``conv2d`` takes ``conv2d_row_shift`` (and, at stride 1, ``conv2d_backward`` takes
+    ``conv2d_backward_row_shift``): kernel rows that share image rows (KH > SH: else there is
+    nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH`` deep (C*KW:
+    shallower ones run slower than one deep product), at least ``ROW_SHIFT_MIN_ROWS`` output rows
+    (on short images the rows no output uses are a large share: LeNet's C5, one output row and
+    four unused, ran 4 to 5 times slower), x and w of one float dtype, and a batch and filters to
+    compute. The thresholds come from timings in docs/benchmarks.md."""
     (N, C), (K, _, KH, KW) = x.shape[:2], w.shape
-    return (KH > SH and C * KW >= ROW_SHIFT_MIN_DEPTH and N > 0 and K > 0
+    return (KH > SH and C * KW >= ROW_SHIFT_MIN_DEPTH and H_out >= ROW_SHIFT_MIN_ROWS and N > 0 and K > 0
             and x.dtype == w.dtype and x.dtype in (np.float32, np.float64))
 
 
@@ -357,3 +365,44 @@ def conv2d_row_shift(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, SH: int
             np.add(valid[:, s].transpose(1, 0, 2, 3), b[:, None, None], out=out[s])
     for_each_slice(back, N, 2 * out.nbytes)
     return out
+
+
+def conv2d_backward_row_shift(dout: np.ndarray, x: np.ndarray, w: np.ndarray, PH: int, PW: int,
+                              workspace: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``conv2d_backward`` on wide stride-1 layers, without the KH*KW-fold column matrix.
+
+        dW_u = D @ (the width-only columns of x, shifted u rows)     one (K, KW*C) block per tap row u
+        dx   = conv2d(dout, w flipped and with K and C swapped, padding KH-1-PH, KW-1-PW)
+
+    The first line is ``row_shift_products``'s forward rule with the matrix-multiply gradient
+    (dB = A.T @ dY for each of the KH products): D is dout as a (K, positions) matrix, zero at
+    the positions no output uses; the KH products are done as one, D shifted u rows for each u
+    and stacked, (KH*K, positions) @ columns. The second is the transposed convolution: at
+    stride 1 input pixel (r, t) collects w[k, c, u, v] * dout[n, k, r+PH-u, t+PW-v] over k, u, v,
+    a convolution of dout with the filters turned 180 degrees, so it takes ``conv2d``'s own route.
+    Same arguments and results as ``conv2d_backward`` after its checks (stride 1, PH < KH,
+    PW < KW, dout, x and w of one float dtype).
+    """
+    N, C, H, W = x.shape
+    K, _, KH, KW = w.shape
+    H_out, W_out = dout.shape[2:]
+    Hq = H_out + KH - 1
+    cols = row_shift_columns(x, KH, KW, 1, 1, PH, PW, H_out, W_out, workspace)[0]   # (N*Hq*W_out, KW*C)
+    positions = N * Hq * W_out
+    D_shifted = _temporary(workspace, "dout_shifted", (KH, K, positions), dout.dtype)
+    D = D_shifted[0].reshape(K, N, Hq, W_out)                                   # dout at positions (n, q, j)
+    db = np.empty(K, dtype=dout.dtype)
+
+    def spread(s: slice) -> None:              # this thread's filters k
+        D[s, :, :H_out] = dout[:, s].transpose(1, 0, 2, 3)
+        D[s, :, H_out:] = 0                    # the rows no output uses
+        db[s] = D_shifted[0, s].sum(axis=1)    # dout summed over n, i, j, while in the cache
+        for u in range(1, KH):                 # D_shifted[u, k, m] = D[k, m - u*W_out], zero before
+            D_shifted[u, s, :u * W_out] = 0
+            D_shifted[u, s, u * W_out:] = D_shifted[0, s, :positions - u * W_out]
+    for_each_slice(spread, K, 2 * D_shifted.nbytes)
+    dw_rows = D_shifted.reshape(KH * K, positions) @ cols                      # (KH*K, KW*C): dW_u[k, (v, c)]
+    dw = np.ascontiguousarray(dw_rows.reshape(KH, K, KW, C).transpose(1, 3, 0, 2), dtype=w.dtype)
+    w_turned = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, KH, KW)
+    dx = conv2d(dout, w_turned, None, 1, (KH - 1 - PH, KW - 1 - PW), workspace)  # after dW: same buffers
+    return dx, dw, db
