@@ -12,19 +12,31 @@ import platform
 import sys
 from pathlib import Path
 
-# glibc hands a large freed block back to the operating system when it lies at the top of the heap,
-# and the next large allocation then comes as fresh pages, one page fault per 4 KiB. Whether that
-# happens depends on what the process freed before: F.conv2d on the ResNet stride-1 layer took 9 ms
-# in one process and 18 ms (9,000 page faults per call, for its output) in the next. Both libraries
-# are timed in the steady state a training loop reaches: large blocks stay in the heap.
-# (docs/benchmarks.md, "Page faults in the reference")
-STEADY_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+# glibc hands a large freed block back to the operating system (mmap'd blocks always, others when
+# they lie at the top of the heap), and the next large allocation then comes as fresh pages, one
+# page fault per 4 KiB. Whether that happens depends on what the process freed before: F.conv2d on
+# the ResNet stride-1 layer took 9 ms in one process and 18 ms (9,000 page faults per call, for its
+# output and temporaries) in the next. Both libraries are timed in the steady state a training loop
+# reaches: blocks up to 32 MiB (the largest mmap threshold every glibc accepts) come from the heap,
+# which is never trimmed. (docs/benchmarks.md, "Page faults in the reference")
+STEADY_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 25), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
+def _started_with(name: str) -> str | None:
+    """The value ``name`` had when this process started (Linux: /proc/self/environ), else os.environ's."""
+    try:
+        items = Path("/proc/self/environ").read_bytes().split(b"\0")
+    except OSError:
+        return os.environ.get(name)
+    start = dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
+    return start.get(name)
 
 
 def main(argv: list[str]) -> int:
-    if any(os.environ.get(k) != v for k, v in STEADY_HEAP.items()):   # read when the process starts:
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks", *argv],  # start again with them
-                  {**os.environ, **STEADY_HEAP})
+    if platform.libc_ver()[0] == "glibc" and any(_started_with(k) != v for k, v in STEADY_HEAP.items()):
+        # glibc reads them when a process starts: start again with them, with the same flags
+        args = getattr(sys, "orig_argv", None) or [sys.executable, "-m", "benchmarks", *argv]
+        os.execve(sys.executable, [sys.executable, *args[1:]], {**os.environ, **STEADY_HEAP})
     # As `make` and the course kernel do (see the Makefile): OpenBLAS's idle workers sleep at once
     # instead of spinning for 0.1 s on a core the next numpy copy needs. Read when numpy loads.
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
@@ -36,7 +48,7 @@ def main(argv: list[str]) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"numpy {np.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']}, "
-          + ", ".join(f"{k}={os.environ.get(k)}" for k in STEADY_HEAP))
+          + ", ".join(f"{k}={_started_with(k)}" for k in STEADY_HEAP))
     print("\n| section | case | measured | target | status | note |\n|---|---|---|---|---|---|")
     results = []
     for name in names:

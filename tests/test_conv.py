@@ -491,18 +491,20 @@ def test_a_wide_float32_stride_1_layer_takes_the_row_shift_backward_and_matches_
     routes = []
     monkeypatch.setattr(fast_conv, "conv2d_backward_row_shift",
                         lambda *args, real=fast_conv.conv2d_backward_row_shift: routes.append(1) or real(*args))
-    for stride, padding in ((1, 1), (2, 1), (1, 3)):          # only the first: stride 2; padding 3 >= KH
+    workspace = Workspace()                                   # one, reused by every shape below
+    for stride, padding in ((1, 1), (2, 1), (1, 3), (1, 1)):  # not the middle two: stride 2; padding 3 >= KH
         out = F.conv2d(*(torch.from_numpy(a) for a in (x, w)), stride=stride, padding=padding)
         dout = rng.standard_normal(out.shape).astype(np.float32)
         expected = _torch_conv(x, w, np.zeros(32, np.float32), stride, padding, dout)
-        for name, got, exp in zip(("dx", "dw", "db"), conv2d_backward(dout, x, w, stride, padding, Workspace()),
+        for name, got, exp in zip(("dx", "dw", "db"), conv2d_backward(dout, x, w, stride, padding, workspace),
                                   expected):
             assert got.dtype == np.float32, name
             np.testing.assert_allclose(got, exp, rtol=1e-3, atol=1e-3 * np.abs(exp).max(), err_msg=name)
-    assert routes == [1], "a 64-channel 3x3 stride-1 layer should take conv2d_backward_row_shift"
+    assert routes == [1, 1], "a 64-channel 3x3 stride-1 layer should take conv2d_backward_row_shift"
     dout = rng.standard_normal((2, 32, 16, 16))               # float64 beside a float32 x: the im2col route
-    conv2d_backward(dout, x, w, 1, 1)
-    assert routes == [1]
+    dx, dw, db = conv2d_backward(dout, x, w, 1, 1)
+    assert (dx.dtype, dw.dtype, db.dtype) == (np.float32, np.float32, np.float64)
+    assert routes == [1, 1]
 
 
 def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, monkeypatch):

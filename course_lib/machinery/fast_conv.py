@@ -236,7 +236,8 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
         dW_row = dout_mat @ cols.T      db = dout summed over N, H_out, W_out
         dcols  = W_row.T @ dout_mat     dx = col2im(dcols)   (overlaps summed)
 
-    with ``dout_mat`` = dout as a (K, N*L) matrix.
+    with ``dout_mat`` = dout as a (K, N*L) matrix. On wide stride-1 layers
+    (``takes_row_shift``) ``conv2d_backward_row_shift`` computes the same without ``cols``.
 
     Parameters
     ----------
@@ -273,9 +274,9 @@ def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int, H_out: int) -> bool:
     ``conv2d_backward_row_shift``): kernel rows that share image rows (KH > SH: else there is
     nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH`` deep (C*KW:
     shallower ones run slower than one deep product), at least ``ROW_SHIFT_MIN_ROWS`` output rows
-    (on short images the rows no output uses are a large share: LeNet's C5, one output row and
-    four unused, ran 4 to 5 times slower), x and w of one float dtype, and a batch and filters to
-    compute. The thresholds come from timings in docs/benchmarks.md."""
+    (on short images the rows no output uses are a large share: on LeNet's C5, one output row
+    and four unused, the route took 4 to 5 times as long), x and w of one float dtype, and a
+    batch and filters to compute. The thresholds come from timings in docs/benchmarks.md."""
     (N, C), (K, _, KH, KW) = x.shape[:2], w.shape
     return (KH > SH and C * KW >= ROW_SHIFT_MIN_DEPTH and H_out >= ROW_SHIFT_MIN_ROWS and N > 0 and K > 0
             and x.dtype == w.dtype and x.dtype in (np.float32, np.float64))
