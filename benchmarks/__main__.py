@@ -22,18 +22,18 @@ from pathlib import Path
 STEADY_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 25), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 
-def _started_with(name: str) -> str | None:
-    """The value ``name`` had when this process started (Linux: /proc/self/environ), else os.environ's."""
+def _started_with() -> dict[str, str]:
+    """The environment this process started with (Linux: /proc/self/environ), else os.environ."""
     try:
         items = Path("/proc/self/environ").read_bytes().split(b"\0")
     except OSError:
-        return os.environ.get(name)
-    start = dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
-    return start.get(name)
+        return dict(os.environ)
+    return dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
 
 
 def main(argv: list[str]) -> int:
-    if platform.libc_ver()[0] == "glibc" and any(_started_with(k) != v for k, v in STEADY_HEAP.items()):
+    start = _started_with()
+    if platform.libc_ver()[0] == "glibc" and any(start.get(k) != v for k, v in STEADY_HEAP.items()):
         # glibc reads them when a process starts: start again with them, with the same flags
         args = getattr(sys, "orig_argv", None) or [sys.executable, "-m", "benchmarks", *argv]
         os.execve(sys.executable, [sys.executable, *args[1:]], {**os.environ, **STEADY_HEAP})
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"numpy {np.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']}, "
-          + ", ".join(f"{k}={_started_with(k)}" for k in STEADY_HEAP))
+          + ", ".join(f"{k}={start.get(k)}" for k in STEADY_HEAP))
     print("\n| section | case | measured | target | status | note |\n|---|---|---|---|---|---|")
     results = []
     for name in names:

@@ -164,20 +164,22 @@ def _fold_batched(dcols: np.ndarray, H: int, W: int, SH: int, SW: int, PH: int, 
 
 def _swap_batch_and_channels(a: np.ndarray, bias: np.ndarray | None = None,
                              out: np.ndarray | None = None) -> np.ndarray:
-    """(A, B, L) -> C-contiguous (B, A, L), plus ``bias[a]`` if given; the B rows split between cores.
+    """(A, B, ...) -> C-contiguous (B, A, ...), plus ``bias[a]`` if given; the B rows split between cores.
 
     Moves between the GEMM's (K, N*L) output and NCHW's (N, K, L), in both
-    directions. ``out``: where to write, a new array when None.
+    directions; ``a`` may be any view (``conv2d_row_shift`` passes one that skips
+    the rows no output uses). ``out``: where to write, a new array when None.
     """
-    A, B, L = a.shape
+    A, B, *rest = a.shape
+    order = (1, 0, *range(2, a.ndim))
     if out is None:
-        out = np.empty((B, A, L), dtype=a.dtype)   # a float64 bias does not promote a float32 output
+        out = np.empty((B, A, *rest), dtype=a.dtype)   # a float64 bias does not promote a float32 output
 
     def swap(s: slice) -> None:
         if bias is None:
-            out[s] = a[:, s].transpose(1, 0, 2)
+            out[s] = a[:, s].transpose(order)
         else:
-            np.add(a[:, s].transpose(1, 0, 2), bias[:, None], out=out[s])
+            np.add(a[:, s].transpose(order), bias.reshape(A, *[1] * len(rest)), out=out[s])
     for_each_slice(swap, B, 2 * out.nbytes)
     return out
 
@@ -357,15 +359,7 @@ def conv2d_row_shift(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, SH: int
     item, Hq = acc.itemsize, H_out + (KH - 1) // SH
     valid = as_strided(acc, shape=(K, N, H_out, W_out),                        # positions (n, i < H_out, j)
                        strides=(acc.strides[0], Hq * W_out * item, W_out * item, item), writeable=False)
-    out = np.empty((N, K, H_out, W_out), dtype=acc.dtype)
-
-    def back(s: slice) -> None:
-        if b is None:
-            out[s] = valid[:, s].transpose(1, 0, 2, 3)
-        else:
-            np.add(valid[:, s].transpose(1, 0, 2, 3), b[:, None, None], out=out[s])
-    for_each_slice(back, N, 2 * out.nbytes)
-    return out
+    return _swap_batch_and_channels(valid, b)                                  # new (N, K, H_out, W_out), + b
 
 
 def conv2d_backward_row_shift(dout: np.ndarray, x: np.ndarray, w: np.ndarray, PH: int, PW: int,
