@@ -55,21 +55,21 @@ def test_throughput_bounds_by_hand():
 
 @given(R=st.integers(1, 64), t_compute=st.floats(1e-4, 1.0), t_service=st.floats(1e-5, 1.0))
 def test_shards_needed_is_where_the_bounds_meet(R, t_compute, t_service):
-    S = shards_needed(R, t_compute, t_service)
-    assert replica_bound(R, S, t_compute, t_service) <= server_bound(S, t_service) * (1 + 1e-9), \
-        f"{S} shards keep {R} replicas replica-bound"
-    if S > 1:
-        assert replica_bound(R, S - 1, t_compute, t_service) > server_bound(S - 1, t_service), \
-            f"and {S - 1} would not: the fewest"
+    n_shards = shards_needed(R, t_compute, t_service)
+    assert replica_bound(R, n_shards, t_compute, t_service) <= server_bound(n_shards, t_service) * (1 + 1e-9), \
+        f"{n_shards} shards keep {R} replicas replica-bound"
+    if n_shards > 1:
+        assert replica_bound(R, n_shards - 1, t_compute, t_service) > server_bound(n_shards - 1, t_service), \
+            f"and {n_shards - 1} would not: the fewest"
 
 
-@given(R=st.integers(1, 64), S=st.integers(1, 64), t_compute=st.floats(1e-4, 1.0),
+@given(R=st.integers(1, 64), n_shards=st.integers(1, 64), t_compute=st.floats(1e-4, 1.0),
        t_service=st.floats(0.0, 1.0))
-def test_throughput_grows_with_replicas_and_shards_and_never_beats_either_bound(R, S, t_compute, t_service):
-    X = throughput_bound(R, S, t_compute, t_service)
-    assert X <= replica_bound(R, S, t_compute, t_service) and X <= server_bound(S, t_service)
-    assert throughput_bound(R + 1, S, t_compute, t_service) >= X
-    assert throughput_bound(R, S + 1, t_compute, t_service) >= X
+def test_throughput_grows_with_replicas_and_shards_and_never_beats_either_bound(R, n_shards, t_compute, t_service):
+    X = throughput_bound(R, n_shards, t_compute, t_service)
+    assert X <= replica_bound(R, n_shards, t_compute, t_service) and X <= server_bound(n_shards, t_service)
+    assert throughput_bound(R + 1, n_shards, t_compute, t_service) >= X
+    assert throughput_bound(R, n_shards + 1, t_compute, t_service) >= X
 
 
 @pytest.mark.parametrize("call, error, match", [
@@ -208,12 +208,12 @@ def test_throughput_sweep_returns_a_run_and_the_model_per_setting(digits):
                            seconds=0.05, min_steps=10, repeats=2, optimizer="adagrad", lr=0.03, start_method="fork")
     assert {k: out[k].shape for k in ("measured", "bound", "replica_bound", "server_bound")} == \
         dict.fromkeys(("measured", "bound", "replica_bound", "server_bound"), (2, 2))
-    for i, S in enumerate([1, 2]):
+    for i, n_shards in enumerate([1, 2]):
         for j, R in enumerate([1, 2]):
             res = out["runs"][i][j]
-            assert out["bound"][i, j] == throughput_bound(R, S, 0.002, 0.001)
+            assert out["bound"][i, j] == throughput_bound(R, n_shards, 0.002, 0.001)
             assert len(res.steps_per_replica) == R and sum(res.steps_per_replica) >= 10
-            assert len(np.unique(res.staleness[:, 0])) == S
+            assert len(np.unique(res.staleness[:, 0])) == n_shards
             assert np.isfinite(out["measured"][i, j]) and out["measured"][i, j] == measured_throughput(res) > 0
     assert not mp.active_children(), "every child was joined"
 

@@ -103,19 +103,19 @@ def throughput_sweep(model: TinyNet, x: np.ndarray, y: np.ndarray, shards, repli
         machine can only slow a run down, and a burst of load hits other settings in each pass)
     train_kwargs : for ``train_on_processes`` (optimizer, lr, start_method, ...)
 
-    Returns ``{"measured", "bound", "replica_bound", "server_bound": (n_S, n_R) steps per second,
-    "runs": [[DownpourResult]]}``, n_S = len(shards), n_R = len(replicas); row i is shards[i].
+    Returns ``{"measured", "bound", "replica_bound", "server_bound": (len(shards), len(replicas))
+    steps per second, "runs": [[DownpourResult]]}``; row i is shards[i], column j is replicas[j].
     """
     train_kwargs.setdefault("eval_interval", 0.02)
     out = {k: np.zeros((len(shards), len(replicas))) for k in ("measured", "bound", "replica_bound", "server_bound")}
     out["runs"] = [[None] * len(replicas) for _ in shards]
     for _ in range(check_int(repeats, "repeats", 1)):
-        for i, S in enumerate(shards):
+        for i, n_shards in enumerate(shards):
             for j, R in enumerate(replicas):
-                out["replica_bound"][i, j] = replica_bound(R, S, compute_time, service_time)
-                out["server_bound"][i, j] = server_bound(S, service_time)
-                out["bound"][i, j] = bound = throughput_bound(R, S, compute_time, service_time)
-                res = train_on_processes(model, x, y, n_replicas=R, n_shards=S,
+                out["replica_bound"][i, j] = replica_bound(R, n_shards, compute_time, service_time)
+                out["server_bound"][i, j] = server_bound(n_shards, service_time)
+                out["bound"][i, j] = bound = throughput_bound(R, n_shards, compute_time, service_time)
+                res = train_on_processes(model, x, y, n_replicas=R, n_shards=n_shards,
                                          total_steps=max(min_steps, round(seconds * bound)),
                                          compute_time=compute_time, service_time=service_time, **train_kwargs)
                 X = measured_throughput(res)
@@ -151,7 +151,8 @@ def runtime_resource(steps: dict, replicas, shards, throughput) -> dict[str, dic
     (n_shards used, steps per second: measured, or the model's bound).
     Returns ``{"seconds": summary, "machine_seconds": summary}``, each ``summarize`` of (n_seeds, n_R).
     """
-    both = [[runtime_and_resources(n, R, S, X) for n, R, S, X in zip(row, replicas, shards, throughput)]
+    both = [[runtime_and_resources(n, R, n_shards, X)
+             for n, R, n_shards, X in zip(row, replicas, shards, throughput)]
             for row in steps["all"]]
     return {"seconds": summarize([[t for t, _ in row] for row in both]),
             "machine_seconds": summarize([[m for _, m in row] for row in both])}

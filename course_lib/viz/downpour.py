@@ -150,8 +150,8 @@ def plot_throughput(replicas, shards, sweep: dict, compute_time: float, service_
     sweep : ``course_lib.experiments.downpour.throughput_sweep``'s result, row i for shards[i]
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (S, marker) in enumerate(zip(shards, itertools.cycle("osd^v"))):
-        color, name = f"C{i}", f"{S} shard{'s' * (S > 1)}"
+    for i, (n_shards, marker) in enumerate(zip(shards, itertools.cycle("osd^v"))):
+        color, name = f"C{i}", f"{n_shards} shard{'s' * (n_shards > 1)}"
         ax.plot(replicas, sweep["bound"][i], "-", color=color, alpha=0.7, label=f"{name}: model bound")
         ax.axhline(sweep["server_bound"][i, 0], color=color, ls=":", lw=1)
         ax.plot(replicas, sweep["measured"][i], marker, color=color, ms=8, label=f"{name}: measured")
