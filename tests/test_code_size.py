@@ -51,3 +51,16 @@ def test_a_module_over_the_limit_is_reported(tmp_path, lines, over):
     (tmp_path / "course_lib" / "big.py").write_text("x = 1\n" * lines)
     _, problems = code_size.report(tmp_path / "course_lib")
     assert any("big.py: 301 lines" in p for p in problems) == over, problems
+
+
+def test_contributing_states_todays_counts():
+    """CONTRIBUTING.md writes the reading order's size down; this keeps the figure true."""
+    import re
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    stated = re.search(r"Today \(this commit\): ([\d,]+) lines in (\d+) modules", text)
+    assert stated, "CONTRIBUTING.md should say 'Today (this commit): N lines in M modules'"
+    reading = [p for p in code_size.modules() if code_size.in_reading_order(p)]
+    measured = (sum(code_size.line_count(p) for p in reading), len(reading))
+    written = (int(stated[1].replace(",", "")), int(stated[2]))
+    assert written == measured, (f"CONTRIBUTING.md says {written[0]:,} lines in {written[1]} modules; "
+                                 f"tools/code_size.py measures {measured[0]:,} in {measured[1]}: update the sentence")

@@ -22,7 +22,7 @@ from course_lib import ddp
 from course_lib.data import load_digits
 from course_lib.lenet import TorchLeNet5
 from course_lib.machinery import ddp_cli
-from course_lib.viz.distributed import overlap_summary
+from course_lib.experiments.ddp_overlap import overlap_summary
 
 SETTINGS = settings(max_examples=30, deadline=None)
 

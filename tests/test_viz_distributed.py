@@ -17,6 +17,7 @@ import pytest
 
 from course_lib.distributed.cost import cost_rows
 from course_lib.distributed.simulate import simulate_ring_allreduce
+from course_lib.experiments.ddp_overlap import overlap_summary
 from course_lib.scaling import Timeline
 from course_lib.viz import distributed as viz
 
@@ -254,11 +255,11 @@ def test_buckets_and_overlap_from_a_log():
     assert df.loc[0, "elements"] == 850 and df.loc[0, "gradients (KiB)"] == 3.3          # 850 * 4 bytes
     assert df.loc[0, "parameters (in the order DDP adds them)"] == "out.bias, out.weight"
     assert viz.bucket_table(rows, itemsize=8).loc[0, "gradients (KiB)"] == 6.6           # float64
-    summary = viz.overlap_summary(EVENTS)
+    summary = overlap_summary(EVENTS)
     assert summary == {"grad_order": ["out.bias", "out.weight", "c1.weight", "c1.bias"],
                        "launched_before_last_grad": [0], "buckets": 2}
     one_bucket = [e for e in EVENTS if e[0] == "grad"] + [("allreduce", 0, list(SIZES), 0.0052)]
-    assert viz.overlap_summary(one_bucket)["launched_before_last_grad"] == []
+    assert overlap_summary(one_bucket)["launched_before_last_grad"] == []
 
 
 def _timeline(shift=0.0):

@@ -21,7 +21,7 @@ Reading order (import each name from the module that defines it)
                     trade-off (lesson 09).
 9. ``compression``  sign / threshold / top-k with error feedback; bytes through ring and PS
                     (lesson 12).
-9. ``pipeline``     model parallelism by layers (Dean et al.'s partitions, GPipe): the schedule,
+10. ``pipeline``    model parallelism by layers (Dean et al.'s partitions, GPipe): the schedule,
                     its bubble (S-1)/(M+S-1), an alpha-beta time and speed-up model, one stage's
                     step on send/recv (lesson 13).
 

@@ -40,6 +40,21 @@ from course_lib.scaling import CommModel, LayerCost, Timeline, iteration_timelin
 BATCH_SIZE, BUCKET_CAP_MB, PASSES = 512, 0.005, 10
 
 
+def overlap_summary(events: list) -> dict:
+    """What a backward-pass log shows about overlap.
+
+    Returns a dict: ``grad_order`` (parameter names in the order their gradients were
+    ready), ``launched_before_last_grad`` (buckets whose all-reduce started while some
+    gradient was still being computed) and ``buckets`` (how many).
+    """
+    grads = [(e[1], i) for i, e in enumerate(events) if e[0] == "grad"]
+    last_grad = max(i for _, i in grads) if grads else -1
+    launches = [(e[1], i) for i, e in enumerate(events) if e[0] == "allreduce"]
+    return {"grad_order": [name for name, _ in grads],
+            "launched_before_last_grad": [b for b, i in launches if i < last_grad],
+            "buckets": len(launches)}
+
+
 def lenet5_layers() -> list[LayerCost]:
     """LeNet-5 (``TorchLeNet5``) in forward order, for one 32 x 32 image.
 
@@ -260,6 +275,5 @@ def median_pass(run: dict) -> int:
 
 def overlap_study(x: np.ndarray, y: np.ndarray, runs: int, **setting) -> list[dict]:
     """``measure_overlap`` ``runs`` times (``setting``: its keyword arguments); every pass's row
-    from ``pass_rows``, with ``run`` (0 .. runs - 1) added. About 1 to 2 s per run on 2 cores
-    (lesson 8, part 3b: 1.1 s on a quiet machine, 2 s beside other work), 10 to 20 s for 10 runs."""
+    from ``pass_rows``, with ``run`` (0 .. runs - 1) added. About 1 to 2 s per run on 2 cores."""
     return [dict(row, run=r) for r in range(runs) for row in pass_rows(measure_overlap(x, y, **setting))]

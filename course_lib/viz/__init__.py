@@ -18,6 +18,18 @@ def print_initial(report: str) -> None:
     print(report)
 
 
+def figure_png(fig, **savefig) -> bytes:
+    """``fig`` as PNG bytes (80 dpi; ``savefig``: more of ``Figure.savefig``'s options), then closed:
+    what a widget's ``Image`` shows when a slider redraws the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **{"dpi": 80, **savefig})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def figure_title(fig) -> str:
     """A figure's suptitle and its axes' titles, joined by "; ": what the figure shows, in words."""
     titles = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) is not None else []

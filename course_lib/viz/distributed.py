@@ -14,7 +14,7 @@ lesson 07  ``schedule_table``, ``ring_state_text``, ``chunk_colours``, ``plot_ri
            ``plot_ring_steps`` / ``ring_stepper`` (the step slider),
            ``plot_duplex`` (the model is ``cost.duplex_timeline``), ``bandwidth_series`` / ``plot_bandwidth`` /
            ``bandwidth_table``
-lesson 08  ``bucket_rows`` / ``bucket_table``, ``overlap_summary``, ``plot_ddp_losses``,
+lesson 08  ``bucket_rows`` / ``bucket_table``, ``plot_ddp_losses``,
            ``overlap_table``, ``plot_overlap`` (a measured backward pass above the model's:
            the measurement is ``course_lib.experiments.ddp_overlap``)
 
@@ -25,7 +25,6 @@ in a terminal; units in the headers. Widgets' reports (``*_report``) stay text.
 from __future__ import annotations
 
 import html
-import io
 import itertools
 
 import matplotlib.pyplot as plt
@@ -35,7 +34,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.ticker import FuncFormatter
 
 from course_lib.distributed.cost import duplex_timeline, ps_bytes_at_server, ps_time, ring_bytes_per_rank, ring_time
-from course_lib.viz import print_initial
+from course_lib.viz import figure_png, print_initial
 from course_lib.viz.tables import table
 
 # A 1 GB/s link with 50 us latency: about what two processes see on one machine
@@ -307,13 +306,6 @@ def plot_ring_steps(trace):
     return fig
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def ring_stepper(trace):
     """A slider over the states of ``trace`` (a ``RingTrace``) redrawing ``plot_ring_step``.
 
@@ -329,7 +321,7 @@ def ring_stepper(trace):
 
     def update(_change=None):
         report.value = f"<pre>{html.escape(ring_state_text(trace, slider.value))}</pre>"
-        image.value = _png(plot_ring_step(trace, slider.value))
+        image.value = figure_png(plot_ring_step(trace, slider.value))
 
     slider.observe(update, names="value")
     update()
@@ -463,21 +455,6 @@ def bucket_table(rows: list[dict], itemsize: int = 4) -> pd.DataFrame:
     return table(shown, {"bucket": "bucket", "elements": "elements", "kib": "gradients (KiB)",
                          "params": "parameters (in the order DDP adds them)"},
                  digits={"gradients (KiB)": 1}, index="bucket")
-
-
-def overlap_summary(events: list) -> dict:
-    """What a backward-pass log shows about overlap.
-
-    Returns a dict: ``grad_order`` (parameter names in the order their gradients were
-    ready), ``launched_before_last_grad`` (buckets whose all-reduce started while some
-    gradient was still being computed) and ``buckets`` (how many).
-    """
-    grads = [(e[1], i) for i, e in enumerate(events) if e[0] == "grad"]
-    last_grad = max(i for _, i in grads) if grads else -1
-    launches = [(e[1], i) for i, e in enumerate(events) if e[0] == "allreduce"]
-    return {"grad_order": [name for name, _ in grads],
-            "launched_before_last_grad": [b for b, i in launches if i < last_grad],
-            "buckets": len(launches)}
 
 
 def overlap_table(rows: list[dict]) -> pd.DataFrame:

@@ -10,13 +10,12 @@ curve from the calibrated model). Tested in ``tests/test_pipeline.py``.
 from __future__ import annotations
 
 import html
-import io
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from course_lib.distributed.pipeline import bubble_fraction, format_schedule, gpipe_schedule, speedup_curve
-from course_lib.viz import print_initial
+from course_lib.viz import figure_png, print_initial
 
 
 def plot_schedule(S: int, M: int, ax=None):
@@ -48,13 +47,6 @@ def schedule_report(S: int, M: int) -> str:
                       f"bubble (S-1)/(M+S-1) = {S - 1}/{T} = {bubble_fraction(S, M):.1%}"])
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def schedule_explorer(S: int = 4, M: int = 4):
     """Sliders for S and M above the Gantt chart and ``schedule_report``.
 
@@ -70,7 +62,7 @@ def schedule_explorer(S: int = 4, M: int = 4):
 
     def update(_change=None):
         report.value = f"<pre>{html.escape(schedule_report(stages.value, micro.value))}</pre>"
-        image.value = _png(plot_schedule(stages.value, micro.value))
+        image.value = figure_png(plot_schedule(stages.value, micro.value), bbox_inches="tight")
 
     stages.observe(update, names="value")
     micro.observe(update, names="value")
