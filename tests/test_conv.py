@@ -507,6 +507,25 @@ def test_a_wide_float32_stride_1_layer_takes_the_row_shift_backward_and_matches_
     assert routes == [1, 1]
 
 
+def test_both_routes_compute_the_same_convolution_on_a_wide_layer(rng):
+    """The benchmark times conv2d's two routes against each other on the ResNet layers: called by
+    name on one wide layer, each equals PyTorch, forward and backward."""
+    x = rng.standard_normal((2, 64, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((16, 64, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, 3, 3, 1, 1)
+    expected = F.conv2d(*(torch.from_numpy(a) for a in (x, w, b)), padding=1).numpy()
+    for route in (fast_conv.conv2d_row_shift, fast_conv.conv2d_batched_im2col):
+        np.testing.assert_allclose(route(x, w, b, SH, SW, PH, PW, H_out, W_out, Workspace()), expected,
+                                   rtol=1e-4, atol=1e-4, err_msg=route.__name__)
+    dout = rng.standard_normal(expected.shape).astype(np.float32)
+    grads = _torch_conv(x, w, b, 1, 1, dout)
+    for got in (fast_conv.conv2d_backward_row_shift(dout, x, w, PH, PW, Workspace()),
+                fast_conv.conv2d_backward_batched_im2col(dout, x, w, SH, SW, PH, PW, Workspace())):
+        for name, g, exp in zip(("dx", "dw", "db"), got, grads):
+            np.testing.assert_allclose(g, exp, rtol=1e-3, atol=1e-3 * np.abs(exp).max(), err_msg=name)
+
+
 def test_float32_lenet_c1_forward_and_backward_on_two_threads_match_torch(rng, monkeypatch):
     """A real-sized layer: large enough that its copies are split between threads unforced."""
     x = rng.standard_normal((64, 1, 32, 32)).astype(np.float32)

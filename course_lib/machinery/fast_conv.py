@@ -215,10 +215,17 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     out : new ndarray, shape (N, K, H_out, W_out), C-contiguous
     """
     x, w, b = check_conv(x, w, b)
-    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
+    KH, KW = w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
-    if takes_row_shift(x, w, SH, H_out):
-        return conv2d_row_shift(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace)
+    route = conv2d_row_shift if takes_row_shift(x, w, SH, H_out) else conv2d_batched_im2col
+    return route(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace)
+
+
+def conv2d_batched_im2col(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, SH: int, SW: int, PH: int, PW: int,
+                          H_out: int, W_out: int, workspace: Workspace | None = None) -> np.ndarray:
+    """``conv2d``'s route on narrow layers, steps 1 to 3 of its docstring: the whole batch's
+    columns, one GEMM, back to NCHW. Same arguments as ``conv2d_row_shift``; new (N, K, H_out, W_out)."""
+    N, K, (KH, KW) = x.shape[0], w.shape[0], w.shape[2:]
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L), the copy
     w_row = w.reshape(K, -1)                                                     # (K, C*KH*KW)
     out_mat = _temporary(workspace, "out", (K, cols.shape[1]), np.result_type(w, cols))
@@ -254,9 +261,19 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, stride=1, pa
     dx : (N, C, H, W), x's dtype;  dw : (K, C, KH, KW), w's dtype;  db : (K,), dout's dtype
     """
     dout, x, w, ((SH, SW), (PH, PW), (H_out, W_out)) = check_conv_backward(dout, x, w, stride, padding)
-    (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    KH, KW = w.shape[2:]
     if takes_row_shift(x, w, SH, H_out) and SH == SW == 1 and PH < KH and PW < KW and dout.dtype == x.dtype:
         return conv2d_backward_row_shift(dout, x, w, PH, PW, workspace)
+    return conv2d_backward_batched_im2col(dout, x, w, SH, SW, PH, PW, workspace)
+
+
+def conv2d_backward_batched_im2col(dout: np.ndarray, x: np.ndarray, w: np.ndarray, SH: int, SW: int,
+                                   PH: int, PW: int, workspace: Workspace | None = None
+                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``conv2d_backward``'s route on narrow layers, the rule in its docstring: the whole batch's
+    columns, two GEMMs, col2im. Same results as ``conv2d_backward`` after its checks."""
+    (N, C, H, W), K, (KH, KW) = x.shape, w.shape[0], w.shape[2:]
+    H_out, W_out = dout.shape[2:]
     cols = unfold_batched(x, KH, KW, SH, SW, PH, PW, H_out, W_out, workspace)   # (C*KH*KW, N*L)
     L = H_out * W_out
     dout_mat = _swap_batch_and_channels(dout.reshape(N, K, L),                  # (K, N*L)
@@ -277,7 +294,7 @@ def takes_row_shift(x: np.ndarray, w: np.ndarray, SH: int, H_out: int) -> bool:
     nothing to reuse, only an extra copy), products at least ``ROW_SHIFT_MIN_DEPTH`` deep (C*KW:
     shallower ones run slower than one deep product), at least ``ROW_SHIFT_MIN_ROWS`` output rows
     (on short images the rows no output uses are a large share: on LeNet's C5, one output row
-    and four unused, the route took 4 to 5 times as long), x and w of one float dtype, and a
+    and four unused, the route is several times slower), x and w of one float dtype, and a
     batch and filters to compute. The thresholds come from timings in docs/benchmarks.md."""
     (N, C), (K, _, KH, KW) = x.shape[:2], w.shape
     return (KH > SH and C * KW >= ROW_SHIFT_MIN_DEPTH and H_out >= ROW_SHIFT_MIN_ROWS and N > 0 and K > 0
@@ -325,7 +342,7 @@ def row_shift_products(cols: list[np.ndarray], w: np.ndarray, SH: int, W_out: in
     columns shifted by (u // SH) * W_out positions. numpy's matmul cannot add into
     its output; BLAS's GEMM can (beta = 1), through scipy's interface to it.
     """
-    from scipy.linalg.blas import get_blas_funcs   # here: importing scipy.linalg takes 0.16 s
+    from scipy.linalg.blas import get_blas_funcs   # here, not at the top: importing scipy.linalg is slow
     K, C, KH, KW = w.shape
     M = cols[0].shape[0] - (KH - 1) // SH * W_out
     acc = _temporary(workspace, "acc", (K, M), cols[0].dtype)
