@@ -52,3 +52,21 @@ def test_python_m_benchmarks_restarts_itself_with_the_steady_heap():
     for name, value in STEADY_HEAP.items():
         assert f"{name}={value}" in run.stdout, run.stdout
     assert "0 measurements" in run.stdout
+
+
+def test_the_route_rows_time_both_routes_on_a_wide_layer():
+    """bench_conv's row-shift / batched-im2col rows, on a layer small enough for a test (their
+    values are not asserted: timings are make bench's); the held targets name a benchmarked layer."""
+    import numpy as np
+
+    from benchmarks import bench_conv
+    assert set(bench_conv.ROUTE_TARGETS) <= {layer[0] for layer in bench_conv.LAYERS}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 64, 16, 16), dtype=np.float32)
+    w = rng.standard_normal((8, 64, 3, 3), dtype=np.float32)
+    b = np.zeros(8, np.float32)
+    dout = rng.standard_normal((2, 8, 16, 16), dtype=np.float32)
+    rows = bench_conv._route_rows(bench_conv.RESNET_STRIDE_1, x, w, b, dout, 1, 1,
+                                  bench_conv.Workspace(), 1e-3, 2e-3)
+    assert [(r.section, r.target) for r in rows] == [("conv forward", 0.9), ("conv backward", 0.95)]
+    assert all(r.value > 0 and "batched im2col" in r.name for r in rows)
