@@ -69,7 +69,7 @@ def _route_rows(name, x, w, b, dout, stride, padding, workspace, t_ours, tb_ours
     """``conv2d`` and ``conv2d_backward`` (the row-shift routes on this layer, taking ``t_ours`` and
     ``tb_ours`` seconds) against the batched im2col routes, called by name on the same layer with
     the same workspace; targets from ``ROUTE_TARGETS[name]``."""
-    K, _, KH, KW = w.shape
+    KH, KW = w.shape[2:]
     (SH, SW), (PH, PW), (H_out, W_out) = conv_geometry(x, KH, KW, stride, padding)
     forward = median_time(lambda: conv2d_batched_im2col(x, w, b, SH, SW, PH, PW, H_out, W_out, workspace),
                           min_time=0.05)

@@ -300,6 +300,9 @@ def _imports_checkout(python_path: str) -> bool:
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "COURSE_LIB_THREADS")
+# course_lib's own cap on its copy threads (course_lib.machinery.threads.MAX_THREADS; the grader does not
+# import the library it grades, so the number is written here too and a test keeps the two equal)
+COURSE_LIB_MAX_THREADS = 8
 
 
 def cores_per_process(processes: int) -> int:
@@ -323,7 +326,7 @@ def threads_env(threads: int, env: dict[str, str] | None = None) -> dict[str, st
     """
     env = dict(os.environ if env is None else env)
     for name in THREAD_VARIABLES:
-        env.setdefault(name, str(min(threads, 8) if name == "COURSE_LIB_THREADS" else threads))  # its own cap
+        env.setdefault(name, str(min(threads, COURSE_LIB_MAX_THREADS) if name == "COURSE_LIB_THREADS" else threads))
     return env
 
 

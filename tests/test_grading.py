@@ -1233,6 +1233,8 @@ def test_kernels_graded_at_once_share_the_cores(monkeypatch, tmp_path):
         dict.fromkeys(execute.THREAD_VARIABLES, "2")
     assert execute.kernel_env(16)["OMP_NUM_THREADS"] == "16"
     assert execute.kernel_env(16)["COURSE_LIB_THREADS"] == "8"                     # course_lib's own cap
+    from course_lib.machinery.threads import MAX_THREADS
+    assert execute.COURSE_LIB_MAX_THREADS == MAX_THREADS                           # the grader's copy of it
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert execute.kernel_env(2)["OMP_NUM_THREADS"] == "3"
 
